@@ -1,0 +1,60 @@
+//! Command-line interface: argument parsing and the verbs' top-level flow.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{Config, ConfigError};
+
+/// Exit code for a config that does not validate (EX_USAGE would be 64; 2 matches clap's own
+/// usage errors, so scripts need to know one code for "fix your input").
+pub const EXIT_INVALID_CONFIG: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(name = "costmeter", version, about = "Meter what an AI agent costs, export it to Prometheus, hold it to budgets")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon (built-in defaults when no config is given).
+    Run {
+        /// TOML config file.
+        #[arg(long, short, env = "COSTMETER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file offline and print every problem found.
+    CheckConfig {
+        /// TOML config file.
+        file: PathBuf,
+    },
+}
+
+/// Loads the config for `run`, printing problems the way `check-config` does.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    Config::load_or_default(path)
+}
+
+/// `costmeter check-config FILE`.
+pub fn check_config(file: &std::path::Path) -> ExitCode {
+    match Config::load(file) {
+        Ok(config) => {
+            println!(
+                "{}: ok (listen {}, namespace {}, {} target{})",
+                file.display(),
+                config.server.listen,
+                config.metrics.namespace,
+                config.targets.len(),
+                if config.targets.len() == 1 { "" } else { "s" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("{error}");
+            ExitCode::from(EXIT_INVALID_CONFIG)
+        }
+    }
+}

@@ -1,0 +1,586 @@
+//! Configuration: the TOML file users write, parsed in two stages.
+//!
+//! `Raw*` structs mirror the file exactly (serde, `deny_unknown_fields`, spans kept where a value
+//! needs a semantic check). [`Config::from_toml`] turns them into typed [`Config`] values and
+//! reports every problem at once, each as `file:line:col: rule`, so a user fixes a file in one go.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use regex::Regex;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Where the daemon listens when the config says nothing.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
+/// The ADR-OS-019 metric prefix.
+pub const DEFAULT_NAMESPACE: &str = "haios";
+/// Distinct values one label may take before the rest fold into `__other__`.
+pub const DEFAULT_MAX_LABEL_VALUES: usize = 1000;
+/// How often a target is sampled when its table does not say.
+pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
+/// Shortest sample interval accepted: below this the sidecar costs more than it measures.
+pub const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+/// Name of the implicit target when no `[[target]]` is configured: the sidecar itself.
+pub const SELF_TARGET_NAME: &str = "costmeter";
+
+/// A validated configuration. Every value has its final type; callers never re-check.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this came from, `None` for built-in defaults.
+    pub source: Option<PathBuf>,
+    pub server: ServerConfig,
+    pub metrics: MetricsConfig,
+    pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub namespace: String,
+    pub max_label_values: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub name: String,
+    pub selector: Selector,
+    /// Meter the whole process tree below the selected processes.
+    pub children: bool,
+    pub sample_interval: Duration,
+}
+
+/// How a target's processes are found. Exactly one per target.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    Pid(i32),
+    PidFile(PathBuf),
+    Match {
+        /// Executable name, compared with the basename of `/proc/PID/exe` or, failing that, `comm`.
+        exe: Option<String>,
+        /// Regex searched in the command line, arguments joined by spaces.
+        cmdline: Option<Regex>,
+    },
+    /// A cgroup: an absolute directory under a cgroup mount, or a path as `/proc/PID/cgroup`
+    /// prints it.
+    Cgroup(PathBuf),
+    /// The sidecar's own process.
+    OwnProcess,
+}
+
+impl Selector {
+    /// Short description for logs and `/readyz`.
+    pub fn describe(&self) -> String {
+        match self {
+            Selector::Pid(pid) => format!("pid {pid}"),
+            Selector::PidFile(path) => format!("pid_file {}", path.display()),
+            Selector::Match { exe, cmdline } => format!(
+                "match exe={} cmdline={}",
+                exe.as_deref().unwrap_or("*"),
+                cmdline.as_ref().map_or("*", |re| re.as_str())
+            ),
+            Selector::Cgroup(path) => format!("cgroup {}", path.display()),
+            Selector::OwnProcess => "the costmeter process".to_string(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            source: None,
+            server: ServerConfig {
+                listen: DEFAULT_LISTEN.parse().expect("the default listen address parses"),
+            },
+            metrics: MetricsConfig {
+                namespace: DEFAULT_NAMESPACE.to_string(),
+                max_label_values: DEFAULT_MAX_LABEL_VALUES,
+            },
+            targets: vec![own_process_target()],
+        }
+    }
+}
+
+fn own_process_target() -> TargetConfig {
+    TargetConfig {
+        name: SELF_TARGET_NAME.to_string(),
+        selector: Selector::OwnProcess,
+        children: true,
+        sample_interval: DEFAULT_SAMPLE_INTERVAL,
+    }
+}
+
+/// One problem found in a config file, located as precisely as the file allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file '{path}': {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", format_problems(.0))]
+    Invalid(Vec<Problem>),
+}
+
+impl ConfigError {
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid(problems) => problems,
+            ConfigError::Read { .. } => &[],
+        }
+    }
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    let lines: Vec<String> = problems.iter().map(Problem::to_string).collect();
+    format!("invalid configuration:\n{}", lines.join("\n"))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    metrics: RawMetrics,
+    #[serde(default, rename = "target")]
+    targets: Vec<Spanned<RawTarget>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    namespace: Option<Spanned<String>>,
+    max_label_values: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: Option<Spanned<String>>,
+    pid: Option<Spanned<i64>>,
+    pid_file: Option<Spanned<String>>,
+    #[serde(rename = "match")]
+    match_: Option<Spanned<RawMatch>>,
+    cgroup: Option<Spanned<String>>,
+    #[serde(rename = "self")]
+    own_process: Option<Spanned<bool>>,
+    children: Option<bool>,
+    sample_interval: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMatch {
+    exe: Option<Spanned<String>>,
+    cmdline: Option<Spanned<String>>,
+}
+
+/// Turns byte offsets into `file:line:col` problems.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+    problems: Vec<Problem>,
+}
+
+impl<'a> Locator<'a> {
+    fn report(&mut self, span: Range<usize>, message: impl Into<String>) {
+        let (line, column) = line_column(self.text, span.start);
+        self.problems.push(Problem {
+            file: self.file.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&path.display().to_string(), &text)?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
+    }
+
+    /// Loads `path` if given, else the built-in defaults.
+    pub fn load_or_default(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::load(path),
+            None => Ok(Config::default()),
+        }
+    }
+
+    /// Parses and validates TOML text; `file` names it in error messages.
+    pub fn from_toml(file: &str, text: &str) -> Result<Config, ConfigError> {
+        let mut locator = Locator {
+            file,
+            text,
+            problems: Vec::new(),
+        };
+        let raw: RawConfig = match toml::from_str(text) {
+            Ok(raw) => raw,
+            Err(error) => {
+                locator.report(error.span().unwrap_or(0..0), error.message().trim().to_string());
+                return Err(ConfigError::Invalid(locator.problems));
+            }
+        };
+        let config = validate(raw, &mut locator);
+        if locator.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError::Invalid(locator.problems))
+        }
+    }
+}
+
+fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
+    let defaults = Config::default();
+    let listen = match raw.server.listen {
+        None => defaults.server.listen,
+        Some(listen) => match listen.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => addr,
+            Err(_) => {
+                locator.report(
+                    listen.span(),
+                    format!(
+                        "server.listen: '{}' is not an address and port such as \"127.0.0.1:8000\"",
+                        listen.get_ref()
+                    ),
+                );
+                defaults.server.listen
+            }
+        },
+    };
+
+    let namespace = match raw.metrics.namespace {
+        None => defaults.metrics.namespace.clone(),
+        Some(ns) => {
+            if !is_metric_name_prefix(ns.get_ref()) {
+                locator.report(
+                    ns.span(),
+                    format!(
+                        "metrics.namespace: '{}' must match [a-zA-Z_][a-zA-Z0-9_]* (a Prometheus metric name prefix)",
+                        ns.get_ref()
+                    ),
+                );
+            }
+            ns.into_inner()
+        }
+    };
+    let max_label_values = match raw.metrics.max_label_values {
+        None => defaults.metrics.max_label_values,
+        Some(max) => {
+            let value = *max.get_ref();
+            if !(1..=1_000_000).contains(&value) {
+                locator.report(
+                    max.span(),
+                    format!("metrics.max_label_values: {value} must be between 1 and 1000000"),
+                );
+            }
+            usize::try_from(value).unwrap_or(defaults.metrics.max_label_values)
+        }
+    };
+
+    let mut targets: Vec<TargetConfig> = Vec::new();
+    for raw_target in raw.targets {
+        let name_span = raw_target.get_ref().name.as_ref().map(Spanned::span);
+        if let Some(target) = validate_target(raw_target, locator) {
+            if targets.iter().any(|t| t.name == target.name) {
+                locator.report(
+                    name_span.unwrap_or(0..0),
+                    format!(
+                        "target.name: '{}' is used by two targets; names must be unique",
+                        target.name
+                    ),
+                );
+            }
+            targets.push(target);
+        }
+    }
+    if targets.is_empty() {
+        targets.push(own_process_target());
+    }
+
+    Config {
+        source: None,
+        server: ServerConfig { listen },
+        metrics: MetricsConfig {
+            namespace,
+            max_label_values,
+        },
+        targets,
+    }
+}
+
+fn validate_target(raw: Spanned<RawTarget>, locator: &mut Locator<'_>) -> Option<TargetConfig> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let before = locator.problems.len();
+
+    let name = match &raw.name {
+        None => {
+            locator.report(span.clone(), "target: 'name' is required");
+            String::new()
+        }
+        Some(name) => {
+            if name.get_ref().is_empty() || name.get_ref().chars().any(char::is_control) {
+                locator.report(
+                    name.span(),
+                    "target.name: must be non-empty and free of control characters",
+                );
+            }
+            name.get_ref().clone()
+        }
+    };
+
+    let mut selectors = Vec::new();
+    if let Some(pid) = &raw.pid {
+        let value = *pid.get_ref();
+        if !(2..=i64::from(i32::MAX)).contains(&value) {
+            locator.report(
+                pid.span(),
+                format!("target.pid: {value} is not a process id (must be at least 2; pid 1 is never metered as a target)"),
+            );
+        }
+        selectors.push(("pid", Selector::Pid(i32::try_from(value).unwrap_or(0))));
+    }
+    if let Some(path) = &raw.pid_file {
+        if path.get_ref().is_empty() {
+            locator.report(path.span(), "target.pid_file: must be a path");
+        }
+        selectors.push(("pid_file", Selector::PidFile(PathBuf::from(path.get_ref()))));
+    }
+    if let Some(matcher) = &raw.match_ {
+        let exe = matcher.get_ref().exe.as_ref().map(|e| e.get_ref().clone());
+        let cmdline = match &matcher.get_ref().cmdline {
+            None => None,
+            Some(pattern) => match Regex::new(pattern.get_ref()) {
+                Ok(re) => Some(re),
+                Err(error) => {
+                    locator.report(
+                        pattern.span(),
+                        format!("target.match.cmdline: not a valid regex: {error}"),
+                    );
+                    None
+                }
+            },
+        };
+        if matcher.get_ref().exe.is_none() && matcher.get_ref().cmdline.is_none() {
+            locator.report(
+                matcher.span(),
+                "target.match: give 'exe', 'cmdline' or both",
+            );
+        }
+        selectors.push(("match", Selector::Match { exe, cmdline }));
+    }
+    if let Some(path) = &raw.cgroup {
+        if !path.get_ref().starts_with('/') {
+            locator.report(
+                path.span(),
+                format!(
+                    "target.cgroup: '{}' must be absolute: a directory under /sys/fs/cgroup or a path as /proc/PID/cgroup shows it",
+                    path.get_ref()
+                ),
+            );
+        }
+        selectors.push(("cgroup", Selector::Cgroup(PathBuf::from(path.get_ref()))));
+    }
+    if let Some(own) = &raw.own_process {
+        if *own.get_ref() {
+            selectors.push(("self", Selector::OwnProcess));
+        } else {
+            locator.report(own.span(), "target.self: only 'true' is meaningful; remove the key");
+        }
+    }
+    let selector = match selectors.len() {
+        1 => selectors.pop().map(|(_, s)| s),
+        0 => {
+            locator.report(
+                span.clone(),
+                format!(
+                    "target '{name}': give exactly one selector: pid, pid_file, match, cgroup or self"
+                ),
+            );
+            None
+        }
+        _ => {
+            let names: Vec<&str> = selectors.iter().map(|(n, _)| *n).collect();
+            locator.report(
+                span.clone(),
+                format!(
+                    "target '{name}': has {} selectors ({}); give exactly one",
+                    names.len(),
+                    names.join(", ")
+                ),
+            );
+            None
+        }
+    };
+
+    let sample_interval = match &raw.sample_interval {
+        None => DEFAULT_SAMPLE_INTERVAL,
+        Some(text) => match parse_duration(text.get_ref()) {
+            Ok(d) if d >= MIN_SAMPLE_INTERVAL => d,
+            Ok(_) => {
+                locator.report(
+                    text.span(),
+                    format!(
+                        "target.sample_interval: '{}' is shorter than the minimum of 10ms",
+                        text.get_ref()
+                    ),
+                );
+                DEFAULT_SAMPLE_INTERVAL
+            }
+            Err(message) => {
+                locator.report(text.span(), format!("target.sample_interval: {message}"));
+                DEFAULT_SAMPLE_INTERVAL
+            }
+        },
+    };
+
+    if locator.problems.len() > before {
+        return None;
+    }
+    Some(TargetConfig {
+        name,
+        selector: selector?,
+        children: raw.children.unwrap_or(true),
+        sample_interval,
+    })
+}
+
+/// Parses durations such as "500ms", "1s", "24h", "35d".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text).map_err(|error| {
+        format!("'{text}' is not a duration such as \"500ms\", \"1s\", \"24h\" or \"7d\" ({error})")
+    })
+}
+
+fn is_metric_name_prefix(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<String> {
+        match Config::from_toml("c.toml", text) {
+            Ok(_) => Vec::new(),
+            Err(error) => error.problems().iter().map(Problem::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn empty_file_gives_defaults_and_meters_itself() {
+        let config = Config::from_toml("c.toml", "").expect("empty config is valid");
+        assert_eq!(config.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(config.metrics.namespace, "haios");
+        assert_eq!(config.targets.len(), 1);
+        assert!(matches!(config.targets[0].selector, Selector::OwnProcess));
+    }
+
+    #[test]
+    fn unknown_key_names_line_and_column() {
+        let found = problems("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("c.toml:3:1: unknown field `listn`"), "{found:?}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = r#"
+[server]
+listen = "nowhere"
+
+[[target]]
+name = "a"
+sample_interval = "soon"
+pid = 12
+
+[[target]]
+name = "b"
+"#;
+        let found = problems(text);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(found[0].starts_with("c.toml:3:10: server.listen: 'nowhere'"), "{found:?}");
+        assert!(found[1].starts_with("c.toml:7:19: target.sample_interval: 'soon'"), "{found:?}");
+        assert!(found[2].contains("target 'b': give exactly one selector"), "{found:?}");
+    }
+
+    #[test]
+    fn two_selectors_are_refused() {
+        let found = problems("[[target]]\nname = \"x\"\npid = 5\ncgroup = \"/a\"\n");
+        assert_eq!(found.len(), 1);
+        assert!(found[0].contains("has 2 selectors (pid, cgroup)"), "{found:?}");
+    }
+
+    #[test]
+    fn match_selector_compiles_its_regex() {
+        let config = Config::from_toml(
+            "c.toml",
+            "[[target]]\nname = \"x\"\nmatch = { exe = \"python3\", cmdline = \"agent\\\\.py\" }\n",
+        )
+        .expect("valid");
+        match &config.targets[0].selector {
+            Selector::Match { exe, cmdline } => {
+                assert_eq!(exe.as_deref(), Some("python3"));
+                assert!(cmdline.as_ref().is_some_and(|re| re.is_match("python3 agent.py")));
+            }
+            other => panic!("unexpected selector {other:?}"),
+        }
+        let bad = problems("[[target]]\nname = \"x\"\nmatch = { cmdline = \"(\" }\n");
+        assert!(bad[0].contains("target.match.cmdline: not a valid regex"), "{bad:?}");
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncé d", 7), (2, 4));
+        assert_eq!(line_column("x", 0), (1, 1));
+    }
+}

@@ -1,0 +1,13 @@
+//! costmeter: a sidecar that meters what an AI agent costs and holds it to budgets.
+//!
+//! Data flows one way: sources ([`sampler`]) → [`ledger`] → metrics and other sinks.
+//! [`daemon`] wires them for `costmeter run`; `main.rs` only parses arguments and maps errors to
+//! exit codes. See ARCHITECTURE.md for the map.
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod ledger;
+pub mod metrics;
+pub mod sampler;

@@ -1,0 +1,310 @@
+//! The metric taxonomy of DESIGN.md (the ADR-OS-019 names), registered once.
+//!
+//! Every series exists from start with its help text, even those whose sources are not wired
+//! yet, so dashboards and alert rules can be written against a stable set of names. Labels with
+//! values from outside (agent, model, target, …) pass through [`CardinalityCap`] first.
+
+mod cardinality;
+pub mod exposition;
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+pub use cardinality::{CardinalityCap, OVERFLOW_VALUE};
+
+use crate::sampler::TargetReading;
+
+/// A USD counter carrying the trace of the event that last moved it. `prometheus-client` types
+/// only the integer exemplar counter, so the float one is typed here.
+#[derive(Debug, Default, Clone)]
+pub struct UsdCounter(pub CounterWithExemplar<TraceLabels, f64, AtomicU64>);
+
+impl TypedMetric for UsdCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for UsdCounter {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// Registers a family so its `# HELP` and `# TYPE` lines appear even before its first sample:
+/// dashboards and `promtool` see the whole taxonomy from the first scrape.
+#[derive(Debug)]
+struct Listed<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for Listed<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+    fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+/// A float counter (seconds, USD).
+pub type FloatCounter = Counter<f64, AtomicU64>;
+/// A float gauge (ratios, seconds, USD limits).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub r#type: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskTypeLabels {
+    pub r#type: String,
+}
+
+/// The four additive token kinds of DESIGN.md's token accounting.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum TokenKind {
+    input,
+    cache_read,
+    cache_write,
+    output,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    pub agent: String,
+    pub model: String,
+    pub kind: TokenKind,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SpendLabels {
+    pub agent: String,
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BudgetLabels {
+    pub budget: String,
+    pub resource: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SoftKillLabels {
+    pub target: String,
+    pub signal: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub source: String,
+    pub r#type: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LabelLabels {
+    pub label: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VersionLabels {
+    pub version: String,
+}
+
+/// Exemplar labels: the trace of the event that last moved a series.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    pub trace_id: String,
+}
+
+/// Task wall time buckets: from sub-second tool calls to hour-long builds.
+const TASK_DURATION_BUCKETS: [f64; 14] = [
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+/// Lock wait buckets: from half a millisecond to ten seconds.
+const LOCK_WAIT_BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5, 10.0,
+];
+
+/// Every costmeter series. Fields are public: the ledger moves them, nothing else should.
+pub struct Metrics {
+    registry: Registry,
+    pub cap: CardinalityCap,
+
+    pub task_total: Family<TaskLabels, Counter>,
+    pub task_duration_seconds: Family<TaskTypeLabels, HistogramWithExemplars<TraceLabels>>,
+    pub registry_lock_wait_seconds: Histogram,
+    pub tokens_total: Family<TokenLabels, CounterWithExemplar<TraceLabels>>,
+    pub usd_spend_total: Family<SpendLabels, UsdCounter>,
+
+    pub cpu_seconds_total: Family<TargetLabels, FloatCounter>,
+    pub memory_rss_bytes: Family<TargetLabels, Gauge>,
+    pub memory_peak_rss_bytes: Family<TargetLabels, Gauge>,
+    pub disk_read_bytes_total: Family<TargetLabels, Counter>,
+    pub disk_written_bytes_total: Family<TargetLabels, Counter>,
+    pub target_processes: Family<TargetLabels, Gauge>,
+    pub target_up: Family<TargetLabels, Gauge>,
+
+    pub budget_limit: Family<BudgetLabels, FloatGauge>,
+    pub budget_used: Family<BudgetLabels, FloatGauge>,
+    pub budget_utilization_ratio: Family<BudgetLabels, FloatGauge>,
+    pub budget_state: Family<BudgetLabels, Gauge>,
+    pub budget_window_end_timestamp_seconds: Family<BudgetLabels, FloatGauge>,
+    pub budget_projected_exhaustion_seconds: Family<BudgetLabels, FloatGauge>,
+    pub budget_warnings_total: Family<BudgetLabels, Counter>,
+    pub budget_exceeded_total: Family<BudgetLabels, Counter>,
+    pub soft_kills_total: Family<SoftKillLabels, Counter>,
+
+    pub events_total: Family<EventLabels, Counter>,
+    pub unknown_model_events_total: Family<ModelLabels, Counter>,
+    pub unknown_model_tokens_total: Family<ModelLabels, Counter>,
+    pub pricing_models: Family<SourceLabels, Gauge>,
+    pub pricing_rejected_rows: Family<SourceLabels, Gauge>,
+    /// Unlabelled, but a family so it stays absent until the first report is written.
+    pub cost_report_last_success_timestamp_seconds: Family<Vec<(String, String)>, FloatGauge>,
+    pub build_info: Family<VersionLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Registers the whole taxonomy under `namespace` (`haios` by default).
+    pub fn new(namespace: &str, max_label_values: usize) -> Metrics {
+        let mut registry = Registry::with_prefix(namespace);
+        let label_values_overflow_total = Family::<LabelLabels, Counter>::default();
+        let cap = CardinalityCap::new(max_label_values, label_values_overflow_total.clone());
+        let metrics = Metrics {
+            cap,
+            task_total: Family::default(),
+            task_duration_seconds: Family::new_with_constructor(|| {
+                HistogramWithExemplars::new(TASK_DURATION_BUCKETS.into_iter())
+            }),
+            registry_lock_wait_seconds: Histogram::new(LOCK_WAIT_BUCKETS.into_iter()),
+            tokens_total: Family::default(),
+            usd_spend_total: Family::default(),
+            cpu_seconds_total: Family::default(),
+            memory_rss_bytes: Family::default(),
+            memory_peak_rss_bytes: Family::default(),
+            disk_read_bytes_total: Family::default(),
+            disk_written_bytes_total: Family::default(),
+            target_processes: Family::default(),
+            target_up: Family::default(),
+            budget_limit: Family::default(),
+            budget_used: Family::default(),
+            budget_utilization_ratio: Family::default(),
+            budget_state: Family::default(),
+            budget_window_end_timestamp_seconds: Family::default(),
+            budget_projected_exhaustion_seconds: Family::default(),
+            budget_warnings_total: Family::default(),
+            budget_exceeded_total: Family::default(),
+            soft_kills_total: Family::default(),
+            events_total: Family::default(),
+            unknown_model_events_total: Family::default(),
+            unknown_model_tokens_total: Family::default(),
+            pricing_models: Family::default(),
+            pricing_rejected_rows: Family::default(),
+            cost_report_last_success_timestamp_seconds: Family::default(),
+            build_info: Family::default(),
+            registry: Registry::default(),
+        };
+        let m = &metrics;
+        let r = &mut registry;
+        r.register("task", "Finished tasks by type and result (ADR 19-O2)", Listed(m.task_total.clone()));
+        r.register_with_unit("task_duration", "Task wall time (ADR 19-O2)", Unit::Seconds, Listed(m.task_duration_seconds.clone()));
+        r.register_with_unit("registry_lock_wait", "Lock waits reported by lock_wait events (ADR 19-O2)", Unit::Seconds, Listed(m.registry_lock_wait_seconds.clone()));
+        r.register("tokens", "LLM tokens by kind; the kinds input, cache_read, cache_write and output are additive (ADR 19-O2)", Listed(m.tokens_total.clone()));
+        r.register("usd_spend", "USD spent on LLM usage (ADR 19-O2)", Listed(m.usd_spend_total.clone()));
+        r.register_with_unit("cpu", "User and system CPU of the target's process tree, reaped children included", Unit::Seconds, Listed(m.cpu_seconds_total.clone()));
+        r.register_with_unit("memory_rss", "Resident memory of the target's process tree now", Unit::Bytes, Listed(m.memory_rss_bytes.clone()));
+        r.register_with_unit("memory_peak_rss", "Highest tree resident memory seen", Unit::Bytes, Listed(m.memory_peak_rss_bytes.clone()));
+        r.register_with_unit("disk_read", "Bytes the target's process tree read from storage", Unit::Bytes, Listed(m.disk_read_bytes_total.clone()));
+        r.register_with_unit("disk_written", "Bytes the target's process tree wrote to storage", Unit::Bytes, Listed(m.disk_written_bytes_total.clone()));
+        r.register("target_processes", "Processes in the target's tree now", Listed(m.target_processes.clone()));
+        r.register("target_up", "1 while the target is found, else 0", Listed(m.target_up.clone()));
+        r.register("budget_limit", "Configured budget limit in the resource's base unit", Listed(m.budget_limit.clone()));
+        r.register("budget_used", "Running total of the budget's current window", Listed(m.budget_used.clone()));
+        r.register("budget_utilization_ratio", "Budget used divided by its limit", Listed(m.budget_utilization_ratio.clone()));
+        r.register("budget_state", "Budget state: 0 ok, 1 warning, 2 exceeded", Listed(m.budget_state.clone()));
+        r.register("budget_window_end_timestamp_seconds", "Unix time when the budget's current window resets (absent for lifetime budgets)", Listed(m.budget_window_end_timestamp_seconds.clone()));
+        r.register("budget_projected_exhaustion_seconds", "Seconds until the limit at the recent burn rate, present only when that falls before the window ends", Listed(m.budget_projected_exhaustion_seconds.clone()));
+        r.register("budget_warnings", "Budget transitions into the warning state", Listed(m.budget_warnings_total.clone()));
+        r.register("budget_exceeded", "Budget transitions into the exceeded state", Listed(m.budget_exceeded_total.clone()));
+        r.register("soft_kills", "Signals sent by budget enforcement", Listed(m.soft_kills_total.clone()));
+        r.register("events", "Ingested events by source, type and result (accepted, duplicate, rejected)", Listed(m.events_total.clone()));
+        r.register("unknown_model_events", "Usage events priced at 0 for want of a price for their model", Listed(m.unknown_model_events_total.clone()));
+        r.register("unknown_model_tokens", "Tokens priced at 0 for want of a price for their model", Listed(m.unknown_model_tokens_total.clone()));
+        r.register("pricing_models", "Models in the price table by source (embedded baseline, manifest)", Listed(m.pricing_models.clone()));
+        r.register("pricing_rejected_rows", "Price table rows rejected by source", Listed(m.pricing_rejected_rows.clone()));
+        r.register("cost_report_last_success_timestamp_seconds", "Unix time the last weekly cost report was written (ADR 19-O5)", Listed(m.cost_report_last_success_timestamp_seconds.clone()));
+        r.register("label_values_overflow", "Label values folded into __other__ by the cardinality cap", Listed(label_values_overflow_total));
+        r.register("build_info", "Always 1; the version label says which costmeter is running", Listed(m.build_info.clone()));
+        m.build_info
+            .get_or_create(&VersionLabels {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+            })
+            .set(1);
+        Metrics { registry, ..metrics }
+    }
+
+    /// Applies one sampler reading to the target series.
+    pub fn record_target(&self, reading: &TargetReading) {
+        let labels = TargetLabels {
+            target: self.cap.admit("target", &reading.target),
+        };
+        self.cpu_seconds_total.get_or_create(&labels).inc_by(reading.cpu_seconds);
+        self.disk_read_bytes_total.get_or_create(&labels).inc_by(reading.read_bytes);
+        self.disk_written_bytes_total.get_or_create(&labels).inc_by(reading.written_bytes);
+        self.memory_rss_bytes.get_or_create(&labels).set(saturating_i64(reading.rss_bytes));
+        self.memory_peak_rss_bytes.get_or_create(&labels).set(saturating_i64(reading.peak_rss_bytes));
+        self.target_processes.get_or_create(&labels).set(saturating_i64(reading.processes));
+        self.target_up.get_or_create(&labels).set(i64::from(reading.up));
+    }
+
+    /// Removes a target's gauges after it was dropped from the config. Counters stay, as
+    /// Prometheus expects of counters within one process lifetime.
+    pub fn forget_target(&self, target: &str) {
+        let labels = TargetLabels {
+            target: target.to_string(),
+        };
+        self.memory_rss_bytes.remove(&labels);
+        self.memory_peak_rss_bytes.remove(&labels);
+        self.target_processes.remove(&labels);
+        self.target_up.remove(&labels);
+    }
+
+    /// The registry, for encoding.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+fn saturating_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
