@@ -51,6 +51,10 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
             .map(|(name, ok, detail)| json!({"name": name, "ok": ok, "detail": detail}))
             .collect::<Vec<_>>(),
     });
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }

@@ -12,7 +12,11 @@ use crate::config::{Config, ConfigError};
 pub const EXIT_INVALID_CONFIG: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(name = "costmeter", version, about = "Meter what an AI agent costs, export it to Prometheus, hold it to budgets")]
+#[command(
+    name = "costmeter",
+    version,
+    about = "Meter what an AI agent costs, export it to Prometheus, hold it to budgets"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

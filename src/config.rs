@@ -97,7 +97,9 @@ impl Default for Config {
         Config {
             source: None,
             server: ServerConfig {
-                listen: DEFAULT_LISTEN.parse().expect("the default listen address parses"),
+                listen: DEFAULT_LISTEN
+                    .parse()
+                    .expect("the default listen address parses"),
             },
             metrics: MetricsConfig {
                 namespace: DEFAULT_NAMESPACE.to_string(),
@@ -128,7 +130,11 @@ pub struct Problem {
 
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file, self.line, self.column, self.message
+        )
     }
 }
 
@@ -263,7 +269,10 @@ impl Config {
         let raw: RawConfig = match toml::from_str(text) {
             Ok(raw) => raw,
             Err(error) => {
-                locator.report(error.span().unwrap_or(0..0), error.message().trim().to_string());
+                locator.report(
+                    error.span().unwrap_or(0..0),
+                    error.message().trim().to_string(),
+                );
                 return Err(ConfigError::Invalid(locator.problems));
             }
         };
@@ -402,7 +411,11 @@ fn validate_target(raw: Spanned<RawTarget>, locator: &mut Locator<'_>) -> Option
                 Err(error) => {
                     locator.report(
                         pattern.span(),
-                        format!("target.match.cmdline: not a valid regex: {error}"),
+                        format!(
+                            "target.match.cmdline: not a valid regex: {}",
+                            // The regex crate draws a caret under the pattern; keep the verdict.
+                            error.to_string().lines().last().unwrap_or_default().trim()
+                        ),
                     );
                     None
                 }
@@ -432,7 +445,10 @@ fn validate_target(raw: Spanned<RawTarget>, locator: &mut Locator<'_>) -> Option
         if *own.get_ref() {
             selectors.push(("self", Selector::OwnProcess));
         } else {
-            locator.report(own.span(), "target.self: only 'true' is meaningful; remove the key");
+            locator.report(
+                own.span(),
+                "target.self: only 'true' is meaningful; remove the key",
+            );
         }
     }
     let selector = match selectors.len() {
@@ -529,7 +545,10 @@ mod tests {
     fn unknown_key_names_line_and_column() {
         let found = problems("[server]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n");
         assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].starts_with("c.toml:3:1: unknown field `listn`"), "{found:?}");
+        assert!(
+            found[0].starts_with("c.toml:3:1: unknown field `listn`"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -548,16 +567,28 @@ name = "b"
 "#;
         let found = problems(text);
         assert_eq!(found.len(), 3, "{found:?}");
-        assert!(found[0].starts_with("c.toml:3:10: server.listen: 'nowhere'"), "{found:?}");
-        assert!(found[1].starts_with("c.toml:7:19: target.sample_interval: 'soon'"), "{found:?}");
-        assert!(found[2].contains("target 'b': give exactly one selector"), "{found:?}");
+        assert!(
+            found[0].starts_with("c.toml:3:10: server.listen: 'nowhere'"),
+            "{found:?}"
+        );
+        assert!(
+            found[1].starts_with("c.toml:7:19: target.sample_interval: 'soon'"),
+            "{found:?}"
+        );
+        assert!(
+            found[2].contains("target 'b': give exactly one selector"),
+            "{found:?}"
+        );
     }
 
     #[test]
     fn two_selectors_are_refused() {
         let found = problems("[[target]]\nname = \"x\"\npid = 5\ncgroup = \"/a\"\n");
         assert_eq!(found.len(), 1);
-        assert!(found[0].contains("has 2 selectors (pid, cgroup)"), "{found:?}");
+        assert!(
+            found[0].contains("has 2 selectors (pid, cgroup)"),
+            "{found:?}"
+        );
     }
 
     #[test]
@@ -570,12 +601,19 @@ name = "b"
         match &config.targets[0].selector {
             Selector::Match { exe, cmdline } => {
                 assert_eq!(exe.as_deref(), Some("python3"));
-                assert!(cmdline.as_ref().is_some_and(|re| re.is_match("python3 agent.py")));
+                assert!(
+                    cmdline
+                        .as_ref()
+                        .is_some_and(|re| re.is_match("python3 agent.py"))
+                );
             }
             other => panic!("unexpected selector {other:?}"),
         }
         let bad = problems("[[target]]\nname = \"x\"\nmatch = { cmdline = \"(\" }\n");
-        assert!(bad[0].contains("target.match.cmdline: not a valid regex"), "{bad:?}");
+        assert!(
+            bad[0].contains("target.match.cmdline: not a valid regex"),
+            "{bad:?}"
+        );
     }
 
     #[test]

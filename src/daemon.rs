@@ -16,7 +16,9 @@ use crate::sampler::{self, Sampler, SamplerHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("cannot listen on {addr}: {source} (is another costmeter running? set [server] listen)")]
+    #[error(
+        "cannot listen on {addr}: {source} (is another costmeter running? set [server] listen)"
+    )]
     Bind {
         addr: std::net::SocketAddr,
         #[source]
@@ -49,7 +51,11 @@ impl Health {
             (
                 "sampler",
                 sampled,
-                if sampled { "first sample taken" } else { "waiting for the first sample" },
+                if sampled {
+                    "first sample taken"
+                } else {
+                    "waiting for the first sample"
+                },
             ),
         ]
     }
@@ -57,13 +63,19 @@ impl Health {
 
 /// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
-    let metrics = Arc::new(Metrics::new(&config.metrics.namespace, config.metrics.max_label_values));
+    let metrics = Arc::new(Metrics::new(
+        &config.metrics.namespace,
+        config.metrics.max_label_values,
+    ));
     let health = Arc::new(Health::default());
     let (ledger_tx, ledger_task) = ledger::spawn(metrics.clone(), health.clone());
 
     let listener = TcpListener::bind(config.server.listen)
         .await
-        .map_err(|source| DaemonError::Bind { addr: config.server.listen, source })?;
+        .map_err(|source| DaemonError::Bind {
+            addr: config.server.listen,
+            source,
+        })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
 
     let sampler = start_sampler(&config, ledger_tx.clone())?;
@@ -143,8 +155,14 @@ async fn reload(running: &mut Config, sampler: &SamplerHandle, ledger: &LedgerSe
         warn!("[metrics] changed; metric names and caps take effect after a restart");
     }
     let kept: HashSet<&str> = new.targets.iter().map(|t| t.name.as_str()).collect();
-    for gone in running.targets.iter().filter(|t| !kept.contains(t.name.as_str())) {
-        let _ = ledger.send(LedgerInput::TargetRemoved(gone.name.clone())).await;
+    for gone in running
+        .targets
+        .iter()
+        .filter(|t| !kept.contains(t.name.as_str()))
+    {
+        let _ = ledger
+            .send(LedgerInput::TargetRemoved(gone.name.clone()))
+            .await;
     }
     sampler.reconfigure(new.targets.clone());
     info!(

@@ -24,7 +24,10 @@ pub enum LedgerInput {
 pub type LedgerSender = mpsc::Sender<LedgerInput>;
 
 /// Starts the ledger task; it runs until every sender is dropped.
-pub fn spawn(metrics: Arc<Metrics>, health: Arc<Health>) -> (LedgerSender, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+) -> (LedgerSender, tokio::task::JoinHandle<()>) {
     let (sender, mut inbox) = mpsc::channel(LEDGER_QUEUE);
     let task = tokio::spawn(async move {
         while let Some(input) = inbox.recv().await {

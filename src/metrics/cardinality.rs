@@ -31,7 +31,10 @@ impl CardinalityCap {
     /// The value to use for `label`: `value` itself while the label has room or already knows
     /// it, else `__other__` (and the overflow counter moves).
     pub fn admit(&self, label: &'static str, value: &str) -> String {
-        let mut seen = self.seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let values = seen.entry(label).or_default();
         if values.contains(value) {
             return value.to_string();
@@ -64,7 +67,11 @@ mod tests {
         assert_eq!(cap.admit("agent", "a"), "a", "known values keep their name");
         assert_eq!(cap.admit("model", "m"), "m", "each label has its own room");
         assert_eq!(cap.admit("agent", "d"), OVERFLOW_VALUE);
-        let folded = overflow.get_or_create(&LabelLabels { label: "agent".into() }).get();
+        let folded = overflow
+            .get_or_create(&LabelLabels {
+                label: "agent".into(),
+            })
+            .get();
         assert_eq!(folded, 2);
     }
 }

@@ -92,10 +92,10 @@ pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
         }
         let sample = strip_exemplar(line);
         let name_end = sample.find(['{', ' ']).unwrap_or(sample.len());
-        if let Some(family) = sample[..name_end].strip_suffix("_created") {
-            if counters.contains(family) {
-                continue;
-            }
+        if let Some(family) = sample[..name_end].strip_suffix("_created")
+            && counters.contains(family)
+        {
+            continue;
         }
         out.push_str(sample);
         out.push('\n');
@@ -181,9 +181,14 @@ haios_odd 3\n"
     fn accept_header_chooses_the_format() {
         assert_eq!(Format::negotiate(None), Format::PrometheusText);
         assert_eq!(
-            Format::negotiate(Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")),
+            Format::negotiate(Some(
+                "application/openmetrics-text;version=1.0.0,text/plain;q=0.5"
+            )),
             Format::OpenMetrics
         );
-        assert_eq!(Format::negotiate(Some("text/plain")), Format::PrometheusText);
+        assert_eq!(
+            Format::negotiate(Some("text/plain")),
+            Format::PrometheusText
+        );
     }
 }

@@ -10,12 +10,12 @@ pub mod exposition;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, EncodeMetric, MetricEncoder};
-use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::{CounterWithExemplar, HistogramWithExemplars};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
 
 pub use cardinality::{CardinalityCap, OVERFLOW_VALUE};
@@ -206,7 +206,7 @@ impl Metrics {
             task_duration_seconds: Family::new_with_constructor(|| {
                 HistogramWithExemplars::new(TASK_DURATION_BUCKETS.into_iter())
             }),
-            registry_lock_wait_seconds: Histogram::new(LOCK_WAIT_BUCKETS.into_iter()),
+            registry_lock_wait_seconds: Histogram::new(LOCK_WAIT_BUCKETS),
             tokens_total: Family::default(),
             usd_spend_total: Family::default(),
             cpu_seconds_total: Family::default(),
@@ -236,41 +236,159 @@ impl Metrics {
         };
         let m = &metrics;
         let r = &mut registry;
-        r.register("task", "Finished tasks by type and result (ADR 19-O2)", Listed(m.task_total.clone()));
-        r.register_with_unit("task_duration", "Task wall time (ADR 19-O2)", Unit::Seconds, Listed(m.task_duration_seconds.clone()));
-        r.register_with_unit("registry_lock_wait", "Lock waits reported by lock_wait events (ADR 19-O2)", Unit::Seconds, Listed(m.registry_lock_wait_seconds.clone()));
+        r.register(
+            "task",
+            "Finished tasks by type and result (ADR 19-O2)",
+            Listed(m.task_total.clone()),
+        );
+        r.register_with_unit(
+            "task_duration",
+            "Task wall time (ADR 19-O2)",
+            Unit::Seconds,
+            Listed(m.task_duration_seconds.clone()),
+        );
+        r.register_with_unit(
+            "registry_lock_wait",
+            "Lock waits reported by lock_wait events (ADR 19-O2)",
+            Unit::Seconds,
+            Listed(m.registry_lock_wait_seconds.clone()),
+        );
         r.register("tokens", "LLM tokens by kind; the kinds input, cache_read, cache_write and output are additive (ADR 19-O2)", Listed(m.tokens_total.clone()));
-        r.register("usd_spend", "USD spent on LLM usage (ADR 19-O2)", Listed(m.usd_spend_total.clone()));
-        r.register_with_unit("cpu", "User and system CPU of the target's process tree, reaped children included", Unit::Seconds, Listed(m.cpu_seconds_total.clone()));
-        r.register_with_unit("memory_rss", "Resident memory of the target's process tree now", Unit::Bytes, Listed(m.memory_rss_bytes.clone()));
-        r.register_with_unit("memory_peak_rss", "Highest tree resident memory seen", Unit::Bytes, Listed(m.memory_peak_rss_bytes.clone()));
-        r.register_with_unit("disk_read", "Bytes the target's process tree read from storage", Unit::Bytes, Listed(m.disk_read_bytes_total.clone()));
-        r.register_with_unit("disk_written", "Bytes the target's process tree wrote to storage", Unit::Bytes, Listed(m.disk_written_bytes_total.clone()));
-        r.register("target_processes", "Processes in the target's tree now", Listed(m.target_processes.clone()));
-        r.register("target_up", "1 while the target is found, else 0", Listed(m.target_up.clone()));
-        r.register("budget_limit", "Configured budget limit in the resource's base unit", Listed(m.budget_limit.clone()));
-        r.register("budget_used", "Running total of the budget's current window", Listed(m.budget_used.clone()));
-        r.register("budget_utilization_ratio", "Budget used divided by its limit", Listed(m.budget_utilization_ratio.clone()));
-        r.register("budget_state", "Budget state: 0 ok, 1 warning, 2 exceeded", Listed(m.budget_state.clone()));
-        r.register("budget_window_end_timestamp_seconds", "Unix time when the budget's current window resets (absent for lifetime budgets)", Listed(m.budget_window_end_timestamp_seconds.clone()));
+        r.register(
+            "usd_spend",
+            "USD spent on LLM usage (ADR 19-O2)",
+            Listed(m.usd_spend_total.clone()),
+        );
+        r.register_with_unit(
+            "cpu",
+            "User and system CPU of the target's process tree, reaped children included",
+            Unit::Seconds,
+            Listed(m.cpu_seconds_total.clone()),
+        );
+        r.register_with_unit(
+            "memory_rss",
+            "Resident memory of the target's process tree now",
+            Unit::Bytes,
+            Listed(m.memory_rss_bytes.clone()),
+        );
+        r.register_with_unit(
+            "memory_peak_rss",
+            "Highest tree resident memory seen",
+            Unit::Bytes,
+            Listed(m.memory_peak_rss_bytes.clone()),
+        );
+        r.register_with_unit(
+            "disk_read",
+            "Bytes the target's process tree read from storage",
+            Unit::Bytes,
+            Listed(m.disk_read_bytes_total.clone()),
+        );
+        r.register_with_unit(
+            "disk_written",
+            "Bytes the target's process tree wrote to storage",
+            Unit::Bytes,
+            Listed(m.disk_written_bytes_total.clone()),
+        );
+        r.register(
+            "target_processes",
+            "Processes in the target's tree now",
+            Listed(m.target_processes.clone()),
+        );
+        r.register(
+            "target_up",
+            "1 while the target is found, else 0",
+            Listed(m.target_up.clone()),
+        );
+        r.register(
+            "budget_limit",
+            "Configured budget limit in the resource's base unit",
+            Listed(m.budget_limit.clone()),
+        );
+        r.register(
+            "budget_used",
+            "Running total of the budget's current window",
+            Listed(m.budget_used.clone()),
+        );
+        r.register(
+            "budget_utilization_ratio",
+            "Budget used divided by its limit",
+            Listed(m.budget_utilization_ratio.clone()),
+        );
+        r.register(
+            "budget_state",
+            "Budget state: 0 ok, 1 warning, 2 exceeded",
+            Listed(m.budget_state.clone()),
+        );
+        r.register(
+            "budget_window_end_timestamp_seconds",
+            "Unix time when the budget's current window resets (absent for lifetime budgets)",
+            Listed(m.budget_window_end_timestamp_seconds.clone()),
+        );
         r.register("budget_projected_exhaustion_seconds", "Seconds until the limit at the recent burn rate, present only when that falls before the window ends", Listed(m.budget_projected_exhaustion_seconds.clone()));
-        r.register("budget_warnings", "Budget transitions into the warning state", Listed(m.budget_warnings_total.clone()));
-        r.register("budget_exceeded", "Budget transitions into the exceeded state", Listed(m.budget_exceeded_total.clone()));
-        r.register("soft_kills", "Signals sent by budget enforcement", Listed(m.soft_kills_total.clone()));
-        r.register("events", "Ingested events by source, type and result (accepted, duplicate, rejected)", Listed(m.events_total.clone()));
-        r.register("unknown_model_events", "Usage events priced at 0 for want of a price for their model", Listed(m.unknown_model_events_total.clone()));
-        r.register("unknown_model_tokens", "Tokens priced at 0 for want of a price for their model", Listed(m.unknown_model_tokens_total.clone()));
-        r.register("pricing_models", "Models in the price table by source (embedded baseline, manifest)", Listed(m.pricing_models.clone()));
-        r.register("pricing_rejected_rows", "Price table rows rejected by source", Listed(m.pricing_rejected_rows.clone()));
-        r.register("cost_report_last_success_timestamp_seconds", "Unix time the last weekly cost report was written (ADR 19-O5)", Listed(m.cost_report_last_success_timestamp_seconds.clone()));
-        r.register("label_values_overflow", "Label values folded into __other__ by the cardinality cap", Listed(label_values_overflow_total));
-        r.register("build_info", "Always 1; the version label says which costmeter is running", Listed(m.build_info.clone()));
+        r.register(
+            "budget_warnings",
+            "Budget transitions into the warning state",
+            Listed(m.budget_warnings_total.clone()),
+        );
+        r.register(
+            "budget_exceeded",
+            "Budget transitions into the exceeded state",
+            Listed(m.budget_exceeded_total.clone()),
+        );
+        r.register(
+            "soft_kills",
+            "Signals sent by budget enforcement",
+            Listed(m.soft_kills_total.clone()),
+        );
+        r.register(
+            "events",
+            "Ingested events by source, type and result (accepted, duplicate, rejected)",
+            Listed(m.events_total.clone()),
+        );
+        r.register(
+            "unknown_model_events",
+            "Usage events priced at 0 for want of a price for their model",
+            Listed(m.unknown_model_events_total.clone()),
+        );
+        r.register(
+            "unknown_model_tokens",
+            "Tokens priced at 0 for want of a price for their model",
+            Listed(m.unknown_model_tokens_total.clone()),
+        );
+        r.register(
+            "pricing_models",
+            "Models in the price table by source (embedded baseline, manifest)",
+            Listed(m.pricing_models.clone()),
+        );
+        r.register(
+            "pricing_rejected_rows",
+            "Price table rows rejected by source",
+            Listed(m.pricing_rejected_rows.clone()),
+        );
+        r.register(
+            "cost_report_last_success_timestamp_seconds",
+            "Unix time the last weekly cost report was written (ADR 19-O5)",
+            Listed(m.cost_report_last_success_timestamp_seconds.clone()),
+        );
+        r.register(
+            "label_values_overflow",
+            "Label values folded into __other__ by the cardinality cap",
+            Listed(label_values_overflow_total),
+        );
+        r.register(
+            "build_info",
+            "Always 1; the version label says which costmeter is running",
+            Listed(m.build_info.clone()),
+        );
         m.build_info
             .get_or_create(&VersionLabels {
                 version: env!("CARGO_PKG_VERSION").to_string(),
             })
             .set(1);
-        Metrics { registry, ..metrics }
+        Metrics {
+            registry,
+            ..metrics
+        }
     }
 
     /// Applies one sampler reading to the target series.
@@ -278,13 +396,27 @@ impl Metrics {
         let labels = TargetLabels {
             target: self.cap.admit("target", &reading.target),
         };
-        self.cpu_seconds_total.get_or_create(&labels).inc_by(reading.cpu_seconds);
-        self.disk_read_bytes_total.get_or_create(&labels).inc_by(reading.read_bytes);
-        self.disk_written_bytes_total.get_or_create(&labels).inc_by(reading.written_bytes);
-        self.memory_rss_bytes.get_or_create(&labels).set(saturating_i64(reading.rss_bytes));
-        self.memory_peak_rss_bytes.get_or_create(&labels).set(saturating_i64(reading.peak_rss_bytes));
-        self.target_processes.get_or_create(&labels).set(saturating_i64(reading.processes));
-        self.target_up.get_or_create(&labels).set(i64::from(reading.up));
+        self.cpu_seconds_total
+            .get_or_create(&labels)
+            .inc_by(reading.cpu_seconds);
+        self.disk_read_bytes_total
+            .get_or_create(&labels)
+            .inc_by(reading.read_bytes);
+        self.disk_written_bytes_total
+            .get_or_create(&labels)
+            .inc_by(reading.written_bytes);
+        self.memory_rss_bytes
+            .get_or_create(&labels)
+            .set(saturating_i64(reading.rss_bytes));
+        self.memory_peak_rss_bytes
+            .get_or_create(&labels)
+            .set(saturating_i64(reading.peak_rss_bytes));
+        self.target_processes
+            .get_or_create(&labels)
+            .set(saturating_i64(reading.processes));
+        self.target_up
+            .get_or_create(&labels)
+            .set(i64::from(reading.up));
     }
 
     /// Removes a target's gauges after it was dropped from the config. Counters stay, as

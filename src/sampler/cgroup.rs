@@ -118,9 +118,9 @@ impl CgroupFiles {
                 .or_else(|| find_v1("memory", "memory.usage_in_bytes")),
             memory_peak: find_v2("memory.peak")
                 .or_else(|| find_v1("memory", "memory.max_usage_in_bytes")),
-            io: find_v2("io.stat").map(IoFile::Stat).or_else(|| {
-                find_v1("blkio", "blkio.throttle.io_service_bytes").map(IoFile::Blkio)
-            }),
+            io: find_v2("io.stat")
+                .map(IoFile::Stat)
+                .or_else(|| find_v1("blkio", "blkio.throttle.io_service_bytes").map(IoFile::Blkio)),
             procs: find_v2("cgroup.procs")
                 .or_else(|| find_v1("memory", "cgroup.procs"))
                 .or_else(|| find_v1("cpuacct", "cgroup.procs"))
@@ -141,11 +141,17 @@ impl CgroupFiles {
             ..CgroupReading::default()
         };
         reading.cpu_seconds = match &self.cpu {
-            Some(CpuFile::Stat(path)) => read_keyed(path, "usage_usec").map_or(0.0, |us| us as f64 / 1e6),
+            Some(CpuFile::Stat(path)) => {
+                read_keyed(path, "usage_usec").map_or(0.0, |us| us as f64 / 1e6)
+            }
             Some(CpuFile::Usage(path)) => read_number(path).map_or(0.0, |ns| ns as f64 / 1e9),
             None => 0.0,
         };
-        reading.memory_bytes = self.memory_current.as_deref().and_then(read_number).unwrap_or(0);
+        reading.memory_bytes = self
+            .memory_current
+            .as_deref()
+            .and_then(read_number)
+            .unwrap_or(0);
         reading.memory_peak_bytes = self.memory_peak.as_deref().and_then(read_number);
         (reading.read_bytes, reading.written_bytes) = match &self.io {
             Some(IoFile::Stat(path)) => std::fs::read_to_string(path)
@@ -239,14 +245,29 @@ mod tests {
         std::fs::write(memory.join("memory.usage_in_bytes"), "4096\n").expect("write");
         std::fs::write(memory.join("memory.max_usage_in_bytes"), "8192\n").expect("write");
         let mounts = vec![
-            Mount { point: root.join("unified"), unified: true, controllers: vec![] },
-            Mount { point: root.join("cpuacct"), unified: false, controllers: vec!["cpuacct".into()] },
-            Mount { point: root.join("memory"), unified: false, controllers: vec!["memory".into()] },
+            Mount {
+                point: root.join("unified"),
+                unified: true,
+                controllers: vec![],
+            },
+            Mount {
+                point: root.join("cpuacct"),
+                unified: false,
+                controllers: vec!["cpuacct".into()],
+            },
+            Mount {
+                point: root.join("memory"),
+                unified: false,
+                controllers: vec!["memory".into()],
+            },
         ];
         let files = CgroupFiles::locate(Path::new("/agent"), &mounts);
         let reading = files.read().expect("cgroup exists");
         assert_eq!(reading.processes, 2);
-        assert!((reading.cpu_seconds - 2.5).abs() < 1e-9, "v2 cpu.stat wins over v1");
+        assert!(
+            (reading.cpu_seconds - 2.5).abs() < 1e-9,
+            "v2 cpu.stat wins over v1"
+        );
         assert_eq!(reading.memory_bytes, 4096, "memory falls back to v1");
         assert_eq!(reading.memory_peak_bytes, Some(8192));
         // An absolute path under a v1 mount finds the same cgroup in the other hierarchies.

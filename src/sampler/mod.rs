@@ -13,7 +13,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::{Selector, TargetConfig};
 use cgroup::CgroupFiles;
@@ -118,7 +118,11 @@ impl Sampler {
         let needs_table = due
             .iter()
             .any(|&i| !matches!(self.targets[i].config.selector, Selector::Cgroup(_)));
-        let table = if needs_table { ProcTable::scan() } else { ProcTable::default() };
+        let table = if needs_table {
+            ProcTable::scan()
+        } else {
+            ProcTable::default()
+        };
         let ticks = self.ticks_per_second;
         due.into_iter()
             .map(|i| {
@@ -138,7 +142,11 @@ fn same_selector(a: &TargetConfig, b: &TargetConfig) -> bool {
     a.children == b.children && a.selector.describe() == b.selector.describe()
 }
 
-fn sample_target(state: &mut TargetState, table: &ProcTable, ticks_per_second: f64) -> TargetReading {
+fn sample_target(
+    state: &mut TargetState,
+    table: &ProcTable,
+    ticks_per_second: f64,
+) -> TargetReading {
     let name = state.config.name.clone();
     let (reading, problem) = match &state.config.selector {
         Selector::Cgroup(path) => sample_cgroup(state, path.clone()),
@@ -165,7 +173,9 @@ fn sample_target(state: &mut TargetState, table: &ProcTable, ticks_per_second: f
                     let increment = state.account.observe(&observed);
                     let rss: u64 = members.iter().map(|m| m.rss_bytes).sum();
                     state.peak_rss = state.peak_rss.max(rss);
-                    let problem = members.is_empty().then(|| format!("no process found for {}", selector.describe()));
+                    let problem = members
+                        .is_empty()
+                        .then(|| format!("no process found for {}", selector.describe()));
                     (
                         TargetReading {
                             target: name.clone(),
@@ -184,10 +194,13 @@ fn sample_target(state: &mut TargetState, table: &ProcTable, ticks_per_second: f
             }
         }
     };
+    debug!(target_name = %name, up = reading.up, processes = reading.processes, "sampled");
     if state.last_up != Some(reading.up) {
         match (&problem, reading.up) {
             (_, true) => info!(target_name = %name, processes = reading.processes, "target found"),
-            (Some(problem), false) => warn!(target_name = %name, %problem, "target not found; reporting target_up 0 until it appears"),
+            (Some(problem), false) => {
+                warn!(target_name = %name, %problem, "target not found; reporting target_up 0 until it appears")
+            }
             (None, false) => warn!(target_name = %name, "target not found"),
         }
         state.last_up = Some(reading.up);
@@ -208,7 +221,10 @@ fn down(name: &str, peak: u64) -> TargetReading {
     }
 }
 
-fn sample_cgroup(state: &mut TargetState, path: std::path::PathBuf) -> (TargetReading, Option<String>) {
+fn sample_cgroup(
+    state: &mut TargetState,
+    path: std::path::PathBuf,
+) -> (TargetReading, Option<String>) {
     let name = state.config.name.clone();
     let cgroup = state.cgroup.get_or_insert_with(|| CgroupState {
         files: CgroupFiles::locate(&path, &cgroup::mounts()),
@@ -217,11 +233,20 @@ fn sample_cgroup(state: &mut TargetState, path: std::path::PathBuf) -> (TargetRe
     if !cgroup.files.exists() {
         // It may be created later: look again next time.
         state.cgroup = None;
-        return (down(&name, state.peak_rss), Some(format!("cgroup '{}' not found under any cgroup mount", path.display())));
+        return (
+            down(&name, state.peak_rss),
+            Some(format!(
+                "cgroup '{}' not found under any cgroup mount",
+                path.display()
+            )),
+        );
     }
     let Some(now) = cgroup.files.read() else {
         state.cgroup = None;
-        return (down(&name, state.peak_rss), Some(format!("cgroup '{}' vanished", path.display())));
+        return (
+            down(&name, state.peak_rss),
+            Some(format!("cgroup '{}' vanished", path.display())),
+        );
     };
     // Kernel counters only grow; a drop means the cgroup was recreated, so count it afresh.
     let grown = |now: f64, before: Option<f64>| match before {
@@ -241,7 +266,10 @@ fn sample_cgroup(state: &mut TargetState, path: std::path::PathBuf) -> (TargetRe
         written_bytes: grown_u(now.written_bytes, before.map(|b| b.written_bytes)),
         rss_bytes: now.memory_bytes,
         peak_rss_bytes: {
-            state.peak_rss = state.peak_rss.max(now.memory_bytes).max(now.memory_peak_bytes.unwrap_or(0));
+            state.peak_rss = state
+                .peak_rss
+                .max(now.memory_bytes)
+                .max(now.memory_peak_bytes.unwrap_or(0));
             state.peak_rss
         },
         processes: now.processes,
@@ -293,9 +321,9 @@ pub fn spawn(
                 for reading in sampler.sample_due(now) {
                     sink(reading);
                 }
-                let wait = sampler
-                    .next_due()
-                    .map_or(Duration::from_secs(3600), |due| due.saturating_duration_since(Instant::now()));
+                let wait = sampler.next_due().map_or(Duration::from_secs(3600), |due| {
+                    due.saturating_duration_since(Instant::now())
+                });
                 match inbox.recv_timeout(wait) {
                     Ok(Control::Reconfigure(targets)) => sampler.reconfigure(targets),
                     Err(mpsc::RecvTimeoutError::Timeout) => {}

@@ -82,8 +82,10 @@ impl ProcTable {
             let key = (row.pid, row.start);
             let is_match = match cache.get(&key) {
                 Some(known) => *known,
-                None => u32::try_from(row.pid).is_ok_and(|pid| pid != own_pid)
-                    && process_matches(row, exe, cmdline),
+                None => {
+                    u32::try_from(row.pid).is_ok_and(|pid| pid != own_pid)
+                        && process_matches(row, exe, cmdline)
+                }
             };
             fresh.insert(key, is_match);
             if is_match {

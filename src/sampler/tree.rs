@@ -80,10 +80,7 @@ impl TreeAccount {
         // own figures plus those of vanished children it may have reaped in turn.
         let mut reaped_by_live: HashMap<i32, Counted> = HashMap::new();
         for old in vanished.values() {
-            let parent_alive = self
-                .previous
-                .get(&old.ppid)
-                .is_some_and(|parent| is_same(parent));
+            let parent_alive = self.previous.get(&old.ppid).is_some_and(&is_same);
             if parent_alive {
                 let counted = counted_subtree(old.pid, &vanished, &vanished_children, 0);
                 let entry = reaped_by_live.entry(old.ppid).or_default();
@@ -233,7 +230,9 @@ mod tests {
         for seed in 0..200u64 {
             let mut rng = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
             let mut next = |n: u64| {
-                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 (rng >> 33) % n
             };
             let mut account = TreeAccount::new();
@@ -252,7 +251,8 @@ mod tests {
                     next_pid += 1;
                 }
                 if !children.is_empty() && next(3) == 0 {
-                    let gone = children.remove(usize::try_from(next(children.len() as u64)).unwrap_or(0));
+                    let gone =
+                        children.remove(usize::try_from(next(children.len() as u64)).unwrap_or(0));
                     parent.reaped_ticks += gone.own_ticks;
                 }
                 if next(3) == 0 {

@@ -1,0 +1,10 @@
+//! One integration test binary: every test drives the real `costmeter` binary over HTTP and
+//! real processes.
+
+// Tests signal and reap real processes through libc.
+#![allow(unsafe_code)]
+
+mod cli;
+mod exposition;
+mod sampler;
+mod util;

@@ -1,0 +1,364 @@
+//! Shared test harness: a real `costmeter` daemon on a free port, real child processes, and
+//! helpers that await conditions instead of sleeping.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Path of the binary under test, built by cargo for this test run.
+pub fn costmeter_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_costmeter"))
+}
+
+/// A scratch directory on real disk (not tmpfs), so storage I/O is accounted.
+pub fn scratch_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("costmeter-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .expect("create scratch dir")
+}
+
+/// Polls `condition` every 20 ms until it returns `Some` or `timeout` passes.
+#[track_caller]
+pub fn wait_for<T>(what: &str, timeout: Duration, mut condition: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = condition() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running daemon. Killed (SIGKILL) on drop if still running.
+pub struct Daemon {
+    child: Child,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    logs: Arc<Mutex<Vec<String>>>,
+    http: ureq::Agent,
+}
+
+/// Builds a daemon config. `[server] listen` is always a free loopback port.
+#[must_use]
+pub struct DaemonBuilder {
+    body: String,
+    log_filter: String,
+}
+
+impl Daemon {
+    pub fn builder() -> DaemonBuilder {
+        DaemonBuilder {
+            body: String::new(),
+            log_filter: "info".to_string(),
+        }
+    }
+
+    /// Starts a daemon with `body` as the config after the `[server]` table.
+    #[track_caller]
+    pub fn start(body: &str) -> Daemon {
+        Daemon::builder().config(body).start()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// GET, returning status, content type and body.
+    pub fn get(&self, path: &str, accept: Option<&str>) -> (u16, String, String) {
+        let mut request = self.http.get(self.url(path));
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        let mut response = request.call().expect("HTTP request reaches the daemon");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.body_mut().read_to_string().expect("body is text");
+        (status, content_type, body)
+    }
+
+    /// The Prometheus text exposition, parsed by an independent parser.
+    pub fn scrape(&self) -> Scrape {
+        let (status, _, body) = self.get("/metrics", None);
+        assert_eq!(status, 200, "{body}");
+        Scrape::parse(&body)
+    }
+
+    /// Log lines so far (JSON, one per line).
+    pub fn logs(&self) -> Vec<String> {
+        self.logs.lock().expect("log lock").clone()
+    }
+
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.logs().iter().filter(|l| l.contains(needle)).count()
+    }
+
+    pub fn signal(&self, signal: i32) {
+        let pid = i32::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own child's pid with a valid signal number.
+        let rc = unsafe { libc::kill(pid, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Sends SIGTERM and waits for a clean exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.child.wait().expect("daemon exits")
+    }
+
+    /// Waits until the daemon's readiness probe passes.
+    pub fn wait_ready(&self) {
+        wait_for("/readyz to pass", Duration::from_secs(10), || {
+            (self.get("/readyz", None).0 == 200).then_some(())
+        });
+    }
+
+    /// Polls the scrape until `series` (with `labels`) satisfies `check`; returns its value.
+    #[track_caller]
+    pub fn wait_metric(
+        &self,
+        series: &str,
+        labels: &[(&str, &str)],
+        timeout: Duration,
+        check: impl Fn(f64) -> bool,
+    ) -> f64 {
+        let mut last = None;
+        let found = {
+            let deadline = Instant::now() + timeout;
+            loop {
+                let value = self.scrape().value(series, labels);
+                if let Some(v) = value.filter(|v| check(*v)) {
+                    break Some(v);
+                }
+                last = value;
+                if Instant::now() >= deadline {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        found.unwrap_or_else(|| {
+            panic!("{series}{labels:?} never satisfied the check within {timeout:?}; last value {last:?}")
+        })
+    }
+}
+
+impl DaemonBuilder {
+    pub fn config(mut self, body: &str) -> Self {
+        self.body.push_str(body);
+        self
+    }
+
+    /// `COSTMETER_LOG` for the daemon, e.g. to see debug lines a test counts.
+    pub fn log_filter(mut self, filter: &str) -> Self {
+        self.log_filter = filter.to_string();
+        self
+    }
+
+    #[track_caller]
+    pub fn start(self) -> Daemon {
+        let dir = scratch_dir();
+        let config_path = dir.path().join("costmeter.toml");
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{}", self.body);
+        std::fs::write(&config_path, text).expect("write config");
+        let mut child = Command::new(costmeter_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config_path)
+            .current_dir(dir.path())
+            .env("COSTMETER_LOG", &self.log_filter)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn costmeter");
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().expect("stderr piped");
+        let sink = logs.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().expect("log lock").push(line);
+            }
+        });
+        let addr = wait_for(
+            "the daemon to log its address",
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "costmeter exited early with {status}: {:?}",
+                        logs.lock().map(|l| l.clone())
+                    );
+                }
+                logs.lock().expect("log lock").iter().find_map(|line| {
+                    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+                    let fields = value.get("fields")?;
+                    (fields.get("message")?.as_str()? == "listening")
+                        .then(|| fields.get("addr")?.as_str()?.parse().ok())?
+                })
+            },
+        );
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        Daemon {
+            child,
+            addr,
+            dir,
+            config_path,
+            logs,
+            http,
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A parsed scrape, keyed for easy look-ups.
+pub struct Scrape {
+    pub samples: Vec<prometheus_parse::Sample>,
+    pub docs: HashMap<String, String>,
+    pub text: String,
+}
+
+impl Scrape {
+    #[track_caller]
+    pub fn parse(text: &str) -> Scrape {
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        let parsed = prometheus_parse::Scrape::parse(lines).expect("exposition parses");
+        Scrape {
+            samples: parsed.samples,
+            docs: parsed.docs,
+            text: text.to_string(),
+        }
+    }
+
+    /// The value of `series` whose labels include all of `labels`.
+    pub fn value(&self, series: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| s.metric == series && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            })
+    }
+}
+
+/// A child process in its own process group, killed with its group on drop.
+pub struct Workload {
+    pub child: Child,
+}
+
+impl Workload {
+    /// Runs `script` under `sh -c` in a new process group.
+    pub fn shell(script: &str) -> Workload {
+        let child = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("spawn sh");
+        Workload { child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits")
+    }
+
+    /// Blocks until the workload prints `line` on stdout.
+    pub fn wait_line(&mut self, line: &str) {
+        let stdout = self.child.stdout.as_mut().expect("stdout piped");
+        let mut reader = BufReader::new(stdout);
+        let mut got = String::new();
+        loop {
+            got.clear();
+            let n = reader.read_line(&mut got).expect("read workload stdout");
+            assert!(n > 0, "workload exited before printing {line:?}");
+            if got.trim_end() == line {
+                return;
+            }
+        }
+    }
+
+    /// Kills the whole group and reaps the root, returning the kernel's CPU seconds for the
+    /// root and every descendant it reaped (wait4's rusage).
+    pub fn kill_and_rusage(self) -> f64 {
+        let pid = self.pid();
+        // SAFETY: signalling the process group we created; wait4 on our own child with a
+        // zeroed rusage the kernel fills in.
+        unsafe {
+            libc::killpg(pid, libc::SIGKILL);
+            let mut status = 0;
+            let mut usage: libc::rusage = std::mem::zeroed();
+            let reaped = libc::wait4(pid, &mut status, 0, &mut usage);
+            assert_eq!(reaped, pid, "wait4 reaps the workload");
+            let seconds = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+            seconds(usage.ru_utime) + seconds(usage.ru_stime)
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process group we created.
+        unsafe {
+            libc::killpg(self.pid(), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// The kernel's CPU figure for a live process and its reaped children, from /proc/PID/stat.
+pub fn proc_cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after_comm = &stat[stat.rfind(')').expect("comm closes") + 2..];
+    let fields: Vec<&str> = after_comm.split_whitespace().collect();
+    // Fields 14-17 of stat (utime, stime, cutime, cstime) are 11-14 after the comm.
+    let ticks: f64 = fields[11..15]
+        .iter()
+        .map(|f| f.parse::<f64>().expect("number"))
+        .sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
+/// The `comm` of a live process, or None once it is gone.
+pub fn proc_comm(pid: i32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+pub fn write(path: &Path, text: &str) {
+    std::fs::write(path, text).expect("write file");
+}
