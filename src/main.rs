@@ -2,43 +2,40 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::Parser;
 use costmeter::cli::{self, Cli, Command, EXIT_INVALID_CONFIG};
+use costmeter::config::ConfigError;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("costmeter: {error:#}");
+            if error.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(EXIT_INVALID_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::CheckConfig { file } => cli::check_config(&file),
+        Command::CheckConfig { file } => Ok(cli::check_config(&file)),
         Command::Run { config } => {
             init_logging();
             // Parse the config before binding anything: a bad file never half-starts a daemon.
-            let config = match cli::load_config(config.as_deref()) {
-                Ok(config) => config,
-                Err(error) => {
-                    eprintln!("{error}");
-                    return ExitCode::from(EXIT_INVALID_CONFIG);
-                }
-            };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
+            let config = cli::load_config(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
                 .build()
-            {
-                Ok(runtime) => runtime,
-                Err(error) => {
-                    eprintln!("costmeter: cannot start the async runtime: {error}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match runtime.block_on(costmeter::daemon::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(error) => {
-                    tracing::error!(error = %error, "costmeter stopped");
-                    eprintln!("costmeter: {error}");
-                    ExitCode::FAILURE
-                }
-            }
+                .context("cannot start the async runtime")?;
+            runtime.block_on(costmeter::daemon::run(config))?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
