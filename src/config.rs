@@ -24,6 +24,12 @@ pub const DEFAULT_MAX_LABEL_VALUES: usize = 1000;
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest sample interval accepted: below this the sidecar costs more than it measures.
 pub const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
+/// Largest `POST /v1/events` body accepted.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Where the store lives when the config does not say: the working directory.
+pub const DEFAULT_STORE_PATH: &str = "costmeter.db";
+/// How long raw events and samples are kept before they fold into daily rollups.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(35 * 86_400);
 /// Name of the implicit target when no `[[target]]` is configured: the sidecar itself.
 pub const SELF_TARGET_NAME: &str = "costmeter";
 
@@ -34,12 +40,31 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub server: ServerConfig,
     pub metrics: MetricsConfig,
+    pub store: StoreConfig,
+    pub pricing: PricingConfig,
     pub targets: Vec<TargetConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoreConfig {
+    pub path: PathBuf,
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PricingConfig {
+    /// A LiteLLM `model_prices_and_context_window.json` file.
+    pub manifest: Option<PathBuf>,
+    pub overrides: std::collections::HashMap<String, crate::pricing::PriceOverride>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
     pub listen: SocketAddr,
+    /// File holding the bearer token `/v1/*` writes must present.
+    pub token_file: Option<PathBuf>,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,11 +125,18 @@ impl Default for Config {
                 listen: DEFAULT_LISTEN
                     .parse()
                     .expect("the default listen address parses"),
+                token_file: None,
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             },
             metrics: MetricsConfig {
                 namespace: DEFAULT_NAMESPACE.to_string(),
                 max_label_values: DEFAULT_MAX_LABEL_VALUES,
             },
+            store: StoreConfig {
+                path: PathBuf::from(DEFAULT_STORE_PATH),
+                retention: DEFAULT_RETENTION,
+            },
+            pricing: PricingConfig::default(),
             targets: vec![own_process_target()],
         }
     }
@@ -171,6 +203,10 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    store: RawStore,
+    #[serde(default)]
+    pricing: RawPricing,
     #[serde(default, rename = "target")]
     targets: Vec<Spanned<RawTarget>>,
 }
@@ -179,6 +215,25 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: Option<Spanned<String>>,
+    token_file: Option<Spanned<String>>,
+    /// Listening beyond loopback without a token must be asked for by name.
+    allow_unauthenticated_remote: Option<bool>,
+    max_body_bytes: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    path: Option<Spanned<String>>,
+    retention: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPricing {
+    manifest: Option<Spanned<String>>,
+    #[serde(default)]
+    models: std::collections::HashMap<String, Spanned<crate::pricing::PriceOverride>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -287,6 +342,7 @@ impl Config {
 
 fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
     let defaults = Config::default();
+    let listen_span = raw.server.listen.as_ref().map_or(0..0, Spanned::span);
     let listen = match raw.server.listen {
         None => defaults.server.listen,
         Some(listen) => match listen.get_ref().parse::<SocketAddr>() {
@@ -302,6 +358,91 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
                 defaults.server.listen
             }
         },
+    };
+
+    let token_file = raw
+        .server
+        .token_file
+        .as_ref()
+        .map(|t| PathBuf::from(t.get_ref()));
+    if !listen.ip().is_loopback()
+        && token_file.is_none()
+        && raw.server.allow_unauthenticated_remote != Some(true)
+    {
+        locator.report(
+            listen_span,
+            format!(
+                "server.listen: {listen} is reachable from other hosts; set server.token_file, or server.allow_unauthenticated_remote = true if something else guards it"
+            ),
+        );
+    }
+    let max_body_bytes = match raw.server.max_body_bytes {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(max) => {
+            let value = *max.get_ref();
+            if !(1024..=256 * 1024 * 1024).contains(&value) {
+                locator.report(
+                    max.span(),
+                    format!("server.max_body_bytes: {value} must be between 1024 and 268435456"),
+                );
+            }
+            u64::try_from(value).unwrap_or(DEFAULT_MAX_BODY_BYTES)
+        }
+    };
+
+    let store_path = raw.store.path.as_ref().map_or_else(
+        || PathBuf::from(DEFAULT_STORE_PATH),
+        |p| PathBuf::from(p.get_ref()),
+    );
+    let retention = match &raw.store.retention {
+        None => DEFAULT_RETENTION,
+        Some(text) => match parse_duration(text.get_ref()) {
+            Ok(d) if d >= Duration::from_secs(86_400) => d,
+            Ok(_) => {
+                locator.report(
+                    text.span(),
+                    format!(
+                        "store.retention: '{}' is shorter than the minimum of 1d",
+                        text.get_ref()
+                    ),
+                );
+                DEFAULT_RETENTION
+            }
+            Err(message) => {
+                locator.report(text.span(), format!("store.retention: {message}"));
+                DEFAULT_RETENTION
+            }
+        },
+    };
+    let mut overrides = std::collections::HashMap::new();
+    for (model, price) in raw.pricing.models {
+        let span = price.span();
+        let price = price.into_inner();
+        let values = [
+            Some(price.input),
+            Some(price.output),
+            price.cache_read,
+            price.cache_write,
+        ];
+        if values
+            .iter()
+            .flatten()
+            .any(|v| !(v.is_finite() && (0.0..=crate::pricing::MAX_USD_PER_MILLION).contains(v)))
+        {
+            locator.report(
+                span,
+                format!("pricing.models.\"{model}\": prices are USD per million tokens and must be between 0 and 1000"),
+            );
+        }
+        overrides.insert(model, price);
+    }
+    let pricing = PricingConfig {
+        manifest: raw
+            .pricing
+            .manifest
+            .as_ref()
+            .map(|m| PathBuf::from(m.get_ref())),
+        overrides,
     };
 
     let namespace = match raw.metrics.namespace {
@@ -355,7 +496,16 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
 
     Config {
         source: None,
-        server: ServerConfig { listen },
+        server: ServerConfig {
+            listen,
+            token_file,
+            max_body_bytes,
+        },
+        store: StoreConfig {
+            path: store_path,
+            retention,
+        },
+        pricing,
         metrics: MetricsConfig {
             namespace,
             max_label_values,

@@ -1,8 +1,8 @@
 //! `costmeter run`: wires sources, ledger and HTTP together and handles signals.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
@@ -10,7 +10,7 @@ use tracing::{error, info, warn};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::ledger::{self, LedgerInput, LedgerSender};
+use crate::ledger::{Ledger, LedgerInput, LedgerSender};
 use crate::metrics::Metrics;
 use crate::sampler::{self, Sampler, SamplerHandle};
 
@@ -30,12 +30,23 @@ pub enum DaemonError {
     Signal(#[source] std::io::Error),
     #[error("HTTP server failed: {0}")]
     Serve(#[source] std::io::Error),
+    #[error(transparent)]
+    Ledger(#[from] crate::ledger::LedgerError),
+    #[error("cannot start the ledger thread: {0}")]
+    LedgerThread(#[source] std::io::Error),
+    #[error("cannot read server.token_file '{path}': {reason}")]
+    Token {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }
 
 /// Readiness facts, set by the parts that know them.
 #[derive(Debug, Default)]
 pub struct Health {
     sampled: AtomicBool,
+    /// The last store write's failure, if it failed.
+    store_failure: Mutex<Option<String>>,
 }
 
 impl Health {
@@ -43,20 +54,34 @@ impl Health {
         self.sampled.store(true, Ordering::Relaxed);
     }
 
+    pub fn set_store(&self, outcome: Result<(), String>) {
+        let mut failure = self
+            .store_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *failure = outcome.err();
+    }
+
     /// Each readiness check: name, passing, detail.
-    pub fn checks(&self) -> Vec<(&'static str, bool, &'static str)> {
+    pub fn checks(&self) -> Vec<(&'static str, bool, String)> {
         let sampled = self.sampled.load(Ordering::Relaxed);
+        let store = self
+            .store_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let sampler_detail = if sampled {
+            "first sample taken"
+        } else {
+            "waiting for the first sample"
+        };
         vec![
-            ("config", true, "configuration loaded"),
-            (
-                "sampler",
-                sampled,
-                if sampled {
-                    "first sample taken"
-                } else {
-                    "waiting for the first sample"
-                },
-            ),
+            ("config", true, "configuration loaded".to_string()),
+            ("sampler", sampled, sampler_detail.to_string()),
+            match store {
+                None => ("store", true, "last write succeeded".to_string()),
+                Some(failure) => ("store", false, failure),
+            },
         ]
     }
 }
@@ -68,7 +93,9 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         config.metrics.max_label_values,
     ));
     let health = Arc::new(Health::default());
-    let (ledger_tx, ledger_task) = ledger::spawn(metrics.clone(), health.clone());
+    let token = read_token(&config)?;
+    let (ledger, baselines) = Ledger::open(&config, metrics.clone(), health.clone())?;
+    let (ledger_tx, ledger_thread) = ledger.spawn().map_err(DaemonError::LedgerThread)?;
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -78,7 +105,7 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
 
-    let sampler = start_sampler(&config, ledger_tx.clone())?;
+    let sampler = start_sampler(&config, &baselines, ledger_tx.clone())?;
     info!(
         addr = %local,
         config = %config.source.as_ref().map_or("built-in defaults".into(), |p| p.display().to_string()),
@@ -86,7 +113,13 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
         "listening"
     );
 
-    let state = Arc::new(AppState { metrics, health });
+    let state = Arc::new(AppState {
+        metrics,
+        health,
+        ledger: ledger_tx.clone(),
+        token,
+        max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
+    });
     let app = api::router(state);
 
     let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
@@ -114,7 +147,8 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let served = server.await;
     drop(sampler);
     drop(ledger_tx);
-    let _ = ledger_task.await;
+    // The ledger drains what is queued, commits it, and stops once the last sender is gone.
+    let _ = tokio::task::spawn_blocking(move || ledger_thread.join()).await;
     match served {
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(DaemonError::Serve(error)),
@@ -122,11 +156,36 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     }
 }
 
-fn start_sampler(config: &Config, ledger: LedgerSender) -> Result<SamplerHandle, DaemonError> {
-    sampler::spawn(Sampler::new(config.targets.clone()), move |reading| {
-        // The ledger outlives the sampler; a send error means shutdown is under way.
-        let _ = ledger.blocking_send(LedgerInput::Reading(reading));
-    })
+fn read_token(config: &Config) -> Result<Option<String>, DaemonError> {
+    let Some(path) = &config.server.token_file else {
+        return Ok(None);
+    };
+    let token = std::fs::read_to_string(path).map_err(|error| DaemonError::Token {
+        path: path.clone(),
+        reason: error.to_string(),
+    })?;
+    let token = token.trim().to_string();
+    if token.len() < 16 {
+        return Err(DaemonError::Token {
+            path: path.clone(),
+            reason: "the token must be at least 16 characters".into(),
+        });
+    }
+    Ok(Some(token))
+}
+
+fn start_sampler(
+    config: &Config,
+    baselines: &sampler::StoredBaselines,
+    ledger: LedgerSender,
+) -> Result<SamplerHandle, DaemonError> {
+    sampler::spawn(
+        Sampler::resume(config.targets.clone(), baselines),
+        move |reading| {
+            // The ledger outlives the sampler; a send error means shutdown is under way.
+            let _ = ledger.blocking_send(LedgerInput::Reading(reading));
+        },
+    )
     .map_err(DaemonError::Sampler)
 }
 

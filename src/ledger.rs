@@ -1,44 +1,491 @@
-//! The ledger: the one owner of running totals. Every source sends it what it saw; it alone
-//! moves the metrics, so there is one place to read when a number looks wrong.
+//! The ledger: the one owner of running totals and of the store.
+//!
+//! Every source sends what it saw here over one bounded channel. The ledger runs on its own OS
+//! thread (SQLite calls block), takes whatever is queued as one batch, writes it in one
+//! transaction (group commit), and only then moves the metrics and answers the senders. So a
+//! 2xx always means "on disk", and there is one place to read when a number looks wrong.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
 
+use crate::config::Config;
 use crate::daemon::Health;
-use crate::metrics::Metrics;
-use crate::sampler::TargetReading;
+use crate::ingest::{Event, EventBody};
+use crate::metrics::{
+    Metrics, SpendLabels, TaskLabels, TaskTypeLabels, TokenKind, TokenLabels, TraceLabels,
+};
+use crate::pricing::{Confidence, PriceSource, PriceTable, PricingError, RejectedRow};
+use crate::sampler::{StoredBaselines, TargetReading};
+use crate::store::{PricedEvent, ResourceRow, Store, StoreError, Totals};
 
 /// How many inputs may wait before senders are slowed down.
-pub const LEDGER_QUEUE: usize = 4096;
+pub const LEDGER_QUEUE: usize = 8192;
+/// Most inputs folded into one transaction.
+const MAX_BATCH: usize = 4096;
+/// How often old rows are folded into daily rollups.
+const COMPACTION_EVERY: Duration = Duration::from_secs(3600);
 
 /// What sources send to the ledger.
 #[derive(Debug)]
 pub enum LedgerInput {
+    /// Validated events from one request, and the type labels of the ones it rejected.
+    Events {
+        source: &'static str,
+        events: Vec<Event>,
+        rejected: Vec<&'static str>,
+        reply: oneshot::Sender<Result<Vec<bool>, String>>,
+    },
     Reading(TargetReading),
     /// A target was removed from the config: its gauges go.
     TargetRemoved(String),
+    PricingStatus(oneshot::Sender<PricingStatus>),
 }
 
 /// Sending side of the ledger, cloned into every source.
 pub type LedgerSender = mpsc::Sender<LedgerInput>;
 
-/// Starts the ledger task; it runs until every sender is dropped.
-pub fn spawn(
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+}
+
+/// `GET /v1/pricing/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PricingStatus {
+    pub baseline_version: String,
+    pub baseline_taken: String,
+    pub manifest: Option<String>,
+    pub models: HashMap<&'static str, usize>,
+    pub rejected_rows: Vec<RejectedRow>,
+    pub unknown_models: Vec<UnknownModel>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnknownModel {
+    pub model: String,
+    pub events: u64,
+    pub tokens: u64,
+}
+
+pub struct Ledger {
+    store: Store,
+    prices: PriceTable,
     metrics: Arc<Metrics>,
     health: Arc<Health>,
-) -> (LedgerSender, tokio::task::JoinHandle<()>) {
-    let (sender, mut inbox) = mpsc::channel(LEDGER_QUEUE);
-    let task = tokio::spawn(async move {
-        while let Some(input) = inbox.recv().await {
-            match input {
-                LedgerInput::Reading(reading) => {
-                    metrics.record_target(&reading);
-                    health.mark_sampled();
+    unknown_models: HashMap<String, UnknownModel>,
+    retention: Duration,
+    last_compaction: Option<Instant>,
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl Ledger {
+    /// Opens the store and the price table and puts the metrics back where the store says they
+    /// were. Returns the sampler baselines to resume from.
+    pub fn open(
+        config: &Config,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Result<(Ledger, StoredBaselines), LedgerError> {
+        let store = Store::open(&config.store.path)?;
+        let prices = PriceTable::load(
+            config.pricing.manifest.as_deref(),
+            &config.pricing.overrides,
+        )?;
+        for source in [
+            PriceSource::Baseline,
+            PriceSource::Manifest,
+            PriceSource::Config,
+        ] {
+            let labels = crate::metrics::SourceLabels {
+                source: source.label().to_string(),
+            };
+            let models = prices.models_by_source.get(&source).copied().unwrap_or(0);
+            let rejected = prices
+                .rejected
+                .iter()
+                .filter(|r| r.source == source)
+                .count();
+            metrics
+                .pricing_models
+                .get_or_create(&labels)
+                .set(i64::try_from(models).unwrap_or(0));
+            metrics
+                .pricing_rejected_rows
+                .get_or_create(&labels)
+                .set(i64::try_from(rejected).unwrap_or(0));
+        }
+        for row in &prices.rejected {
+            warn!(source = row.source.label(), model = %row.model, reason = %row.reason, "price row rejected");
+        }
+        let mut ledger = Ledger {
+            store,
+            prices,
+            metrics,
+            health,
+            unknown_models: HashMap::new(),
+            retention: config.store.retention,
+            last_compaction: None,
+        };
+        ledger.compact_if_due();
+        let totals = ledger.store.totals()?;
+        ledger.restore(&totals);
+        let baselines = ledger.store.baselines()?;
+        info!(
+            store = %ledger.store.path().display(),
+            events = ledger.store.event_count()?,
+            priced_models = ledger.prices.len(),
+            "ledger opened"
+        );
+        Ok((ledger, baselines))
+    }
+
+    /// Moves every counter to the stored totals.
+    fn restore(&mut self, totals: &Totals) {
+        let m = &self.metrics;
+        for usage in &totals.usage {
+            let agent = m.cap.admit("agent", &usage.agent);
+            let model = m.cap.admit("model", &usage.model);
+            for (kind, tokens) in [
+                (TokenKind::input, usage.uncached_input_tokens),
+                (TokenKind::cache_read, usage.cache_read_tokens),
+                (TokenKind::cache_write, usage.cache_write_tokens),
+                (TokenKind::output, usage.output_tokens),
+            ] {
+                m.tokens_total
+                    .get_or_create(&TokenLabels {
+                        agent: agent.clone(),
+                        model: model.clone(),
+                        kind,
+                    })
+                    .inc_by(tokens, None, None);
+            }
+            m.usd_spend_total
+                .get_or_create(&SpendLabels { agent, model })
+                .0
+                .inc_by(usage.cost_usd, None, None);
+        }
+        for (model, events, tokens) in &totals.unknown_models {
+            self.unknown_models.insert(
+                model.clone(),
+                UnknownModel {
+                    model: model.clone(),
+                    events: *events,
+                    tokens: *tokens,
+                },
+            );
+            let labels = crate::metrics::ModelLabels {
+                model: m.cap.admit("model", model),
+            };
+            m.unknown_model_events_total
+                .get_or_create(&labels)
+                .inc_by(*events);
+            m.unknown_model_tokens_total
+                .get_or_create(&labels)
+                .inc_by(*tokens);
+        }
+        for (task_type, result, count) in &totals.tasks {
+            m.task_total
+                .get_or_create(&TaskLabels {
+                    r#type: m.cap.admit("type", task_type),
+                    result: result.clone(),
+                })
+                .inc_by(*count);
+        }
+        for (task_type, seconds) in &totals.task_durations {
+            m.task_duration_seconds
+                .get_or_create(&TaskTypeLabels {
+                    r#type: m.cap.admit("type", task_type),
+                })
+                .observe(*seconds, None, None);
+        }
+        for seconds in &totals.lock_waits {
+            m.registry_lock_wait_seconds.observe(*seconds);
+        }
+        for (source, event_type, count) in &totals.events {
+            m.events_total
+                .get_or_create(&crate::metrics::EventLabels {
+                    source: source.clone(),
+                    r#type: event_type.clone(),
+                    result: "accepted".into(),
+                })
+                .inc_by(*count);
+        }
+        for resource in &totals.resources {
+            let labels = crate::metrics::TargetLabels {
+                target: m.cap.admit("target", &resource.target),
+            };
+            m.cpu_seconds_total
+                .get_or_create(&labels)
+                .inc_by(resource.cpu_seconds);
+            m.disk_read_bytes_total
+                .get_or_create(&labels)
+                .inc_by(resource.read_bytes);
+            m.disk_written_bytes_total
+                .get_or_create(&labels)
+                .inc_by(resource.written_bytes);
+            m.memory_peak_rss_bytes
+                .get_or_create(&labels)
+                .set(i64::try_from(resource.peak_rss_bytes).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Runs the ledger on its own thread until every sender is gone.
+    pub fn spawn(mut self) -> std::io::Result<(LedgerSender, std::thread::JoinHandle<()>)> {
+        let (sender, mut inbox) = mpsc::channel::<LedgerInput>(LEDGER_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("costmeter-ledger".into())
+            .spawn(move || {
+                while let Some(first) = inbox.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match inbox.try_recv() {
+                            Ok(input) => batch.push(input),
+                            Err(_) => break,
+                        }
+                    }
+                    self.process(batch);
                 }
-                LedgerInput::TargetRemoved(name) => metrics.forget_target(&name),
+            })?;
+        Ok((sender, thread))
+    }
+
+    fn process(&mut self, batch: Vec<LedgerInput>) {
+        let received = now_ms();
+        let mut requests = Vec::new();
+        let mut priced: Vec<PricedEvent> = Vec::new();
+        let mut readings = Vec::new();
+        for input in batch {
+            match input {
+                LedgerInput::Events {
+                    source,
+                    events,
+                    rejected,
+                    reply,
+                } => {
+                    for event_type in &rejected {
+                        self.count_event(source, event_type, "rejected");
+                    }
+                    let start = priced.len();
+                    for event in events {
+                        let cost = match &event.body {
+                            EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
+                            _ => None,
+                        };
+                        priced.push(PricedEvent {
+                            event,
+                            source,
+                            cost,
+                        });
+                    }
+                    requests.push((start..priced.len(), reply));
+                }
+                LedgerInput::Reading(reading) => readings.push(reading),
+                LedgerInput::TargetRemoved(name) => self.metrics.forget_target(&name),
+                LedgerInput::PricingStatus(reply) => {
+                    let _ = reply.send(self.pricing_status());
+                }
             }
         }
-    });
-    (sender, task)
+        let rows: Vec<ResourceRow> = readings
+            .iter()
+            .map(|r| ResourceRow {
+                ts_ms: received,
+                target: r.target.clone(),
+                cpu_seconds: r.cpu_seconds,
+                read_bytes: r.read_bytes,
+                written_bytes: r.written_bytes,
+                rss_bytes: r.rss_bytes,
+                peak_rss_bytes: r.peak_rss_bytes,
+                baseline: r
+                    .baseline
+                    .as_ref()
+                    .and_then(|b| serde_json::to_string(b).ok())
+                    .map(|json| (r.selector.clone(), json)),
+            })
+            .collect();
+
+        if !priced.is_empty() || !rows.is_empty() {
+            match self.store.commit(&priced, &rows, received) {
+                Ok(fresh) => {
+                    self.health.set_store(Ok(()));
+                    for (event, is_new) in priced.iter().zip(&fresh) {
+                        if *is_new {
+                            self.apply(event);
+                        } else {
+                            self.count_event(
+                                event.source,
+                                event.event.body.type_name(),
+                                "duplicate",
+                            );
+                        }
+                    }
+                    for (range, reply) in requests {
+                        let _ = reply.send(Ok(fresh[range].to_vec()));
+                    }
+                }
+                Err(failure) => {
+                    error!(error = %failure, "store write failed; events answered 503, nothing counted");
+                    self.health.set_store(Err(failure.to_string()));
+                    for (_, reply) in requests {
+                        let _ = reply.send(Err(failure.to_string()));
+                    }
+                }
+            }
+        }
+        // Resource gauges and counters move even when the store failed: the deltas are then
+        // counted again from the stored baseline after a restart, never lost.
+        for reading in &readings {
+            self.metrics.record_target(reading);
+            self.health.mark_sampled();
+        }
+        self.compact_if_due();
+    }
+
+    fn count_event(&self, source: &str, event_type: &str, result: &str) {
+        self.metrics
+            .events_total
+            .get_or_create(&crate::metrics::EventLabels {
+                source: source.to_string(),
+                r#type: event_type.to_string(),
+                result: result.to_string(),
+            })
+            .inc();
+    }
+
+    /// Moves the series for one newly stored event.
+    fn apply(&mut self, priced: &PricedEvent) {
+        let m = &self.metrics;
+        let event = &priced.event;
+        let exemplar = event.trace_id.as_ref().map(|trace_id| TraceLabels {
+            trace_id: trace_id.clone(),
+        });
+        self.count_event(priced.source, event.body.type_name(), "accepted");
+        match &event.body {
+            EventBody::LlmUsage(usage) => {
+                let agent = m.cap.admit("agent", &usage.agent);
+                let model = m.cap.admit("model", &usage.model);
+                for (kind, tokens) in [
+                    (TokenKind::input, usage.uncached_input_tokens()),
+                    (TokenKind::cache_read, usage.cache_read_tokens),
+                    (TokenKind::cache_write, usage.cache_write_tokens),
+                    (TokenKind::output, usage.output_tokens),
+                ] {
+                    if tokens > 0 {
+                        m.tokens_total
+                            .get_or_create(&TokenLabels {
+                                agent: agent.clone(),
+                                model: model.clone(),
+                                kind,
+                            })
+                            .inc_by(tokens, exemplar.clone(), None);
+                    }
+                }
+                let cost = priced.cost.map_or(0.0, |c| c.usd);
+                m.usd_spend_total
+                    .get_or_create(&SpendLabels { agent, model })
+                    .0
+                    .inc_by(cost, exemplar, None);
+                if priced
+                    .cost
+                    .is_some_and(|c| c.confidence == Confidence::UnknownModel)
+                {
+                    let tokens = usage.input_tokens + usage.output_tokens;
+                    let entry = self.unknown_models.entry(usage.model.clone()).or_insert_with(|| {
+                        warn!(model = %usage.model, agent = %usage.agent, "no price for this model: its usage counts 0 USD until a price is configured ([pricing] manifest or [pricing.models])");
+                        UnknownModel { model: usage.model.clone(), events: 0, tokens: 0 }
+                    });
+                    entry.events += 1;
+                    entry.tokens += tokens;
+                    let labels = crate::metrics::ModelLabels {
+                        model: m.cap.admit("model", &usage.model),
+                    };
+                    m.unknown_model_events_total.get_or_create(&labels).inc();
+                    m.unknown_model_tokens_total
+                        .get_or_create(&labels)
+                        .inc_by(tokens);
+                }
+            }
+            EventBody::TaskEnd {
+                task_id,
+                task_type,
+                outcome,
+                ..
+            } => {
+                let task_type = m.cap.admit("type", task_type);
+                m.task_total
+                    .get_or_create(&TaskLabels {
+                        r#type: task_type.clone(),
+                        result: outcome.result.clone(),
+                    })
+                    .inc();
+                match self.store.task_started_ms(task_id) {
+                    Ok(Some(started)) if started <= event.ts_ms => {
+                        m.task_duration_seconds
+                            .get_or_create(&TaskTypeLabels { r#type: task_type })
+                            .observe((event.ts_ms - started) as f64 / 1000.0, exemplar, None);
+                    }
+                    Ok(_) => {}
+                    Err(failure) => {
+                        warn!(error = %failure, task_id = %task_id, "cannot read the task's start")
+                    }
+                }
+            }
+            EventBody::LockWait { seconds, .. } => m.registry_lock_wait_seconds.observe(*seconds),
+            EventBody::RunStart { .. }
+            | EventBody::RunEnd { .. }
+            | EventBody::TaskStart { .. }
+            | EventBody::FileWrite { .. } => {}
+        }
+    }
+
+    fn pricing_status(&self) -> PricingStatus {
+        let mut unknown: Vec<UnknownModel> = self.unknown_models.values().cloned().collect();
+        unknown.sort_by(|a, b| b.events.cmp(&a.events).then_with(|| a.model.cmp(&b.model)));
+        PricingStatus {
+            baseline_version: self.prices.baseline_version.clone(),
+            baseline_taken: self.prices.baseline_taken.clone(),
+            manifest: self
+                .prices
+                .manifest
+                .as_ref()
+                .map(|p| p.display().to_string()),
+            models: self
+                .prices
+                .models_by_source
+                .iter()
+                .map(|(source, n)| (source.label(), *n))
+                .collect(),
+            rejected_rows: self.prices.rejected.clone(),
+            unknown_models: unknown,
+        }
+    }
+
+    fn compact_if_due(&mut self) {
+        if self
+            .last_compaction
+            .is_some_and(|at| at.elapsed() < COMPACTION_EVERY)
+        {
+            return;
+        }
+        self.last_compaction = Some(Instant::now());
+        let cutoff = now_ms() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        match self.store.compact(cutoff) {
+            Ok(0) => {}
+            Ok(rows) => info!(rows, "old rows folded into daily rollups"),
+            Err(failure) => warn!(error = %failure, "compaction failed; will retry in an hour"),
+        }
+    }
 }

@@ -35,7 +35,7 @@ enum IoFile {
 }
 
 /// A reading of a cgroup's counters; absent figures are those the host does not provide.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CgroupReading {
     pub cpu_seconds: f64,
     pub memory_bytes: u64,

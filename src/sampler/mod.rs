@@ -37,7 +37,22 @@ pub struct TargetReading {
     /// Highest tree RSS seen (or the kernel's cgroup peak).
     pub peak_rss_bytes: u64,
     pub processes: u64,
+    /// The target's selector, described; a stored baseline applies only to the same one.
+    pub selector: String,
+    /// What has been counted so far, stored with the deltas so a restart resumes from it.
+    pub baseline: Option<Baseline>,
 }
+
+/// The accounting state a target resumes from after a restart of the sidecar.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Baseline {
+    Tree(Vec<tree::Observed>),
+    Cgroup(cgroup::CgroupReading),
+}
+
+/// Baselines read back from the store: target name → (selector description, baseline JSON).
+pub type StoredBaselines = HashMap<String, (String, String)>;
 
 /// State kept per target between samples.
 struct TargetState {
@@ -49,6 +64,8 @@ struct TargetState {
     next_due: Instant,
     /// Last reported reachability and reason, so a missing target is logged once, not every tick.
     last_up: Option<bool>,
+    /// A cgroup reading from before a restart, used as the first "previous" reading.
+    restored_cgroup: Option<cgroup::CgroupReading>,
 }
 
 struct CgroupState {
@@ -64,11 +81,31 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(targets: Vec<TargetConfig>) -> Sampler {
+        Sampler::resume(targets, &StoredBaselines::new())
+    }
+
+    /// A sampler that continues from stored baselines where a target's selector is unchanged.
+    pub fn resume(targets: Vec<TargetConfig>, stored: &StoredBaselines) -> Sampler {
         let mut sampler = Sampler {
             targets: Vec::new(),
             ticks_per_second: procfs::ticks_per_second() as f64,
         };
         sampler.reconfigure(targets);
+        for state in &mut sampler.targets {
+            let Some((selector, json)) = stored.get(&state.config.name) else {
+                continue;
+            };
+            if *selector != describe(&state.config) {
+                continue;
+            }
+            match serde_json::from_str::<Baseline>(json) {
+                Ok(Baseline::Tree(processes)) => state.account = TreeAccount::restore(processes),
+                Ok(Baseline::Cgroup(reading)) => state.restored_cgroup = Some(reading),
+                Err(error) => {
+                    warn!(target_name = %state.config.name, %error, "stored baseline unreadable; counting the target afresh")
+                }
+            }
+        }
         sampler
     }
 
@@ -95,6 +132,7 @@ impl Sampler {
                     peak_rss: 0,
                     next_due: now,
                     last_up: None,
+                    restored_cgroup: None,
                     config,
                 },
             };
@@ -139,7 +177,16 @@ impl Sampler {
 }
 
 fn same_selector(a: &TargetConfig, b: &TargetConfig) -> bool {
-    a.children == b.children && a.selector.describe() == b.selector.describe()
+    describe(a) == describe(b)
+}
+
+/// The selector and tree mode of a target, as one string stored with its baseline.
+pub fn describe(target: &TargetConfig) -> String {
+    format!(
+        "{} children={}",
+        target.selector.describe(),
+        target.children
+    )
 }
 
 fn sample_target(
@@ -186,11 +233,13 @@ fn sample_target(
                             rss_bytes: rss,
                             peak_rss_bytes: state.peak_rss,
                             processes: members.len() as u64,
+                            selector: describe(&state.config),
+                            baseline: Some(Baseline::Tree(state.account.baseline())),
                         },
                         problem,
                     )
                 }
-                Err(problem) => (down(&name, state.peak_rss), Some(problem)),
+                Err(problem) => (down(&name, &state.config, state.peak_rss), Some(problem)),
             }
         }
     };
@@ -208,8 +257,10 @@ fn sample_target(
     reading
 }
 
-fn down(name: &str, peak: u64) -> TargetReading {
+fn down(name: &str, config: &TargetConfig, peak: u64) -> TargetReading {
     TargetReading {
+        selector: describe(config),
+        baseline: None,
         target: name.to_string(),
         up: false,
         cpu_seconds: 0.0,
@@ -226,15 +277,16 @@ fn sample_cgroup(
     path: std::path::PathBuf,
 ) -> (TargetReading, Option<String>) {
     let name = state.config.name.clone();
+    let restored = state.restored_cgroup.take();
     let cgroup = state.cgroup.get_or_insert_with(|| CgroupState {
         files: CgroupFiles::locate(&path, &cgroup::mounts()),
-        previous: None,
+        previous: restored,
     });
     if !cgroup.files.exists() {
         // It may be created later: look again next time.
         state.cgroup = None;
         return (
-            down(&name, state.peak_rss),
+            down(&name, &state.config, state.peak_rss),
             Some(format!(
                 "cgroup '{}' not found under any cgroup mount",
                 path.display()
@@ -244,7 +296,7 @@ fn sample_cgroup(
     let Some(now) = cgroup.files.read() else {
         state.cgroup = None;
         return (
-            down(&name, state.peak_rss),
+            down(&name, &state.config, state.peak_rss),
             Some(format!("cgroup '{}' vanished", path.display())),
         );
     };
@@ -273,6 +325,8 @@ fn sample_cgroup(
             state.peak_rss
         },
         processes: now.processes,
+        selector: describe(&state.config),
+        baseline: Some(Baseline::Cgroup(now)),
     };
     cgroup.previous = Some(now);
     (reading, None)

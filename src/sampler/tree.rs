@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 /// One process as read from `/proc` at one instant. Times are in clock ticks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Observed {
     pub pid: i32,
     pub ppid: i32,
@@ -119,9 +119,19 @@ impl TreeAccount {
         increment
     }
 
-    /// Forgets every process, e.g. after the target's selector changed.
-    pub fn reset(&mut self) {
-        self.previous.clear();
+    /// What has been counted so far, to be stored beside the counted deltas.
+    pub fn baseline(&self) -> Vec<Observed> {
+        let mut processes: Vec<Observed> = self.previous.values().copied().collect();
+        processes.sort_unstable_by_key(|p| p.pid);
+        processes
+    }
+
+    /// Resumes from a stored baseline: processes still alive are counted from there on, not
+    /// from their start, so a restarted sidecar does not count them twice.
+    pub fn restore(baseline: Vec<Observed>) -> TreeAccount {
+        TreeAccount {
+            previous: baseline.into_iter().map(|p| (p.pid, p)).collect(),
+        }
     }
 }
 

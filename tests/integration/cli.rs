@@ -34,7 +34,12 @@ fn fixtures(dir: &str) -> Vec<std::path::PathBuf> {
 #[test]
 fn every_valid_fixture_and_shipped_example_passes_check_config() {
     let mut files = fixtures("tests/valid_configs");
-    files.extend(fixtures("config"));
+    // config/ also holds the price baseline, which is not a costmeter config.
+    files.extend(
+        fixtures("config")
+            .into_iter()
+            .filter(|f| f.to_string_lossy().ends_with(".example.toml")),
+    );
     for file in files {
         let (code, stdout, stderr) = check_config(&file);
         assert_eq!(code, 0, "{}: {stderr}", file.display());

@@ -1,0 +1,142 @@
+//! Ingestion: from request bodies to validated events. Pure functions; the HTTP handler calls
+//! them and hands the result to the ledger.
+
+pub mod event;
+
+use serde_json::Value;
+
+pub use event::{Event, EventBody, LlmUsage, Outcome};
+
+/// A body that cannot be read as events at all. Each maps to one HTTP status.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BodyError {
+    #[error("body is not valid UTF-8 (first bad byte at offset {offset})")]
+    NotUtf8 { offset: usize },
+    #[error("body is not valid JSON at line {line}, column {column}: {message}")]
+    Malformed {
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("body holds no events; send a JSON object, a JSON array of objects, or NDJSON")]
+    Empty,
+    #[error("content type '{0}' is not accepted; use application/json or application/x-ndjson")]
+    UnsupportedMediaType(String),
+}
+
+/// One item of a body: the JSON value, or why its NDJSON line could not be parsed.
+pub type Item = Result<Value, String>;
+
+/// Whether a content type announces NDJSON.
+fn is_ndjson(content_type: &str) -> bool {
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    matches!(
+        essence.as_str(),
+        "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/jsonlines"
+    )
+}
+
+/// Splits a body into event values: one JSON object, a JSON array, or NDJSON (one object a
+/// line). In NDJSON a bad line is that item's error; in JSON a syntax error rejects the body.
+pub fn split_body(body: &[u8], content_type: Option<&str>) -> Result<Vec<Item>, BodyError> {
+    let text = std::str::from_utf8(body).map_err(|e| BodyError::NotUtf8 {
+        offset: e.valid_up_to(),
+    })?;
+    let ndjson = match content_type {
+        None => false,
+        Some(ct) if is_ndjson(ct) => true,
+        Some(ct) => {
+            let essence = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            if essence != "application/json" && essence != "text/plain" && !essence.is_empty() {
+                return Err(BodyError::UnsupportedMediaType(
+                    ct.chars().take(80).collect(),
+                ));
+            }
+            false
+        }
+    };
+    let items: Vec<Item> = if ndjson {
+        text.lines()
+            .enumerate()
+            .filter(|(_, line)| !line.trim().is_empty())
+            .map(|(number, line)| {
+                serde_json::from_str::<Value>(line).map_err(|e| {
+                    format!(
+                        "line {} is not valid JSON at column {}: {e}",
+                        number + 1,
+                        e.column()
+                    )
+                })
+            })
+            .collect()
+    } else {
+        let value: Value = serde_json::from_str(text).map_err(|e| BodyError::Malformed {
+            line: e.line(),
+            column: e.column(),
+            message: e.to_string(),
+        })?;
+        match value {
+            Value::Array(values) => values.into_iter().map(Ok).collect(),
+            other => vec![Ok(other)],
+        }
+    };
+    if items.is_empty() {
+        return Err(BodyError::Empty);
+    }
+    Ok(items)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_array_and_ndjson_bodies_split() {
+        assert_eq!(split_body(br#"{"type":"x"}"#, None).map(|v| v.len()), Ok(1));
+        assert_eq!(
+            split_body(br#"[{"a":1},{"a":2}]"#, Some("application/json")).map(|v| v.len()),
+            Ok(2)
+        );
+        let items = split_body(
+            b"{\"a\":1}\n\nnot json\n{\"a\":3}\n",
+            Some("application/x-ndjson"),
+        )
+        .expect("splits");
+        assert_eq!(items.len(), 3);
+        assert!(
+            items[1]
+                .as_ref()
+                .is_err_and(|e| e.starts_with("line 3 is not valid JSON"))
+        );
+    }
+
+    #[test]
+    fn unreadable_bodies_are_refused_whole() {
+        assert_eq!(
+            split_body(b"\xff\xfe", None),
+            Err(BodyError::NotUtf8 { offset: 0 })
+        );
+        assert!(matches!(
+            split_body(b"{\"a\": NaN}", None),
+            Err(BodyError::Malformed { line: 1, .. })
+        ));
+        assert_eq!(split_body(b"[]", None), Err(BodyError::Empty));
+        assert!(matches!(
+            split_body(b"{}", Some("text/csv")),
+            Err(BodyError::UnsupportedMediaType(_))
+        ));
+    }
+}
