@@ -317,7 +317,12 @@ impl Ledger {
             })
             .collect();
 
-        if !priced.is_empty() || !rows.is_empty() {
+        if priced.is_empty() && rows.is_empty() {
+            // Only rejections were reported: they are counted; say so.
+            for (_, reply) in requests {
+                let _ = reply.send(Ok(Vec::new()));
+            }
+        } else {
             match self.store.commit(&priced, &rows, received) {
                 Ok(fresh) => {
                     self.health.set_store(Ok(()));

@@ -112,12 +112,13 @@ fn openmetrics_is_served_when_asked_for() {
     assert!(body.contains("# UNIT haios_cpu_seconds seconds"));
 }
 
-#[test]
-fn promtool_accepts_the_text_exposition() {
-    let Some(promtool) = promtool() else { return };
-    let daemon = Daemon::start("[metrics]\nnamespace = \"haios\"\n");
-    daemon.wait_ready();
-    let (_, _, body) = daemon.get("/metrics", None);
+/// Runs `promtool check metrics` on an exposition and fails the test on any complaint.
+/// Returns false when promtool is not installed (and CI does not require it).
+#[track_caller]
+pub fn assert_promtool_accepts(body: &str) -> bool {
+    let Some(promtool) = promtool() else {
+        return false;
+    };
     let mut check = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -141,6 +142,15 @@ fn promtool_accepts_the_text_exposition() {
         output.status.success() && complaints.trim().is_empty(),
         "promtool check metrics: {complaints}\n{body}"
     );
+    true
+}
+
+#[test]
+fn promtool_accepts_the_text_exposition() {
+    let daemon = Daemon::start("[metrics]\nnamespace = \"haios\"\n");
+    daemon.wait_ready();
+    let (_, _, body) = daemon.get("/metrics", None);
+    assert_promtool_accepts(&body);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 mod cli;
+mod events;
 mod exposition;
 mod sampler;
 mod util;

@@ -49,6 +49,7 @@ pub struct Daemon {
     pub config_path: PathBuf,
     logs: Arc<Mutex<Vec<String>>>,
     http: ureq::Agent,
+    log_filter: String,
 }
 
 /// Builds a daemon config. `[server] listen` is always a free loopback port.
@@ -92,6 +93,59 @@ impl Daemon {
             .to_string();
         let body = response.body_mut().read_to_string().expect("body is text");
         (status, content_type, body)
+    }
+
+    /// POST a body; returns status and the body parsed as JSON (Null when it is not JSON).
+    pub fn post(&self, path: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
+        self.post_with(path, content_type, body, None)
+    }
+
+    /// POST with an optional bearer token.
+    pub fn post_with(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self
+            .http
+            .post(self.url(path))
+            .header("Content-Type", content_type);
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response = request.send(body).expect("HTTP request reaches the daemon");
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
+    /// POST events as JSON, expecting a 202.
+    #[track_caller]
+    pub fn post_events(&self, events: &serde_json::Value) -> serde_json::Value {
+        let (status, answer) = self.post(
+            "/v1/events",
+            "application/json",
+            events.to_string().as_bytes(),
+        );
+        assert_eq!(status, 202, "{answer}");
+        answer
+    }
+
+    /// Kills the daemon with `signal` and starts a new one on the same config and store.
+    pub fn restart(mut self, signal: i32) -> Daemon {
+        self.signal(signal);
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self.dir, scratch_dir());
+        DaemonBuilder {
+            body: String::new(),
+            log_filter: self.log_filter.clone(),
+        }
+        .spawn_in(dir, None)
     }
 
     /// The Prometheus text exposition, parsed by an independent parser.
@@ -172,12 +226,20 @@ impl DaemonBuilder {
         self
     }
 
+    /// Extra `[server]` keys go here, e.g. a token file.
     #[track_caller]
     pub fn start(self) -> Daemon {
         let dir = scratch_dir();
+        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n{}", self.body);
+        self.spawn_in(dir, Some(text))
+    }
+
+    #[track_caller]
+    fn spawn_in(self, dir: tempfile::TempDir, config: Option<String>) -> Daemon {
         let config_path = dir.path().join("costmeter.toml");
-        let text = format!("[server]\nlisten = \"127.0.0.1:0\"\n\n{}", self.body);
-        std::fs::write(&config_path, text).expect("write config");
+        if let Some(text) = config {
+            std::fs::write(&config_path, text).expect("write config");
+        }
         let mut child = Command::new(costmeter_bin())
             .arg("run")
             .arg("--config")
@@ -227,6 +289,7 @@ impl DaemonBuilder {
             config_path,
             logs,
             http,
+            log_filter: self.log_filter,
         }
     }
 }
