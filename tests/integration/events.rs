@@ -166,16 +166,22 @@ fn assert_rejected(content_type: &str, body: &[u8], status: u16, message: &str) 
             .any(|s| s.metric == "haios_tokens_total" || s.metric == "haios_usd_spend_total"),
         "no total moved"
     );
-    let rejected: f64 = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == "haios_events_total" && s.labels.get("result") == Some("rejected"))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) => v,
-            _ => 0.0,
-        })
-        .sum();
-    assert!(rejected >= 1.0, "the rejection is counted");
+    let rejected_count = |scrape: &crate::util::Scrape| -> f64 {
+        scrape
+            .samples
+            .iter()
+            .filter(|s| {
+                s.metric == "haios_events_total" && s.labels.get("result") == Some("rejected")
+            })
+            .map(|s| match s.value {
+                prometheus_parse::Value::Counter(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    wait_for("the rejection to be counted", SETTLE, || {
+        (rejected_count(&daemon.scrape()) >= 1.0).then_some(())
+    });
 }
 
 fn event_with(field: &str, value: Value) -> Vec<u8> {
