@@ -9,6 +9,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::CounterWithExemplar;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -18,6 +20,7 @@ use crate::daemon::Health;
 use crate::ingest::{Event, EventBody};
 use crate::metrics::{
     Metrics, SpendLabels, TaskLabels, TaskTypeLabels, TokenKind, TokenLabels, TraceLabels,
+    UsdCounter,
 };
 use crate::pricing::{Confidence, PriceSource, PriceTable, PricingError, RejectedRow};
 use crate::sampler::{StoredBaselines, TargetReading};
@@ -75,7 +78,22 @@ pub struct UnknownModel {
     pub tokens: u64,
 }
 
+/// Most (agent, model) pairs whose series handles are cached.
+const MAX_CACHED_SERIES: usize = 10_000;
+
+/// Handles to one agent and model's series: the hot path then neither builds label sets nor
+/// hashes them into the families again.
+#[derive(Clone)]
+struct UsageSeries {
+    /// input, cache_read, cache_write, output.
+    tokens: [CounterWithExemplar<TraceLabels>; 4],
+    usd: UsdCounter,
+}
+
 pub struct Ledger {
+    usage_series: HashMap<String, HashMap<String, UsageSeries>>,
+    usage_series_len: usize,
+    event_counters: HashMap<(&'static str, &'static str, &'static str), Counter>,
     store: Store,
     prices: PriceTable,
     metrics: Arc<Metrics>,
@@ -131,6 +149,9 @@ impl Ledger {
             warn!(source = row.source.label(), model = %row.model, reason = %row.reason, "price row rejected");
         }
         let mut ledger = Ledger {
+            usage_series: HashMap::new(),
+            usage_series_len: 0,
+            event_counters: HashMap::new(),
             store,
             prices,
             metrics,
@@ -359,20 +380,77 @@ impl Ledger {
         self.compact_if_due();
     }
 
-    fn count_event(&self, source: &str, event_type: &str, result: &str) {
-        self.metrics
-            .events_total
-            .get_or_create(&crate::metrics::EventLabels {
-                source: source.to_string(),
-                r#type: event_type.to_string(),
-                result: result.to_string(),
+    fn count_event(
+        &mut self,
+        source: &'static str,
+        event_type: &'static str,
+        result: &'static str,
+    ) {
+        let metrics = &self.metrics;
+        self.event_counters
+            .entry((source, event_type, result))
+            .or_insert_with(|| {
+                metrics
+                    .events_total
+                    .get_or_create(&crate::metrics::EventLabels {
+                        source: source.to_string(),
+                        r#type: event_type.to_string(),
+                        result: result.to_string(),
+                    })
+                    .clone()
             })
             .inc();
     }
 
+    /// The token and USD series of one agent and model, from the cache when possible.
+    fn usage_series(&mut self, agent: &str, model: &str) -> UsageSeries {
+        if let Some(series) = self.usage_series.get(agent).and_then(|m| m.get(model)) {
+            return series.clone();
+        }
+        let m = &self.metrics;
+        let agent_label = m.cap.admit("agent", agent);
+        let model_label = m.cap.admit("model", model);
+        let token = |kind| {
+            m.tokens_total
+                .get_or_create(&TokenLabels {
+                    agent: agent_label.clone(),
+                    model: model_label.clone(),
+                    kind,
+                })
+                .clone()
+        };
+        let series = UsageSeries {
+            tokens: [
+                token(TokenKind::input),
+                token(TokenKind::cache_read),
+                token(TokenKind::cache_write),
+                token(TokenKind::output),
+            ],
+            usd: m
+                .usd_spend_total
+                .get_or_create(&SpendLabels {
+                    agent: agent_label.clone(),
+                    model: model_label.clone(),
+                })
+                .clone(),
+        };
+        // Only names that kept their own label are cached, so a flood of names folded into
+        // __other__ cannot grow the cache past the cardinality cap.
+        if agent_label == agent && model_label == model && self.usage_series_len < MAX_CACHED_SERIES
+        {
+            self.usage_series_len += 1;
+            self.usage_series
+                .entry(agent.to_string())
+                .or_default()
+                .insert(model.to_string(), series.clone());
+        }
+        series
+    }
+
     /// Moves the series for one newly stored event.
     fn apply(&mut self, priced: &PricedEvent) {
-        let m = &self.metrics;
+        let metrics = self.metrics.clone();
+        let m = &metrics;
         let event = &priced.event;
         let exemplar = event.trace_id.as_ref().map(|trace_id| TraceLabels {
             trace_id: trace_id.clone(),
@@ -380,29 +458,20 @@ impl Ledger {
         self.count_event(priced.source, event.body.type_name(), "accepted");
         match &event.body {
             EventBody::LlmUsage(usage) => {
-                let agent = m.cap.admit("agent", &usage.agent);
-                let model = m.cap.admit("model", &usage.model);
-                for (kind, tokens) in [
-                    (TokenKind::input, usage.uncached_input_tokens()),
-                    (TokenKind::cache_read, usage.cache_read_tokens),
-                    (TokenKind::cache_write, usage.cache_write_tokens),
-                    (TokenKind::output, usage.output_tokens),
-                ] {
+                let series = self.usage_series(&usage.agent, &usage.model);
+                let counts = [
+                    usage.uncached_input_tokens(),
+                    usage.cache_read_tokens,
+                    usage.cache_write_tokens,
+                    usage.output_tokens,
+                ];
+                for (counter, tokens) in series.tokens.iter().zip(counts) {
                     if tokens > 0 {
-                        m.tokens_total
-                            .get_or_create(&TokenLabels {
-                                agent: agent.clone(),
-                                model: model.clone(),
-                                kind,
-                            })
-                            .inc_by(tokens, exemplar.clone(), None);
+                        counter.inc_by(tokens, exemplar.clone(), None);
                     }
                 }
                 let cost = priced.cost.map_or(0.0, |c| c.usd);
-                m.usd_spend_total
-                    .get_or_create(&SpendLabels { agent, model })
-                    .0
-                    .inc_by(cost, exemplar, None);
+                series.usd.0.inc_by(cost, exemplar, None);
                 if priced
                     .cost
                     .is_some_and(|c| c.confidence == Confidence::UnknownModel)

@@ -187,8 +187,12 @@ impl Store {
                 known: MIGRATIONS.len(),
             });
         }
+        // Exclusive locking: this process is the store's only user (clients go through the HTTP
+        // API), it spares a pair of fcntl locks per transaction, and a second daemon pointed at
+        // the same file fails at start instead of interleaving writes.
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
+            "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA busy_timeout = 5000;
              PRAGMA foreign_keys = OFF;",
