@@ -35,7 +35,6 @@ const MIGRATIONS: &[&str] = &[
         trace_id TEXT, span_id TEXT
     );
     CREATE INDEX events_ts ON events(ts_ms);
-    CREATE INDEX events_task ON events(task_id) WHERE task_id IS NOT NULL;
     CREATE TABLE runs (
         run_id TEXT PRIMARY KEY, agent TEXT, name TEXT, started_ms INTEGER, ended_ms INTEGER,
         result TEXT, failure_class TEXT, error_summary TEXT, trace_id TEXT, span_id TEXT
@@ -194,6 +193,7 @@ impl Store {
             "PRAGMA locking_mode = EXCLUSIVE;
              PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
+             PRAGMA wal_autocheckpoint = 8192;
              PRAGMA busy_timeout = 5000;
              PRAGMA foreign_keys = OFF;",
         )
