@@ -60,7 +60,15 @@ pub fn split_body(body: &[u8], content_type: Option<&str>) -> Result<Vec<Item>, 
                 .unwrap_or("")
                 .trim()
                 .to_ascii_lowercase();
-            if essence != "application/json" && essence != "text/plain" && !essence.is_empty() {
+            // curl -d sends application/x-www-form-urlencoded unless told otherwise; a body
+            // that is JSON is taken as JSON whatever such a generic type says.
+            let generic = [
+                "application/json",
+                "text/plain",
+                "application/x-www-form-urlencoded",
+                "",
+            ];
+            if !generic.contains(&essence.as_str()) {
                 return Err(BodyError::UnsupportedMediaType(
                     ct.chars().take(80).collect(),
                 ));
