@@ -5,6 +5,7 @@
 //! exit codes. See ARCHITECTURE.md for the map.
 
 pub mod api;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod daemon;

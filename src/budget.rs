@@ -1,0 +1,600 @@
+//! Budgets: running totals per window, held against limits. Pure — every function takes the
+//! time as an argument and does no IO — so windows, states and transitions are tested with an
+//! injected clock. The ledger feeds charges in and carries the verdicts out.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use jiff::tz::TimeZone;
+use jiff::{Timestamp, ToSpan};
+use serde::Serialize;
+
+/// What a budget limits. Base units: USD, tokens, CPU seconds, bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resource {
+    Usd,
+    Tokens,
+    CpuSeconds,
+    MemBytes,
+    DiskBytes,
+}
+
+impl Resource {
+    pub const ALL: [Resource; 5] = [
+        Resource::Usd,
+        Resource::Tokens,
+        Resource::CpuSeconds,
+        Resource::MemBytes,
+        Resource::DiskBytes,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Resource::Usd => "usd",
+            Resource::Tokens => "tokens",
+            Resource::CpuSeconds => "cpu_seconds",
+            Resource::MemBytes => "mem_bytes",
+            Resource::DiskBytes => "disk_bytes",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Resource> {
+        Resource::ALL.into_iter().find(|r| r.label() == text)
+    }
+
+    /// LLM usage is scoped by agent; process resources by target.
+    pub fn is_usage(self) -> bool {
+        matches!(self, Resource::Usd | Resource::Tokens)
+    }
+}
+
+/// The period a budget's total covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Lifetime,
+    /// The last so long, continuously.
+    Rolling(Duration),
+    /// Calendar periods in UTC; weeks start on Monday.
+    Day,
+    Week,
+    Month,
+}
+
+impl Window {
+    pub fn parse(text: &str) -> Result<Window, String> {
+        match text {
+            "lifetime" => Ok(Window::Lifetime),
+            "day" => Ok(Window::Day),
+            "week" => Ok(Window::Week),
+            "month" => Ok(Window::Month),
+            other => match humantime::parse_duration(other) {
+                Ok(d) if d >= Duration::from_secs(60) => Ok(Window::Rolling(d)),
+                Ok(_) => Err(format!("rolling window '{other}' is shorter than the minimum of 1m")),
+                Err(_) => Err(format!(
+                    "'{other}' is not a window: use lifetime, day, week, month (UTC calendar) or a rolling duration such as \"24h\" or \"7d\""
+                )),
+            },
+        }
+    }
+
+    pub fn describe(self) -> String {
+        match self {
+            Window::Lifetime => "lifetime".into(),
+            Window::Rolling(d) => humantime::format_duration(d).to_string(),
+            Window::Day => "day".into(),
+            Window::Week => "week".into(),
+            Window::Month => "month".into(),
+        }
+    }
+
+    /// The calendar period containing `now_ms`: (start, end) in ms. `None` for lifetime and
+    /// rolling windows.
+    pub fn calendar_bounds(self, now_ms: i64) -> Option<(i64, i64)> {
+        let zoned = Timestamp::from_millisecond(now_ms).ok()?.to_zoned(TimeZone::UTC);
+        let day = zoned.start_of_day().ok()?;
+        let (start, end) = match self {
+            Window::Day => {
+                let end = day.checked_add(1.day()).ok()?;
+                (day, end)
+            }
+            Window::Week => {
+                let back = i64::from(day.weekday().to_monday_zero_offset());
+                let start = day.checked_sub(back.days()).ok()?;
+                let end = start.checked_add(7.days()).ok()?;
+                (start, end)
+            }
+            Window::Month => {
+                let start = day.first_of_month().ok()?;
+                let end = start.checked_add(1.month()).ok()?;
+                (start, end)
+            }
+            Window::Lifetime | Window::Rolling(_) => return None,
+        };
+        Some((start.timestamp().as_millisecond(), end.timestamp().as_millisecond()))
+    }
+}
+
+/// Whose usage a budget counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    All,
+    Agent(String),
+    Target(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExceed {
+    SoftKill,
+    Alert,
+}
+
+/// A configured budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetSpec {
+    pub name: String,
+    pub resource: Resource,
+    pub limit: f64,
+    pub window: Window,
+    pub scope: Scope,
+    pub warn_at: f64,
+    pub on_exceed: OnExceed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Ok = 0,
+    Warning = 1,
+    Exceeded = 2,
+}
+
+impl State {
+    pub fn parse(text: &str) -> Option<State> {
+        match text {
+            "ok" => Some(State::Ok),
+            "warning" => Some(State::Warning),
+            "exceeded" => Some(State::Exceeded),
+            _ => None,
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            State::Ok => "ok",
+            State::Warning => "warning",
+            State::Exceeded => "exceeded",
+        }
+    }
+}
+
+/// A state change worth announcing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TransitionKind {
+    /// Crossed `warn_at`.
+    #[serde(rename = "budget_warning")]
+    Warning,
+    /// Crossed the limit.
+    #[serde(rename = "BUDGET_EXCEEDED")]
+    Exceeded,
+    /// Back to ok: a new window began, or a rolling window or memory fell below `warn_at`.
+    #[serde(rename = "budget_reset")]
+    Reset,
+}
+
+impl TransitionKind {
+    pub fn event_name(self) -> &'static str {
+        match self {
+            TransitionKind::Warning => "budget_warning",
+            TransitionKind::Exceeded => "BUDGET_EXCEEDED",
+            TransitionKind::Reset => "budget_reset",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub budget: usize,
+    pub kind: TransitionKind,
+    pub used: f64,
+    pub limit: f64,
+}
+
+/// One usage amount to charge, with where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Charge<'a> {
+    pub resource: Resource,
+    pub amount: f64,
+    pub ts_ms: i64,
+    pub agent: Option<&'a str>,
+    pub target: Option<&'a str>,
+}
+
+/// A budget's state now, for the API and metrics.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct BudgetStatus {
+    pub name: String,
+    pub resource: Resource,
+    pub limit: f64,
+    pub used: f64,
+    pub remaining: f64,
+    pub ratio: f64,
+    pub state: State,
+    pub window: String,
+    pub window_start: Option<String>,
+    pub window_end: Option<String>,
+    #[serde(skip)]
+    pub window_start_ms: Option<i64>,
+    #[serde(skip)]
+    pub window_end_ms: Option<i64>,
+    pub agent: Option<String>,
+    pub target: Option<String>,
+    pub warn_at: f64,
+    pub on_exceed: OnExceed,
+    /// Seconds until the limit at the burn rate of the last five minutes; absent when not
+    /// spending, already over, or when it would fall after the window ends.
+    pub projected_exhaustion_seconds: Option<f64>,
+}
+
+/// How far back the burn rate looks.
+const BURN_RATE_SPAN_MS: i64 = 5 * 60 * 1000;
+/// Buckets a rolling window is cut into.
+const ROLLING_BUCKETS: i64 = 1000;
+
+#[derive(Debug, Clone, Default)]
+struct Tally {
+    /// Lifetime and calendar windows: the total of the current window.
+    used: f64,
+    /// Calendar windows: the current period.
+    bounds: Option<(i64, i64)>,
+    /// Rolling windows: (bucket start, amount), oldest first.
+    buckets: VecDeque<(i64, f64)>,
+    /// Memory: the latest RSS per target.
+    memory: HashMap<String, f64>,
+    /// Recent charges for the burn rate.
+    recent: VecDeque<(i64, f64)>,
+    state: Option<State>,
+}
+
+/// All budgets and their running totals.
+#[derive(Debug, Clone)]
+pub struct Budgets {
+    specs: Vec<BudgetSpec>,
+    tallies: Vec<Tally>,
+}
+
+fn fmt_ms(ms: i64) -> Option<String> {
+    Timestamp::from_millisecond(ms).ok().map(|t| t.to_string())
+}
+
+impl Budgets {
+    pub fn new(specs: Vec<BudgetSpec>, now_ms: i64) -> Budgets {
+        let tallies = specs
+            .iter()
+            .map(|spec| Tally {
+                bounds: spec.window.calendar_bounds(now_ms),
+                ..Tally::default()
+            })
+            .collect();
+        Budgets { specs, tallies }
+    }
+
+    pub fn specs(&self) -> &[BudgetSpec] {
+        &self.specs
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.specs.is_empty()
+    }
+
+    /// Restores a state recorded before a restart, if it belongs to the current window, so a
+    /// transition that already fired does not fire again.
+    pub fn restore_state(&mut self, name: &str, window_start_ms: i64, state: State) {
+        for (spec, tally) in self.specs.iter().zip(&mut self.tallies) {
+            let start = tally.bounds.map_or(0, |b| b.0);
+            if spec.name == name && start == window_start_ms {
+                tally.state = Some(state);
+            }
+        }
+    }
+
+    /// Adds usage to every budget it falls under. States change only in [`Budgets::evaluate`].
+    pub fn charge(&mut self, charge: &Charge<'_>, now_ms: i64) {
+        if !(charge.amount.is_finite() && charge.amount > 0.0) {
+            return;
+        }
+        let ts = charge.ts_ms.min(now_ms);
+        for (spec, tally) in self.specs.iter().zip(&mut self.tallies) {
+            if spec.resource != charge.resource || spec.resource == Resource::MemBytes {
+                continue;
+            }
+            let in_scope = match &spec.scope {
+                Scope::All => true,
+                Scope::Agent(agent) => charge.agent == Some(agent.as_str()),
+                Scope::Target(target) => charge.target == Some(target.as_str()),
+            };
+            if !in_scope {
+                continue;
+            }
+            match spec.window {
+                Window::Lifetime => tally.used += charge.amount,
+                Window::Day | Window::Week | Window::Month => {
+                    if tally.bounds.is_some_and(|(start, end)| ts >= start && ts < end) {
+                        tally.used += charge.amount;
+                    }
+                }
+                Window::Rolling(length) => {
+                    let length_ms = i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
+                    if ts < now_ms - length_ms {
+                        continue;
+                    }
+                    let width = (length_ms / ROLLING_BUCKETS).max(1000);
+                    let bucket = ts - ts.rem_euclid(width);
+                    match tally.buckets.iter_mut().rev().find(|(start, _)| *start == bucket) {
+                        Some(slot) => slot.1 += charge.amount,
+                        None => {
+                            let at = tally.buckets.partition_point(|(start, _)| *start < bucket);
+                            tally.buckets.insert(at, (bucket, charge.amount));
+                        }
+                    }
+                }
+            }
+            if ts >= now_ms - BURN_RATE_SPAN_MS {
+                tally.recent.push_back((ts, charge.amount));
+            }
+        }
+    }
+
+    /// Records a target's current RSS for memory budgets.
+    pub fn set_memory(&mut self, target: &str, rss_bytes: f64) {
+        for (spec, tally) in self.specs.iter().zip(&mut self.tallies) {
+            let in_scope = match &spec.scope {
+                Scope::Target(t) => t == target,
+                _ => true,
+            };
+            if spec.resource == Resource::MemBytes && in_scope {
+                tally.memory.insert(target.to_string(), rss_bytes);
+            }
+        }
+    }
+
+    fn used(spec: &BudgetSpec, tally: &Tally) -> f64 {
+        match (spec.resource, spec.window) {
+            (Resource::MemBytes, _) => tally.memory.values().sum(),
+            (_, Window::Rolling(_)) => tally.buckets.iter().map(|(_, v)| v).sum(),
+            _ => tally.used,
+        }
+    }
+
+    /// Moves windows to `now_ms` and returns the transitions, each once.
+    pub fn evaluate(&mut self, now_ms: i64) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        for (index, (spec, tally)) in self.specs.iter().zip(&mut self.tallies).enumerate() {
+            // Calendar rollover: a fresh window owes nothing.
+            if let Some((_, end)) = tally.bounds
+                && now_ms >= end
+            {
+                tally.bounds = spec.window.calendar_bounds(now_ms);
+                tally.used = 0.0;
+            }
+            if let Window::Rolling(length) = spec.window {
+                let horizon = now_ms - i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
+                let width = (i64::try_from(length.as_millis()).unwrap_or(i64::MAX) / ROLLING_BUCKETS).max(1000);
+                while tally.buckets.front().is_some_and(|(start, _)| start + width <= horizon) {
+                    tally.buckets.pop_front();
+                }
+            }
+            while tally.recent.front().is_some_and(|(ts, _)| *ts < now_ms - BURN_RATE_SPAN_MS) {
+                tally.recent.pop_front();
+            }
+            let used = Self::used(spec, tally);
+            let ratio = used / spec.limit;
+            let now_state = if ratio >= 1.0 {
+                State::Exceeded
+            } else if ratio >= spec.warn_at {
+                State::Warning
+            } else {
+                State::Ok
+            };
+            let before = tally.state.unwrap_or(State::Ok);
+            let mut announce = |kind| transitions.push(Transition { budget: index, kind, used, limit: spec.limit });
+            if now_state > before {
+                if before < State::Warning {
+                    announce(TransitionKind::Warning);
+                }
+                if now_state == State::Exceeded {
+                    announce(TransitionKind::Exceeded);
+                }
+            } else if now_state == State::Ok && before > State::Ok {
+                announce(TransitionKind::Reset);
+            }
+            tally.state = Some(now_state);
+        }
+        transitions
+    }
+
+    /// Every budget's state, as of the last [`Budgets::evaluate`].
+    pub fn status(&self, now_ms: i64) -> Vec<BudgetStatus> {
+        self.specs
+            .iter()
+            .zip(&self.tallies)
+            .map(|(spec, tally)| {
+                let used = Self::used(spec, tally);
+                let remaining = (spec.limit - used).max(0.0);
+                let rate_per_s = {
+                    let spent: f64 = tally.recent.iter().map(|(_, v)| v).sum();
+                    let since = tally.recent.front().map_or(now_ms, |(ts, _)| *ts);
+                    let span_s = ((now_ms - since).max(1000) as f64 / 1000.0).max(1.0);
+                    spent / span_s
+                };
+                let projected = (spec.resource != Resource::MemBytes && rate_per_s > 0.0 && remaining > 0.0)
+                    .then(|| remaining / rate_per_s)
+                    .filter(|seconds| match tally.bounds {
+                        Some((_, end)) => now_ms as f64 + seconds * 1000.0 < end as f64,
+                        None => true,
+                    });
+                let (agent, target) = match &spec.scope {
+                    Scope::All => (None, None),
+                    Scope::Agent(a) => (Some(a.clone()), None),
+                    Scope::Target(t) => (None, Some(t.clone())),
+                };
+                BudgetStatus {
+                    name: spec.name.clone(),
+                    resource: spec.resource,
+                    limit: spec.limit,
+                    used,
+                    remaining,
+                    ratio: used / spec.limit,
+                    state: tally.state.unwrap_or(State::Ok),
+                    window: spec.window.describe(),
+                    window_start: tally.bounds.and_then(|b| fmt_ms(b.0)),
+                    window_end: tally.bounds.and_then(|b| fmt_ms(b.1)),
+                    window_start_ms: tally.bounds.map(|b| b.0),
+                    window_end_ms: tally.bounds.map(|b| b.1),
+                    agent,
+                    target,
+                    warn_at: spec.warn_at,
+                    on_exceed: spec.on_exceed,
+                    projected_exhaustion_seconds: projected,
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: i64 = 3_600_000;
+    const DAY: i64 = 24 * HOUR;
+    /// 2026-11-23T10:00:00Z, a Monday.
+    const NOW: i64 = 1_795_428_000_000;
+
+    fn spec(name: &str, resource: Resource, limit: f64, window: Window) -> BudgetSpec {
+        BudgetSpec {
+            name: name.into(),
+            resource,
+            limit,
+            window,
+            scope: Scope::All,
+            warn_at: 0.9,
+            on_exceed: OnExceed::SoftKill,
+        }
+    }
+
+    fn usd(amount: f64, ts_ms: i64) -> Charge<'static> {
+        Charge { resource: Resource::Usd, amount, ts_ms, agent: Some("coder"), target: None }
+    }
+
+    fn kinds(transitions: &[Transition]) -> Vec<TransitionKind> {
+        transitions.iter().map(|t| t.kind).collect()
+    }
+
+    #[test]
+    fn each_transition_fires_once() {
+        let mut budgets = Budgets::new(vec![spec("b", Resource::Usd, 10.0, Window::Lifetime)], NOW);
+        budgets.charge(&usd(8.0, NOW), NOW);
+        assert!(budgets.evaluate(NOW).is_empty());
+        budgets.charge(&usd(1.0, NOW), NOW);
+        assert_eq!(kinds(&budgets.evaluate(NOW)), vec![TransitionKind::Warning]);
+        assert!(budgets.evaluate(NOW).is_empty(), "no repeat");
+        budgets.charge(&usd(1.0, NOW), NOW);
+        assert_eq!(kinds(&budgets.evaluate(NOW)), vec![TransitionKind::Exceeded]);
+        budgets.charge(&usd(5.0, NOW), NOW);
+        assert!(budgets.evaluate(NOW).is_empty(), "still exceeded, nothing new");
+    }
+
+    #[test]
+    fn a_jump_past_the_limit_announces_warning_then_exceeded() {
+        let mut budgets = Budgets::new(vec![spec("b", Resource::Usd, 10.0, Window::Lifetime)], NOW);
+        budgets.charge(&usd(50.0, NOW), NOW);
+        assert_eq!(kinds(&budgets.evaluate(NOW)), vec![TransitionKind::Warning, TransitionKind::Exceeded]);
+    }
+
+    #[test]
+    fn a_calendar_day_resets_at_midnight_utc() {
+        let mut budgets = Budgets::new(vec![spec("daily", Resource::Usd, 10.0, Window::Day)], NOW);
+        budgets.charge(&usd(12.0, NOW), NOW);
+        assert_eq!(kinds(&budgets.evaluate(NOW)).last(), Some(&TransitionKind::Exceeded));
+        let status = &budgets.status(NOW)[0];
+        assert_eq!(status.window_end.as_deref(), Some("2026-11-24T00:00:00Z"));
+        let tomorrow = NOW + 14 * HOUR;
+        assert_eq!(kinds(&budgets.evaluate(tomorrow)), vec![TransitionKind::Reset]);
+        assert_eq!(budgets.status(tomorrow)[0].used, 0.0);
+        // Usage dated yesterday does not charge today's window.
+        budgets.charge(&usd(12.0, NOW), tomorrow);
+        assert!(budgets.evaluate(tomorrow).is_empty());
+    }
+
+    #[test]
+    fn weeks_start_on_monday_and_months_on_the_first() {
+        let (start, end) = Window::Week.calendar_bounds(NOW + 3 * DAY).expect("bounds");
+        assert_eq!(fmt_ms(start).as_deref(), Some("2026-11-23T00:00:00Z"));
+        assert_eq!(fmt_ms(end).as_deref(), Some("2026-11-30T00:00:00Z"));
+        let (start, end) = Window::Month.calendar_bounds(NOW).expect("bounds");
+        assert_eq!(fmt_ms(start).as_deref(), Some("2026-11-01T00:00:00Z"));
+        assert_eq!(fmt_ms(end).as_deref(), Some("2026-12-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_rolling_window_forgets_old_usage() {
+        let window = Window::Rolling(Duration::from_secs(3600));
+        let mut budgets = Budgets::new(vec![spec("hourly", Resource::Usd, 10.0, window)], NOW);
+        budgets.charge(&usd(6.0, NOW), NOW);
+        budgets.charge(&usd(5.0, NOW + HOUR / 2), NOW + HOUR / 2);
+        assert_eq!(kinds(&budgets.evaluate(NOW + HOUR / 2)).last(), Some(&TransitionKind::Exceeded));
+        // An hour after the first charge only the second one is left.
+        let later = NOW + HOUR + 60_000;
+        assert_eq!(kinds(&budgets.evaluate(later)), vec![TransitionKind::Reset]);
+        assert_eq!(budgets.status(later)[0].used, 5.0);
+        // Usage older than the window never counts.
+        budgets.charge(&usd(100.0, NOW - 2 * HOUR), later);
+        assert_eq!(budgets.status(later)[0].used, 5.0);
+    }
+
+    #[test]
+    fn scopes_pick_their_agent_or_target() {
+        let mut coder = spec("coder", Resource::Usd, 1.0, Window::Lifetime);
+        coder.scope = Scope::Agent("coder".into());
+        let mut other = spec("other", Resource::Usd, 1.0, Window::Lifetime);
+        other.scope = Scope::Agent("reviewer".into());
+        let mut cpu = spec("cpu", Resource::CpuSeconds, 1.0, Window::Lifetime);
+        cpu.scope = Scope::Target("agent".into());
+        let mut budgets = Budgets::new(vec![coder, other, cpu], NOW);
+        budgets.charge(&usd(2.0, NOW), NOW);
+        budgets.charge(&Charge { resource: Resource::CpuSeconds, amount: 2.0, ts_ms: NOW, agent: None, target: Some("elsewhere") }, NOW);
+        let fired: Vec<usize> = budgets.evaluate(NOW).iter().map(|t| t.budget).collect();
+        assert_eq!(fired, vec![0, 0]);
+    }
+
+    #[test]
+    fn memory_compares_the_current_rss_and_comes_back_down() {
+        let mut budgets = Budgets::new(vec![spec("mem", Resource::MemBytes, 100.0, Window::Lifetime)], NOW);
+        budgets.set_memory("a", 60.0);
+        budgets.set_memory("b", 50.0);
+        assert_eq!(kinds(&budgets.evaluate(NOW)).last(), Some(&TransitionKind::Exceeded));
+        budgets.set_memory("a", 10.0);
+        assert_eq!(kinds(&budgets.evaluate(NOW)), vec![TransitionKind::Reset]);
+    }
+
+    #[test]
+    fn a_restored_state_does_not_fire_again() {
+        let mut budgets = Budgets::new(vec![spec("b", Resource::Usd, 10.0, Window::Lifetime)], NOW);
+        budgets.restore_state("b", 0, State::Exceeded);
+        budgets.charge(&usd(20.0, NOW), NOW);
+        assert!(budgets.evaluate(NOW).is_empty());
+    }
+
+    #[test]
+    fn projection_appears_only_while_spending_below_the_limit() {
+        let mut budgets = Budgets::new(vec![spec("b", Resource::Usd, 10.0, Window::Lifetime)], NOW);
+        assert_eq!(budgets.status(NOW)[0].projected_exhaustion_seconds, None);
+        budgets.charge(&usd(1.0, NOW - 60_000), NOW);
+        budgets.evaluate(NOW);
+        let projected = budgets.status(NOW)[0].projected_exhaustion_seconds.expect("spending");
+        // $1 a minute, $9 left: nine minutes.
+        assert!((projected - 540.0).abs() < 1.0, "{projected}");
+    }
+}
