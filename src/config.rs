@@ -14,6 +14,8 @@ use regex::Regex;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::budget::{BudgetSpec, OnExceed, Resource, Scope, Window};
+
 /// Where the daemon listens when the config says nothing.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 /// The ADR-OS-019 metric prefix.
@@ -43,7 +45,38 @@ pub struct Config {
     pub store: StoreConfig,
     pub pricing: PricingConfig,
     pub targets: Vec<TargetConfig>,
+    pub budgets: Vec<BudgetSpec>,
+    pub enforcement: EnforcementConfig,
 }
+
+/// What happens when a budget with `on_exceed = "soft_kill"` is exceeded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnforcementConfig {
+    /// The polite signal, by number.
+    pub signal: i32,
+    pub signal_name: String,
+    /// How long survivors get before SIGKILL.
+    pub grace: Duration,
+    /// Log what would be done; signal nothing.
+    pub dry_run: bool,
+    /// POSTed on every budget transition.
+    pub webhook: Option<String>,
+}
+
+/// Signals `[enforcement] signal` may name.
+pub const SIGNALS: &[(&str, i32)] = &[
+    ("SIGTERM", 15),
+    ("SIGINT", 2),
+    ("SIGHUP", 1),
+    ("SIGQUIT", 3),
+    ("SIGUSR1", 10),
+    ("SIGUSR2", 12),
+    ("SIGKILL", 9),
+];
+/// Default time between the polite signal and SIGKILL.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+/// Default share of a limit at which a budget warns.
+pub const DEFAULT_WARN_AT: f64 = 0.9;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoreConfig {
@@ -138,6 +171,14 @@ impl Default for Config {
             },
             pricing: PricingConfig::default(),
             targets: vec![own_process_target()],
+            budgets: Vec::new(),
+            enforcement: EnforcementConfig {
+                signal: 15,
+                signal_name: "SIGTERM".into(),
+                grace: DEFAULT_GRACE,
+                dry_run: false,
+                webhook: None,
+            },
         }
     }
 }
@@ -209,6 +250,53 @@ struct RawConfig {
     pricing: RawPricing,
     #[serde(default, rename = "target")]
     targets: Vec<Spanned<RawTarget>>,
+    #[serde(default, rename = "budgets")]
+    shorthand: RawShorthand,
+    #[serde(default, rename = "budget")]
+    budget_list: Vec<Spanned<RawBudget>>,
+    #[serde(default)]
+    enforcement: RawEnforcement,
+}
+
+/// A number, or for byte amounts a size string such as "2GiB".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum RawAmount {
+    Number(f64),
+    Text(String),
+}
+
+/// `[budgets]`: lifetime budgets over everything (ADR 19-O4).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShorthand {
+    cpu_seconds: Option<Spanned<RawAmount>>,
+    mem_bytes: Option<Spanned<RawAmount>>,
+    disk_bytes: Option<Spanned<RawAmount>>,
+    tokens: Option<Spanned<RawAmount>>,
+    usd: Option<Spanned<RawAmount>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBudget {
+    name: Option<Spanned<String>>,
+    resource: Option<Spanned<String>>,
+    limit: Option<Spanned<RawAmount>>,
+    window: Option<Spanned<String>>,
+    agent: Option<Spanned<String>>,
+    target: Option<Spanned<String>>,
+    warn_at: Option<Spanned<f64>>,
+    on_exceed: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEnforcement {
+    signal: Option<Spanned<String>>,
+    grace: Option<Spanned<String>>,
+    dry_run: Option<bool>,
+    webhook: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -493,6 +581,9 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
     if targets.is_empty() {
         targets.push(own_process_target());
     }
+    let target_names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
+    let budgets = validate_budgets(raw.shorthand, raw.budget_list, &target_names, locator);
+    let enforcement = validate_enforcement(raw.enforcement, locator);
 
     Config {
         source: None,
@@ -511,6 +602,274 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
             max_label_values,
         },
         targets,
+        budgets,
+        enforcement,
+    }
+}
+
+fn amount(
+    raw: &Spanned<RawAmount>,
+    field: &str,
+    bytes: bool,
+    locator: &mut Locator<'_>,
+) -> Option<f64> {
+    let value = match raw.get_ref() {
+        RawAmount::Number(n) => *n,
+        RawAmount::Text(text) if bytes => match text.parse::<bytesize::ByteSize>() {
+            Ok(size) => size.as_u64() as f64,
+            Err(_) => {
+                locator.report(
+                    raw.span(),
+                    format!("{field}: '{text}' is not a size such as \"512MiB\" or \"2GiB\""),
+                );
+                return None;
+            }
+        },
+        RawAmount::Text(text) => {
+            locator.report(raw.span(), format!("{field}: '{text}' must be a number"));
+            return None;
+        }
+    };
+    if value.is_finite() && value > 0.0 {
+        Some(value)
+    } else {
+        locator.report(raw.span(), format!("{field}: the limit must be a number above 0, got {value}"));
+        None
+    }
+}
+
+fn validate_budgets(
+    shorthand: RawShorthand,
+    list: Vec<Spanned<RawBudget>>,
+    targets: &[String],
+    locator: &mut Locator<'_>,
+) -> Vec<BudgetSpec> {
+    let mut budgets: Vec<BudgetSpec> = Vec::new();
+    let shorthand_fields = [
+        (Resource::CpuSeconds, shorthand.cpu_seconds),
+        (Resource::MemBytes, shorthand.mem_bytes),
+        (Resource::DiskBytes, shorthand.disk_bytes),
+        (Resource::Tokens, shorthand.tokens),
+        (Resource::Usd, shorthand.usd),
+    ];
+    for (resource, raw) in shorthand_fields {
+        let Some(raw) = raw else { continue };
+        let bytes = matches!(resource, Resource::MemBytes | Resource::DiskBytes);
+        let field = format!("budgets.{}", resource.label());
+        if let Some(limit) = amount(&raw, &field, bytes, locator) {
+            budgets.push(BudgetSpec {
+                name: format!("lifetime-{}", resource.label()),
+                resource,
+                limit,
+                window: Window::Lifetime,
+                scope: Scope::All,
+                warn_at: DEFAULT_WARN_AT,
+                on_exceed: OnExceed::SoftKill,
+            });
+        }
+    }
+    for raw in list {
+        if let Some(budget) = validate_budget(raw, targets, &budgets, locator) {
+            budgets.push(budget);
+        }
+    }
+    budgets
+}
+
+fn validate_budget(
+    raw: Spanned<RawBudget>,
+    targets: &[String],
+    earlier: &[BudgetSpec],
+    locator: &mut Locator<'_>,
+) -> Option<BudgetSpec> {
+    let span = raw.span();
+    let raw = raw.into_inner();
+    let before = locator.problems.len();
+    let name = match &raw.name {
+        Some(name) if !name.get_ref().is_empty() && !name.get_ref().chars().any(char::is_control) => {
+            if earlier.iter().any(|b| &b.name == name.get_ref()) {
+                locator.report(
+                    name.span(),
+                    format!("budget.name: '{}' is used twice; names must be unique", name.get_ref()),
+                );
+            }
+            name.get_ref().clone()
+        }
+        Some(name) => {
+            locator.report(name.span(), "budget.name: must be non-empty and free of control characters");
+            String::new()
+        }
+        None => {
+            locator.report(span.clone(), "budget: 'name' is required");
+            String::new()
+        }
+    };
+    let resource = match &raw.resource {
+        None => {
+            locator.report(
+                span.clone(),
+                format!("budget '{name}': 'resource' is required (usd, tokens, cpu_seconds, mem_bytes or disk_bytes)"),
+            );
+            None
+        }
+        Some(r) => {
+            let parsed = Resource::parse(r.get_ref());
+            if parsed.is_none() {
+                locator.report(
+                    r.span(),
+                    format!(
+                        "budget.resource: '{}' is not one of usd, tokens, cpu_seconds, mem_bytes, disk_bytes",
+                        r.get_ref()
+                    ),
+                );
+            }
+            parsed
+        }
+    };
+    let bytes = matches!(resource, Some(Resource::MemBytes | Resource::DiskBytes));
+    let limit = match &raw.limit {
+        None => {
+            locator.report(span.clone(), format!("budget '{name}': 'limit' is required"));
+            None
+        }
+        Some(limit) => amount(limit, "budget.limit", bytes, locator),
+    };
+    let window = match &raw.window {
+        None => Some(Window::Lifetime),
+        Some(w) => match Window::parse(w.get_ref()) {
+            Ok(window) => Some(window),
+            Err(message) => {
+                locator.report(w.span(), format!("budget.window: {message}"));
+                None
+            }
+        },
+    };
+    let warn_at = match &raw.warn_at {
+        None => DEFAULT_WARN_AT,
+        Some(w) => {
+            let value = *w.get_ref();
+            if !(value > 0.0 && value < 1.0) {
+                locator.report(
+                    w.span(),
+                    format!("budget.warn_at: {value} must be above 0 and below 1 (a share of the limit)"),
+                );
+            }
+            value
+        }
+    };
+    let on_exceed = match &raw.on_exceed {
+        None => OnExceed::SoftKill,
+        Some(o) => match o.get_ref().as_str() {
+            "soft_kill" => OnExceed::SoftKill,
+            "alert" => OnExceed::Alert,
+            other => {
+                locator.report(o.span(), format!("budget.on_exceed: '{other}' is not soft_kill or alert"));
+                OnExceed::Alert
+            }
+        },
+    };
+    let scope = match (&raw.agent, &raw.target) {
+        (Some(a), Some(_)) => {
+            locator.report(a.span(), format!("budget '{name}': give agent or target, not both"));
+            Scope::All
+        }
+        (Some(a), None) => {
+            if let Some(r) = resource.filter(|r| !r.is_usage()) {
+                locator.report(
+                    a.span(),
+                    format!(
+                        "budget.agent: a {} budget is scoped by target, not agent (agents report usd and tokens)",
+                        r.label()
+                    ),
+                );
+            }
+            Scope::Agent(a.get_ref().clone())
+        }
+        (None, Some(t)) => {
+            if let Some(r) = resource.filter(|r| r.is_usage()) {
+                locator.report(
+                    t.span(),
+                    format!(
+                        "budget.target: a {} budget is scoped by agent, not target (targets are processes)",
+                        r.label()
+                    ),
+                );
+            } else if !targets.contains(t.get_ref()) {
+                locator.report(
+                    t.span(),
+                    format!(
+                        "budget.target: '{}' is not a configured target ({})",
+                        t.get_ref(),
+                        targets.join(", ")
+                    ),
+                );
+            }
+            Scope::Target(t.get_ref().clone())
+        }
+        (None, None) => Scope::All,
+    };
+    if locator.problems.len() > before {
+        return None;
+    }
+    Some(BudgetSpec {
+        name,
+        resource: resource?,
+        limit: limit?,
+        window: window?,
+        scope,
+        warn_at,
+        on_exceed,
+    })
+}
+
+fn validate_enforcement(raw: RawEnforcement, locator: &mut Locator<'_>) -> EnforcementConfig {
+    let (signal_name, signal) = match &raw.signal {
+        None => ("SIGTERM".to_string(), 15),
+        Some(s) => match SIGNALS.iter().find(|(name, _)| *name == s.get_ref().as_str()) {
+            Some((name, number)) => (name.to_string(), *number),
+            None => {
+                let names: Vec<&str> = SIGNALS.iter().map(|(n, _)| *n).collect();
+                locator.report(
+                    s.span(),
+                    format!("enforcement.signal: '{}' is not one of {}", s.get_ref(), names.join(", ")),
+                );
+                ("SIGTERM".to_string(), 15)
+            }
+        },
+    };
+    let grace = match &raw.grace {
+        None => DEFAULT_GRACE,
+        Some(text) => match parse_duration(text.get_ref()) {
+            Ok(d) if d <= Duration::from_secs(3600) => d,
+            Ok(_) => {
+                locator.report(
+                    text.span(),
+                    format!("enforcement.grace: '{}' is longer than the maximum of 1h", text.get_ref()),
+                );
+                DEFAULT_GRACE
+            }
+            Err(message) => {
+                locator.report(text.span(), format!("enforcement.grace: {message}"));
+                DEFAULT_GRACE
+            }
+        },
+    };
+    let webhook = raw.webhook.as_ref().map(|w| {
+        let url = w.get_ref();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            locator.report(
+                w.span(),
+                format!("enforcement.webhook: '{url}' must be an http:// or https:// URL"),
+            );
+        }
+        url.clone()
+    });
+    EnforcementConfig {
+        signal,
+        signal_name,
+        grace,
+        dry_run: raw.dry_run.unwrap_or(false),
+        webhook,
     }
 }
 
