@@ -5,14 +5,16 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
 use tokio::sync::oneshot;
 
+use crate::budget::{BudgetStatus, State as BudgetState};
 use crate::daemon::Health;
+use crate::enforce::KillOrder;
 use crate::ingest::{self, BodyError, event};
 use crate::ledger::{LedgerInput, LedgerSender};
 use crate::metrics::Metrics;
@@ -26,6 +28,8 @@ pub struct AppState {
     /// Bearer token `/v1/*` writes must present, when configured.
     pub token: Option<String>,
     pub max_body_bytes: usize,
+    /// Names of the configured targets, for Alertmanager payloads.
+    pub targets: Vec<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -35,6 +39,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/readyz", get(readyz))
         .route("/v1/events", post(post_events))
         .route("/v1/pricing/status", get(pricing_status))
+        .route("/v1/budgets", get(budgets))
+        .route("/v1/budgets/check", get(budgets_check))
+        .route("/v1/alerts", post(alerts))
         .with_state(state)
 }
 
@@ -231,4 +238,155 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Asks the ledger for every budget's state.
+async fn budget_statuses(state: &AppState) -> Result<Vec<BudgetStatus>, Response> {
+    let (reply, answer) = oneshot::channel();
+    if state
+        .ledger
+        .send(LedgerInput::Budgets(reply))
+        .await
+        .is_err()
+    {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped"));
+    }
+    answer
+        .await
+        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped"))
+}
+
+/// `GET /v1/budgets`: every budget with limit, used, ratio, state and window.
+async fn budgets(State(state): State<Arc<AppState>>) -> Response {
+    match budget_statuses(&state).await {
+        Ok(statuses) => axum::Json(json!({ "budgets": statuses })).into_response(),
+        Err(response) => response,
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CheckQuery {
+    agent: Option<String>,
+}
+
+/// `GET /v1/budgets/check?agent=…`: may this agent spend? 200 with what remains, or 429
+/// naming the exceeded budget. Usage reported after the call it pays for can overshoot; this
+/// lets an agent ask before the call.
+async fn budgets_check(
+    State(state): State<Arc<AppState>>,
+    Query(query): Query<CheckQuery>,
+) -> Response {
+    let statuses = match budget_statuses(&state).await {
+        Ok(statuses) => statuses,
+        Err(response) => return response,
+    };
+    let applies = |status: &BudgetStatus| match (&query.agent, &status.agent) {
+        (_, None) => true,
+        (Some(agent), Some(scoped)) => agent == scoped,
+        (None, Some(_)) => true,
+    };
+    let relevant: Vec<&BudgetStatus> = statuses.iter().filter(|s| applies(s)).collect();
+    let exceeded: Vec<&&BudgetStatus> = relevant
+        .iter()
+        .filter(|s| s.state == BudgetState::Exceeded)
+        .collect();
+    let remaining: Vec<serde_json::Value> = relevant
+        .iter()
+        .map(|s| json!({"budget": s.name, "resource": s.resource, "remaining": s.remaining, "limit": s.limit, "used": s.used, "state": s.state}))
+        .collect();
+    if let Some(first) = exceeded.first() {
+        let names: Vec<&str> = exceeded.iter().map(|s| s.name.as_str()).collect();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            axum::Json(json!({
+                "allowed": false,
+                "error": format!("budget '{}' exceeded: {} of {} {} used", first.name, first.used, first.limit, first.resource.label()),
+                "exceeded": names,
+                "budgets": remaining,
+            })),
+        )
+            .into_response();
+    }
+    axum::Json(json!({ "allowed": true, "agent": query.agent, "budgets": remaining }))
+        .into_response()
+}
+
+/// Alertmanager's webhook payload (version 4); fields costmeter does not use are ignored.
+#[derive(Debug, serde::Deserialize)]
+struct AlertmanagerPayload {
+    #[serde(default)]
+    alerts: Vec<AlertmanagerAlert>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct AlertmanagerAlert {
+    status: String,
+    #[serde(default)]
+    labels: std::collections::HashMap<String, String>,
+    #[serde(default)]
+    fingerprint: Option<String>,
+}
+
+/// `POST /v1/alerts`: a firing alert labelled `costmeter_action="soft_kill"` and
+/// `target="…"` stops that target if it is one of this sidecar's. This is how fleet-wide
+/// budgets work: Prometheus sums every sidecar, the rule fires, Alertmanager tells each one.
+async fn alerts(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let payload: AlertmanagerPayload = match serde_json::from_slice(&body) {
+        Ok(payload) => payload,
+        Err(problem) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("not an Alertmanager webhook payload (version 4): {problem}"),
+            );
+        }
+    };
+    let mut actions = Vec::new();
+    let mut ignored = Vec::new();
+    for alert in payload.alerts {
+        let name = alert
+            .labels
+            .get("alertname")
+            .cloned()
+            .unwrap_or_else(|| "unnamed alert".into());
+        let wants_kill =
+            alert.labels.get("costmeter_action").map(String::as_str) == Some("soft_kill");
+        let target = alert.labels.get("target").cloned();
+        let why_not = match (&alert.status[..], wants_kill, &target) {
+            ("firing", true, Some(target)) if state.targets.contains(target) => None,
+            ("firing", true, Some(target)) => {
+                Some(format!("target '{target}' is not one of this sidecar's"))
+            }
+            ("firing", true, None) => Some("no target label".to_string()),
+            ("firing", false, _) => Some("no costmeter_action=\"soft_kill\" label".to_string()),
+            _ => Some(format!("status is {}", alert.status)),
+        };
+        match (why_not, target) {
+            (None, Some(target)) => {
+                let order = KillOrder {
+                    target: target.clone(),
+                    reason: format!("alert '{name}'"),
+                };
+                if state
+                    .ledger
+                    .send(LedgerInput::Enforce(order))
+                    .await
+                    .is_err()
+                {
+                    return error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped");
+                }
+                actions.push(json!({"alert": name, "target": target, "action": "soft_kill", "fingerprint": alert.fingerprint}));
+            }
+            (reason, target) => {
+                ignored.push(json!({"alert": name, "target": target, "reason": reason}))
+            }
+        }
+    }
+    axum::Json(json!({ "actions": actions, "ignored": ignored })).into_response()
 }

@@ -70,7 +70,9 @@ impl Window {
             "month" => Ok(Window::Month),
             other => match humantime::parse_duration(other) {
                 Ok(d) if d >= Duration::from_secs(60) => Ok(Window::Rolling(d)),
-                Ok(_) => Err(format!("rolling window '{other}' is shorter than the minimum of 1m")),
+                Ok(_) => Err(format!(
+                    "rolling window '{other}' is shorter than the minimum of 1m"
+                )),
                 Err(_) => Err(format!(
                     "'{other}' is not a window: use lifetime, day, week, month (UTC calendar) or a rolling duration such as \"24h\" or \"7d\""
                 )),
@@ -91,7 +93,9 @@ impl Window {
     /// The calendar period containing `now_ms`: (start, end) in ms. `None` for lifetime and
     /// rolling windows.
     pub fn calendar_bounds(self, now_ms: i64) -> Option<(i64, i64)> {
-        let zoned = Timestamp::from_millisecond(now_ms).ok()?.to_zoned(TimeZone::UTC);
+        let zoned = Timestamp::from_millisecond(now_ms)
+            .ok()?
+            .to_zoned(TimeZone::UTC);
         let day = zoned.start_of_day().ok()?;
         let (start, end) = match self {
             Window::Day => {
@@ -111,7 +115,10 @@ impl Window {
             }
             Window::Lifetime | Window::Rolling(_) => return None,
         };
-        Some((start.timestamp().as_millisecond(), end.timestamp().as_millisecond()))
+        Some((
+            start.timestamp().as_millisecond(),
+            end.timestamp().as_millisecond(),
+        ))
     }
 }
 
@@ -320,7 +327,10 @@ impl Budgets {
             match spec.window {
                 Window::Lifetime => tally.used += charge.amount,
                 Window::Day | Window::Week | Window::Month => {
-                    if tally.bounds.is_some_and(|(start, end)| ts >= start && ts < end) {
+                    if tally
+                        .bounds
+                        .is_some_and(|(start, end)| ts >= start && ts < end)
+                    {
                         tally.used += charge.amount;
                     }
                 }
@@ -331,7 +341,12 @@ impl Budgets {
                     }
                     let width = (length_ms / ROLLING_BUCKETS).max(1000);
                     let bucket = ts - ts.rem_euclid(width);
-                    match tally.buckets.iter_mut().rev().find(|(start, _)| *start == bucket) {
+                    match tally
+                        .buckets
+                        .iter_mut()
+                        .rev()
+                        .find(|(start, _)| *start == bucket)
+                    {
                         Some(slot) => slot.1 += charge.amount,
                         None => {
                             let at = tally.buckets.partition_point(|(start, _)| *start < bucket);
@@ -380,12 +395,22 @@ impl Budgets {
             }
             if let Window::Rolling(length) = spec.window {
                 let horizon = now_ms - i64::try_from(length.as_millis()).unwrap_or(i64::MAX);
-                let width = (i64::try_from(length.as_millis()).unwrap_or(i64::MAX) / ROLLING_BUCKETS).max(1000);
-                while tally.buckets.front().is_some_and(|(start, _)| start + width <= horizon) {
+                let width = (i64::try_from(length.as_millis()).unwrap_or(i64::MAX)
+                    / ROLLING_BUCKETS)
+                    .max(1000);
+                while tally
+                    .buckets
+                    .front()
+                    .is_some_and(|(start, _)| start + width <= horizon)
+                {
                     tally.buckets.pop_front();
                 }
             }
-            while tally.recent.front().is_some_and(|(ts, _)| *ts < now_ms - BURN_RATE_SPAN_MS) {
+            while tally
+                .recent
+                .front()
+                .is_some_and(|(ts, _)| *ts < now_ms - BURN_RATE_SPAN_MS)
+            {
                 tally.recent.pop_front();
             }
             let used = Self::used(spec, tally);
@@ -398,7 +423,14 @@ impl Budgets {
                 State::Ok
             };
             let before = tally.state.unwrap_or(State::Ok);
-            let mut announce = |kind| transitions.push(Transition { budget: index, kind, used, limit: spec.limit });
+            let mut announce = |kind| {
+                transitions.push(Transition {
+                    budget: index,
+                    kind,
+                    used,
+                    limit: spec.limit,
+                })
+            };
             if now_state > before {
                 if before < State::Warning {
                     announce(TransitionKind::Warning);
@@ -428,12 +460,13 @@ impl Budgets {
                     let span_s = ((now_ms - since).max(1000) as f64 / 1000.0).max(1.0);
                     spent / span_s
                 };
-                let projected = (spec.resource != Resource::MemBytes && rate_per_s > 0.0 && remaining > 0.0)
-                    .then(|| remaining / rate_per_s)
-                    .filter(|seconds| match tally.bounds {
-                        Some((_, end)) => now_ms as f64 + seconds * 1000.0 < end as f64,
-                        None => true,
-                    });
+                let projected =
+                    (spec.resource != Resource::MemBytes && rate_per_s > 0.0 && remaining > 0.0)
+                        .then(|| remaining / rate_per_s)
+                        .filter(|seconds| match tally.bounds {
+                            Some((_, end)) => now_ms as f64 + seconds * 1000.0 < end as f64,
+                            None => true,
+                        });
                 let (agent, target) = match &spec.scope {
                     Scope::All => (None, None),
                     Scope::Agent(a) => (Some(a.clone()), None),
@@ -485,7 +518,13 @@ mod tests {
     }
 
     fn usd(amount: f64, ts_ms: i64) -> Charge<'static> {
-        Charge { resource: Resource::Usd, amount, ts_ms, agent: Some("coder"), target: None }
+        Charge {
+            resource: Resource::Usd,
+            amount,
+            ts_ms,
+            agent: Some("coder"),
+            target: None,
+        }
     }
 
     fn kinds(transitions: &[Transition]) -> Vec<TransitionKind> {
@@ -501,27 +540,42 @@ mod tests {
         assert_eq!(kinds(&budgets.evaluate(NOW)), vec![TransitionKind::Warning]);
         assert!(budgets.evaluate(NOW).is_empty(), "no repeat");
         budgets.charge(&usd(1.0, NOW), NOW);
-        assert_eq!(kinds(&budgets.evaluate(NOW)), vec![TransitionKind::Exceeded]);
+        assert_eq!(
+            kinds(&budgets.evaluate(NOW)),
+            vec![TransitionKind::Exceeded]
+        );
         budgets.charge(&usd(5.0, NOW), NOW);
-        assert!(budgets.evaluate(NOW).is_empty(), "still exceeded, nothing new");
+        assert!(
+            budgets.evaluate(NOW).is_empty(),
+            "still exceeded, nothing new"
+        );
     }
 
     #[test]
     fn a_jump_past_the_limit_announces_warning_then_exceeded() {
         let mut budgets = Budgets::new(vec![spec("b", Resource::Usd, 10.0, Window::Lifetime)], NOW);
         budgets.charge(&usd(50.0, NOW), NOW);
-        assert_eq!(kinds(&budgets.evaluate(NOW)), vec![TransitionKind::Warning, TransitionKind::Exceeded]);
+        assert_eq!(
+            kinds(&budgets.evaluate(NOW)),
+            vec![TransitionKind::Warning, TransitionKind::Exceeded]
+        );
     }
 
     #[test]
     fn a_calendar_day_resets_at_midnight_utc() {
         let mut budgets = Budgets::new(vec![spec("daily", Resource::Usd, 10.0, Window::Day)], NOW);
         budgets.charge(&usd(12.0, NOW), NOW);
-        assert_eq!(kinds(&budgets.evaluate(NOW)).last(), Some(&TransitionKind::Exceeded));
+        assert_eq!(
+            kinds(&budgets.evaluate(NOW)).last(),
+            Some(&TransitionKind::Exceeded)
+        );
         let status = &budgets.status(NOW)[0];
         assert_eq!(status.window_end.as_deref(), Some("2026-11-24T00:00:00Z"));
         let tomorrow = NOW + 14 * HOUR;
-        assert_eq!(kinds(&budgets.evaluate(tomorrow)), vec![TransitionKind::Reset]);
+        assert_eq!(
+            kinds(&budgets.evaluate(tomorrow)),
+            vec![TransitionKind::Reset]
+        );
         assert_eq!(budgets.status(tomorrow)[0].used, 0.0);
         // Usage dated yesterday does not charge today's window.
         budgets.charge(&usd(12.0, NOW), tomorrow);
@@ -544,7 +598,10 @@ mod tests {
         let mut budgets = Budgets::new(vec![spec("hourly", Resource::Usd, 10.0, window)], NOW);
         budgets.charge(&usd(6.0, NOW), NOW);
         budgets.charge(&usd(5.0, NOW + HOUR / 2), NOW + HOUR / 2);
-        assert_eq!(kinds(&budgets.evaluate(NOW + HOUR / 2)).last(), Some(&TransitionKind::Exceeded));
+        assert_eq!(
+            kinds(&budgets.evaluate(NOW + HOUR / 2)).last(),
+            Some(&TransitionKind::Exceeded)
+        );
         // An hour after the first charge only the second one is left.
         let later = NOW + HOUR + 60_000;
         assert_eq!(kinds(&budgets.evaluate(later)), vec![TransitionKind::Reset]);
@@ -564,17 +621,32 @@ mod tests {
         cpu.scope = Scope::Target("agent".into());
         let mut budgets = Budgets::new(vec![coder, other, cpu], NOW);
         budgets.charge(&usd(2.0, NOW), NOW);
-        budgets.charge(&Charge { resource: Resource::CpuSeconds, amount: 2.0, ts_ms: NOW, agent: None, target: Some("elsewhere") }, NOW);
+        budgets.charge(
+            &Charge {
+                resource: Resource::CpuSeconds,
+                amount: 2.0,
+                ts_ms: NOW,
+                agent: None,
+                target: Some("elsewhere"),
+            },
+            NOW,
+        );
         let fired: Vec<usize> = budgets.evaluate(NOW).iter().map(|t| t.budget).collect();
         assert_eq!(fired, vec![0, 0]);
     }
 
     #[test]
     fn memory_compares_the_current_rss_and_comes_back_down() {
-        let mut budgets = Budgets::new(vec![spec("mem", Resource::MemBytes, 100.0, Window::Lifetime)], NOW);
+        let mut budgets = Budgets::new(
+            vec![spec("mem", Resource::MemBytes, 100.0, Window::Lifetime)],
+            NOW,
+        );
         budgets.set_memory("a", 60.0);
         budgets.set_memory("b", 50.0);
-        assert_eq!(kinds(&budgets.evaluate(NOW)).last(), Some(&TransitionKind::Exceeded));
+        assert_eq!(
+            kinds(&budgets.evaluate(NOW)).last(),
+            Some(&TransitionKind::Exceeded)
+        );
         budgets.set_memory("a", 10.0);
         assert_eq!(kinds(&budgets.evaluate(NOW)), vec![TransitionKind::Reset]);
     }
@@ -593,7 +665,9 @@ mod tests {
         assert_eq!(budgets.status(NOW)[0].projected_exhaustion_seconds, None);
         budgets.charge(&usd(1.0, NOW - 60_000), NOW);
         budgets.evaluate(NOW);
-        let projected = budgets.status(NOW)[0].projected_exhaustion_seconds.expect("spending");
+        let projected = budgets.status(NOW)[0]
+            .projected_exhaustion_seconds
+            .expect("spending");
         // $1 a minute, $9 left: nine minutes.
         assert!((projected - 540.0).abs() < 1.0, "{projected}");
     }

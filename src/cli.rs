@@ -30,6 +30,19 @@ pub enum Command {
         #[arg(long, short, env = "COSTMETER_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Run CMD as the metered target with the daemon around it; exit with CMD's status, or
+    /// 86 when a budget stopped it.
+    Exec {
+        /// TOML config file.
+        #[arg(long, short, env = "COSTMETER_CONFIG")]
+        config: Option<PathBuf>,
+        /// The target name CMD's process tree is metered and enforced under.
+        #[arg(long, default_value = "agent")]
+        target: String,
+        /// The command and its arguments.
+        #[arg(last = true, required = true, num_args = 1..)]
+        command: Vec<std::ffi::OsString>,
+    },
     /// Validate a config file offline and print every problem found.
     CheckConfig {
         /// TOML config file.

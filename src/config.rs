@@ -131,6 +131,9 @@ pub enum Selector {
     Cgroup(PathBuf),
     /// The sidecar's own process.
     OwnProcess,
+    /// `costmeter exec`: every descendant of the sidecar, which is their subreaper. Not
+    /// configurable; `exec` adds it.
+    ExecChildren,
 }
 
 impl Selector {
@@ -146,6 +149,7 @@ impl Selector {
             ),
             Selector::Cgroup(path) => format!("cgroup {}", path.display()),
             Selector::OwnProcess => "the costmeter process".to_string(),
+            Selector::ExecChildren => "the command costmeter exec runs".to_string(),
         }
     }
 }
@@ -633,7 +637,10 @@ fn amount(
     if value.is_finite() && value > 0.0 {
         Some(value)
     } else {
-        locator.report(raw.span(), format!("{field}: the limit must be a number above 0, got {value}"));
+        locator.report(
+            raw.span(),
+            format!("{field}: the limit must be a number above 0, got {value}"),
+        );
         None
     }
 }
@@ -686,17 +693,25 @@ fn validate_budget(
     let raw = raw.into_inner();
     let before = locator.problems.len();
     let name = match &raw.name {
-        Some(name) if !name.get_ref().is_empty() && !name.get_ref().chars().any(char::is_control) => {
+        Some(name)
+            if !name.get_ref().is_empty() && !name.get_ref().chars().any(char::is_control) =>
+        {
             if earlier.iter().any(|b| &b.name == name.get_ref()) {
                 locator.report(
                     name.span(),
-                    format!("budget.name: '{}' is used twice; names must be unique", name.get_ref()),
+                    format!(
+                        "budget.name: '{}' is used twice; names must be unique",
+                        name.get_ref()
+                    ),
                 );
             }
             name.get_ref().clone()
         }
         Some(name) => {
-            locator.report(name.span(), "budget.name: must be non-empty and free of control characters");
+            locator.report(
+                name.span(),
+                "budget.name: must be non-empty and free of control characters",
+            );
             String::new()
         }
         None => {
@@ -729,7 +744,10 @@ fn validate_budget(
     let bytes = matches!(resource, Some(Resource::MemBytes | Resource::DiskBytes));
     let limit = match &raw.limit {
         None => {
-            locator.report(span.clone(), format!("budget '{name}': 'limit' is required"));
+            locator.report(
+                span.clone(),
+                format!("budget '{name}': 'limit' is required"),
+            );
             None
         }
         Some(limit) => amount(limit, "budget.limit", bytes, locator),
@@ -751,7 +769,9 @@ fn validate_budget(
             if !(value > 0.0 && value < 1.0) {
                 locator.report(
                     w.span(),
-                    format!("budget.warn_at: {value} must be above 0 and below 1 (a share of the limit)"),
+                    format!(
+                        "budget.warn_at: {value} must be above 0 and below 1 (a share of the limit)"
+                    ),
                 );
             }
             value
@@ -763,14 +783,20 @@ fn validate_budget(
             "soft_kill" => OnExceed::SoftKill,
             "alert" => OnExceed::Alert,
             other => {
-                locator.report(o.span(), format!("budget.on_exceed: '{other}' is not soft_kill or alert"));
+                locator.report(
+                    o.span(),
+                    format!("budget.on_exceed: '{other}' is not soft_kill or alert"),
+                );
                 OnExceed::Alert
             }
         },
     };
     let scope = match (&raw.agent, &raw.target) {
         (Some(a), Some(_)) => {
-            locator.report(a.span(), format!("budget '{name}': give agent or target, not both"));
+            locator.report(
+                a.span(),
+                format!("budget '{name}': give agent or target, not both"),
+            );
             Scope::All
         }
         (Some(a), None) => {
@@ -825,13 +851,20 @@ fn validate_budget(
 fn validate_enforcement(raw: RawEnforcement, locator: &mut Locator<'_>) -> EnforcementConfig {
     let (signal_name, signal) = match &raw.signal {
         None => ("SIGTERM".to_string(), 15),
-        Some(s) => match SIGNALS.iter().find(|(name, _)| *name == s.get_ref().as_str()) {
+        Some(s) => match SIGNALS
+            .iter()
+            .find(|(name, _)| *name == s.get_ref().as_str())
+        {
             Some((name, number)) => (name.to_string(), *number),
             None => {
                 let names: Vec<&str> = SIGNALS.iter().map(|(n, _)| *n).collect();
                 locator.report(
                     s.span(),
-                    format!("enforcement.signal: '{}' is not one of {}", s.get_ref(), names.join(", ")),
+                    format!(
+                        "enforcement.signal: '{}' is not one of {}",
+                        s.get_ref(),
+                        names.join(", ")
+                    ),
                 );
                 ("SIGTERM".to_string(), 15)
             }
@@ -844,7 +877,10 @@ fn validate_enforcement(raw: RawEnforcement, locator: &mut Locator<'_>) -> Enfor
             Ok(_) => {
                 locator.report(
                     text.span(),
-                    format!("enforcement.grace: '{}' is longer than the maximum of 1h", text.get_ref()),
+                    format!(
+                        "enforcement.grace: '{}' is longer than the maximum of 1h",
+                        text.get_ref()
+                    ),
                 );
                 DEFAULT_GRACE
             }

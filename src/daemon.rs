@@ -9,9 +9,11 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
 use crate::api::{self, AppState};
-use crate::config::Config;
+use crate::config::{Config, Selector, TargetConfig};
+use crate::enforce::{self, Enforcer, EnforcerInput, IdentityBook};
 use crate::ledger::{Ledger, LedgerInput, LedgerSender};
 use crate::metrics::Metrics;
+use crate::notify::Webhook;
 use crate::sampler::{self, Sampler, SamplerHandle};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,8 @@ pub enum DaemonError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("cannot start the ledger thread: {0}")]
     LedgerThread(#[source] std::io::Error),
+    #[error("costmeter exec: {0}")]
+    Exec(String),
     #[error("cannot read server.token_file '{path}': {reason}")]
     Token {
         path: std::path::PathBuf,
@@ -47,11 +51,28 @@ pub struct Health {
     sampled: AtomicBool,
     /// The last store write's failure, if it failed.
     store_failure: Mutex<Option<String>>,
+    /// The budget whose excess ordered a soft-kill, for `exec`'s exit status.
+    budget_kill: Mutex<Option<String>>,
 }
 
 impl Health {
     pub fn mark_sampled(&self) {
         self.sampled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn set_budget_kill(&self, budget: &str) {
+        let mut slot = self
+            .budget_kill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.get_or_insert_with(|| budget.to_string());
+    }
+
+    pub fn budget_kill(&self) -> Option<String> {
+        self.budget_kill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_store(&self, outcome: Result<(), String>) {
@@ -86,8 +107,55 @@ impl Health {
     }
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. `config_path` is re-read on SIGHUP.
+/// Exit status of `costmeter exec` when a budget soft-killed the command.
+pub const EXIT_BUDGET_KILLED: u8 = 86;
+
+/// The command `costmeter exec` runs.
+#[derive(Debug, Clone)]
+pub struct ExecCommand {
+    pub argv: Vec<std::ffi::OsString>,
+    /// The target name its process tree is metered under.
+    pub target: String,
+}
+
+/// How the command ended, for the exit status.
+#[derive(Debug, Clone, Copy)]
+enum ChildEnd {
+    Exited(i32),
+    Signalled(i32),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub async fn run(config: Config) -> Result<(), DaemonError> {
+    serve(config, None).await.map(|_| ())
+}
+
+/// Runs `command` as the metered target with the daemon around it, until it exits. Returns
+/// the exit status to leave with: the command's, or [`EXIT_BUDGET_KILLED`].
+pub async fn exec(mut config: Config, command: ExecCommand) -> Result<u8, DaemonError> {
+    // Orphans of the command are reparented to costmeter, reaped here and counted.
+    rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
+        .map_err(|e| DaemonError::Exec(format!("cannot become a child subreaper: {e}")))?;
+    let interval = config
+        .targets
+        .iter()
+        .find(|t| t.name == command.target)
+        .map_or(crate::config::DEFAULT_SAMPLE_INTERVAL, |t| {
+            t.sample_interval
+        });
+    config
+        .targets
+        .retain(|t| t.name != command.target && !matches!(t.selector, Selector::OwnProcess));
+    config.targets.push(TargetConfig {
+        name: command.target.clone(),
+        selector: Selector::ExecChildren,
+        children: true,
+        sample_interval: interval,
+    });
+    serve(config, Some(command)).await
+}
+
+async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, DaemonError> {
     let metrics = Arc::new(Metrics::new(
         &config.metrics.namespace,
         config.metrics.max_label_values,
@@ -95,7 +163,37 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
     let health = Arc::new(Health::default());
     let token = read_token(&config)?;
     let (ledger, baselines) = Ledger::open(&config, metrics.clone(), health.clone())?;
-    let (ledger_tx, ledger_thread) = ledger.spawn().map_err(DaemonError::LedgerThread)?;
+    let book = IdentityBook::default();
+    let webhook = match &config.enforcement.webhook {
+        Some(url) => Some(Webhook::spawn(url.clone()).map_err(DaemonError::LedgerThread)?),
+        None => None,
+    };
+    // The enforcer reports back to the ledger; the ledger's sender exists only once it runs,
+    // so the report path goes through a slot filled right after.
+    let report_slot: Arc<Mutex<Option<LedgerSender>>> = Arc::default();
+    let enforcer = {
+        let slot = report_slot.clone();
+        enforce::spawn(
+            Enforcer::new(config.enforcement.clone(), &config.targets, book.clone()),
+            move |report| {
+                let sender = slot
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clone();
+                if let Some(sender) = sender {
+                    let _ = sender.blocking_send(LedgerInput::Enforced(report));
+                }
+            },
+        )
+        .map_err(DaemonError::LedgerThread)?
+    };
+    let (ledger_tx, ledger_thread) = ledger
+        .with_actions(Some(enforcer.clone()), webhook)
+        .spawn()
+        .map_err(DaemonError::LedgerThread)?;
+    *report_slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ledger_tx.clone());
 
     let listener = TcpListener::bind(config.server.listen)
         .await
@@ -104,28 +202,24 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             source,
         })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
-
-    let sampler = start_sampler(&config, &baselines, ledger_tx.clone())?;
+    let sampler = start_sampler(&config, &baselines, book, ledger_tx.clone())?;
     info!(
         addr = %local,
         config = %config.source.as_ref().map_or("built-in defaults".into(), |p| p.display().to_string()),
         targets = config.targets.len(),
+        budgets = config.budgets.len(),
         "listening"
     );
 
     let state = Arc::new(AppState {
         metrics,
-        health,
+        health: health.clone(),
         ledger: ledger_tx.clone(),
         token,
         max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
+        targets: config.targets.iter().map(|t| t.name.clone()).collect(),
     });
     let app = api::router(state);
-
-    let mut terminate = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
-    let mut interrupt = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
-    let mut hangup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
-
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
@@ -135,24 +229,168 @@ pub async fn run(config: Config) -> Result<(), DaemonError> {
             .await
     });
 
+    let mut signals = Signals::install()?;
     let mut running = config;
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => { info!("SIGTERM received, shutting down"); break; }
-            _ = interrupt.recv() => { info!("SIGINT received, shutting down"); break; }
-            _ = hangup.recv() => reload(&mut running, &sampler, &ledger_tx).await,
+    let status = match command {
+        None => {
+            loop {
+                tokio::select! {
+                    _ = signals.terminate.recv() => { info!("SIGTERM received, shutting down"); break; }
+                    _ = signals.interrupt.recv() => { info!("SIGINT received, shutting down"); break; }
+                    _ = signals.hangup.recv() => reload(&mut running, &sampler, &enforcer, &ledger_tx).await,
+                }
+            }
+            0
         }
-    }
+        Some(command) => {
+            let (child, mut ended) = spawn_command(&command)?;
+            let forward = |signal: rustix::process::Signal, name: &str| {
+                info!(
+                    signal = name,
+                    pid = child.as_raw_pid(),
+                    "forwarding signal to the command"
+                );
+                let _ = rustix::process::kill_process(child, signal);
+            };
+            let end = loop {
+                tokio::select! {
+                    end = &mut ended => break end.unwrap_or(ChildEnd::Exited(1)),
+                    _ = signals.terminate.recv() => forward(rustix::process::Signal::TERM, "SIGTERM"),
+                    _ = signals.interrupt.recv() => forward(rustix::process::Signal::INT, "SIGINT"),
+                    _ = signals.hangup.recv() => forward(rustix::process::Signal::HUP, "SIGHUP"),
+                    _ = signals.quit.recv() => forward(rustix::process::Signal::QUIT, "SIGQUIT"),
+                    _ = signals.user1.recv() => forward(rustix::process::Signal::USR1, "SIGUSR1"),
+                    _ = signals.user2.recv() => forward(rustix::process::Signal::USR2, "SIGUSR2"),
+                }
+            };
+            // Count the command's last moments before anything stops.
+            tokio::task::block_in_place(|| sampler.flush());
+            match health.budget_kill() {
+                Some(budget) => {
+                    let grace = running.enforcement.grace + std::time::Duration::from_secs(1);
+                    wait_for_descendants(grace).await;
+                    eprintln!(
+                        "costmeter: budget '{budget}' exceeded; the command was stopped with {} (exit status {EXIT_BUDGET_KILLED})",
+                        running.enforcement.signal_name
+                    );
+                    EXIT_BUDGET_KILLED
+                }
+                None => match end {
+                    ChildEnd::Exited(code) => u8::try_from(code & 0xff).unwrap_or(1),
+                    ChildEnd::Signalled(signal) => u8::try_from((128 + signal) & 0xff).unwrap_or(1),
+                },
+            }
+        }
+    };
+
     let _ = stop_tx.send(());
     let served = server.await;
     drop(sampler);
+    drop(enforcer);
+    *report_slot
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     drop(ledger_tx);
     // The ledger drains what is queued, commits it, and stops once the last sender is gone.
     let _ = tokio::task::spawn_blocking(move || ledger_thread.join()).await;
     match served {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(status),
         Ok(Err(error)) => Err(DaemonError::Serve(error)),
         Err(join) => Err(DaemonError::Serve(std::io::Error::other(join))),
+    }
+}
+
+/// The signals the daemon listens for.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    quit: tokio::signal::unix::Signal,
+    user1: tokio::signal::unix::Signal,
+    user2: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, DaemonError> {
+        let install = |kind| signal(kind).map_err(DaemonError::Signal);
+        Ok(Signals {
+            terminate: install(SignalKind::terminate())?,
+            interrupt: install(SignalKind::interrupt())?,
+            hangup: install(SignalKind::hangup())?,
+            quit: install(SignalKind::quit())?,
+            user1: install(SignalKind::user_defined1())?,
+            user2: install(SignalKind::user_defined2())?,
+        })
+    }
+}
+
+/// Starts the command and a reaper thread for it and every orphan reparented to costmeter.
+fn spawn_command(
+    command: &ExecCommand,
+) -> Result<
+    (
+        rustix::process::Pid,
+        tokio::sync::oneshot::Receiver<ChildEnd>,
+    ),
+    DaemonError,
+> {
+    let (program, args) = command
+        .argv
+        .split_first()
+        .ok_or_else(|| DaemonError::Exec("no command given after --".into()))?;
+    let child = std::process::Command::new(program)
+        .args(args)
+        .spawn()
+        .map_err(|e| {
+            DaemonError::Exec(format!("cannot start '{}': {e}", program.to_string_lossy()))
+        })?;
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0))
+        .ok_or_else(|| DaemonError::Exec("the command has no pid".into()))?;
+    // The reaper below waits for it; the std handle must not.
+    drop(child);
+    let (done, ended) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("costmeter-reaper".into())
+        .spawn(move || {
+            let mut done = Some(done);
+            // Reap every child: the command, and orphans reparented to this subreaper, whose
+            // CPU then lands in costmeter's cutime/cstime where the exec target counts it.
+            while let Ok(Some((reaped, status))) =
+                rustix::process::wait(rustix::process::WaitOptions::empty())
+            {
+                if reaped == pid
+                    && let Some(done) = done.take()
+                {
+                    let end = match (status.exit_status(), status.terminating_signal()) {
+                        (Some(code), _) => ChildEnd::Exited(code),
+                        (None, Some(signal)) => ChildEnd::Signalled(signal),
+                        (None, None) => ChildEnd::Exited(1),
+                    };
+                    let _ = done.send(end);
+                }
+            }
+        })
+        .map_err(|e| DaemonError::Exec(format!("cannot start the reaper thread: {e}")))?;
+    Ok((pid, ended))
+}
+
+/// After a budget kill, gives the enforcer its grace to finish with the command's descendants.
+async fn wait_for_descendants(limit: std::time::Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let own = crate::enforce::own_pid();
+    while tokio::time::Instant::now() < deadline {
+        let left = tokio::task::spawn_blocking(move || {
+            crate::sampler::proc::ProcTable::scan()
+                .tree(&[own], true)
+                .len()
+                > 1
+        })
+        .await
+        .unwrap_or(false);
+        if !left {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
@@ -177,10 +415,11 @@ fn read_token(config: &Config) -> Result<Option<String>, DaemonError> {
 fn start_sampler(
     config: &Config,
     baselines: &sampler::StoredBaselines,
+    book: IdentityBook,
     ledger: LedgerSender,
 ) -> Result<SamplerHandle, DaemonError> {
     sampler::spawn(
-        Sampler::resume(config.targets.clone(), baselines),
+        Sampler::resume(config.targets.clone(), baselines, book),
         move |reading| {
             // The ledger outlives the sampler; a send error means shutdown is under way.
             let _ = ledger.blocking_send(LedgerInput::Reading(reading));
@@ -190,7 +429,12 @@ fn start_sampler(
 }
 
 /// Re-reads the config file. A bad file keeps the running config and says why.
-async fn reload(running: &mut Config, sampler: &SamplerHandle, ledger: &LedgerSender) {
+async fn reload(
+    running: &mut Config,
+    sampler: &SamplerHandle,
+    enforcer: &std::sync::mpsc::Sender<EnforcerInput>,
+    ledger: &LedgerSender,
+) {
     let Some(path) = running.source.clone() else {
         warn!("SIGHUP received but costmeter runs on built-in defaults; nothing to reload");
         return;
@@ -224,6 +468,10 @@ async fn reload(running: &mut Config, sampler: &SamplerHandle, ledger: &LedgerSe
             .await;
     }
     sampler.reconfigure(new.targets.clone());
+    let _ = enforcer.send(EnforcerInput::Targets(new.targets.clone()));
+    if new.budgets != running.budgets || new.enforcement != running.enforcement {
+        warn!("[budgets], [[budget]] and [enforcement] changes take effect after a restart");
+    }
     info!(
         config = %new.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         targets = new.targets.len(),

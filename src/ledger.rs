@@ -15,13 +15,21 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
 
+use serde_json::json;
+
+use crate::budget::{
+    BudgetStatus, Budgets, Charge, OnExceed, Resource, Scope, State, TransitionKind,
+};
 use crate::config::Config;
 use crate::daemon::Health;
+use crate::enforce::{EnforcerInput, KillOrder, KillReport};
 use crate::ingest::{Event, EventBody};
+use crate::metrics::{BudgetLabels, SoftKillLabels};
 use crate::metrics::{
     Metrics, SpendLabels, TaskLabels, TaskTypeLabels, TokenKind, TokenLabels, TraceLabels,
     UsdCounter,
 };
+use crate::notify::Webhook;
 use crate::pricing::{Confidence, PriceSource, PriceTable, PricingError, RejectedRow};
 use crate::sampler::{StoredBaselines, TargetReading};
 use crate::store::{PricedEvent, ResourceRow, Store, StoreError, Totals};
@@ -47,6 +55,12 @@ pub enum LedgerInput {
     /// A target was removed from the config: its gauges go.
     TargetRemoved(String),
     PricingStatus(oneshot::Sender<PricingStatus>),
+    /// Every budget's state now.
+    Budgets(oneshot::Sender<Vec<BudgetStatus>>),
+    /// An order from outside (Alertmanager) to stop a local target.
+    Enforce(KillOrder),
+    /// What enforcement did, to count and record.
+    Enforced(KillReport),
 }
 
 /// Sending side of the ledger, cloned into every source.
@@ -101,6 +115,22 @@ pub struct Ledger {
     unknown_models: HashMap<String, UnknownModel>,
     retention: Duration,
     last_compaction: Option<Instant>,
+    budgets: Budgets,
+    /// Names of the targets a budget without a target scope stops.
+    enforceable_targets: Vec<String>,
+    enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,
+    webhook: Option<Webhook>,
+}
+
+/// Targets a budget without its own target scope stops: every configured target but the
+/// sidecar itself.
+fn enforceable(config: &Config) -> Vec<String> {
+    config
+        .targets
+        .iter()
+        .filter(|t| !matches!(t.selector, crate::config::Selector::OwnProcess))
+        .map(|t| t.name.clone())
+        .collect()
 }
 
 fn now_ms() -> i64 {
@@ -159,10 +189,15 @@ impl Ledger {
             unknown_models: HashMap::new(),
             retention: config.store.retention,
             last_compaction: None,
+            budgets: Budgets::new(config.budgets.clone(), now_ms()),
+            enforceable_targets: enforceable(config),
+            enforcer: None,
+            webhook: None,
         };
         ledger.compact_if_due();
         let totals = ledger.store.totals()?;
         ledger.restore(&totals);
+        ledger.restore_budgets()?;
         let baselines = ledger.store.baselines()?;
         info!(
             store = %ledger.store.path().display(),
@@ -318,6 +353,11 @@ impl Ledger {
                 LedgerInput::PricingStatus(reply) => {
                     let _ = reply.send(self.pricing_status());
                 }
+                LedgerInput::Budgets(reply) => {
+                    let _ = reply.send(self.budgets.status(received));
+                }
+                LedgerInput::Enforce(order) => self.order_kill(order),
+                LedgerInput::Enforced(report) => self.record_enforcement(&report, received),
             }
         }
         let rows: Vec<ResourceRow> = readings
@@ -338,18 +378,16 @@ impl Ledger {
             })
             .collect();
 
-        if priced.is_empty() && rows.is_empty() {
+        let outcome: Result<Vec<bool>, String> = if priced.is_empty() && rows.is_empty() {
             // Only rejections were reported: they are counted; say so.
-            for (_, reply) in requests {
-                let _ = reply.send(Ok(Vec::new()));
-            }
+            Ok(Vec::new())
         } else {
             match self.store.commit(&priced, &rows, received) {
                 Ok(fresh) => {
                     self.health.set_store(Ok(()));
                     for (event, is_new) in priced.iter().zip(&fresh) {
                         if *is_new {
-                            self.apply(event);
+                            self.apply(event, received);
                         } else {
                             self.count_event(
                                 event.source,
@@ -358,24 +396,32 @@ impl Ledger {
                             );
                         }
                     }
-                    for (range, reply) in requests {
-                        let _ = reply.send(Ok(fresh[range].to_vec()));
-                    }
+                    Ok(fresh)
                 }
                 Err(failure) => {
                     error!(error = %failure, "store write failed; events answered 503, nothing counted");
                     self.health.set_store(Err(failure.to_string()));
-                    for (_, reply) in requests {
-                        let _ = reply.send(Err(failure.to_string()));
-                    }
+                    Err(failure.to_string())
                 }
             }
-        }
+        };
         // Resource gauges and counters move even when the store failed: the deltas are then
         // counted again from the stored baseline after a restart, never lost.
         for reading in &readings {
             self.metrics.record_target(reading);
             self.health.mark_sampled();
+            self.charge_reading(reading, received);
+        }
+        // Budgets are judged before anyone is answered: a crossing event's 2xx leaves only
+        // after the kill order did.
+        self.judge_budgets(received);
+        for (range, reply) in requests {
+            let _ = reply.send(
+                outcome
+                    .as_ref()
+                    .map(|fresh| fresh.get(range).map(<[bool]>::to_vec).unwrap_or_default())
+                    .map_err(Clone::clone),
+            );
         }
         self.compact_if_due();
     }
@@ -448,7 +494,7 @@ impl Ledger {
     }
 
     /// Moves the series for one newly stored event.
-    fn apply(&mut self, priced: &PricedEvent) {
+    fn apply(&mut self, priced: &PricedEvent, now: i64) {
         let metrics = self.metrics.clone();
         let m = &metrics;
         let event = &priced.event;
@@ -472,6 +518,19 @@ impl Ledger {
                 }
                 let cost = priced.cost.map_or(0.0, |c| c.usd);
                 series.usd.0.inc_by(cost, exemplar, None);
+                let tokens = (usage.input_tokens + usage.output_tokens) as f64;
+                for (resource, amount) in [(Resource::Usd, cost), (Resource::Tokens, tokens)] {
+                    self.budgets.charge(
+                        &Charge {
+                            resource,
+                            amount,
+                            ts_ms: event.ts_ms,
+                            agent: Some(&usage.agent),
+                            target: None,
+                        },
+                        now,
+                    );
+                }
                 if priced
                     .cost
                     .is_some_and(|c| c.confidence == Confidence::UnknownModel)
@@ -523,6 +582,252 @@ impl Ledger {
             | EventBody::TaskStart { .. }
             | EventBody::FileWrite { .. } => {}
         }
+    }
+
+    /// Wires the enforcer and the webhook once they run.
+    pub fn with_actions(
+        mut self,
+        enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,
+        webhook: Option<Webhook>,
+    ) -> Ledger {
+        self.enforcer = enforcer;
+        self.webhook = webhook;
+        self
+    }
+
+    /// Replays stored usage into the budgets and restores recorded states, so totals and
+    /// states survive a restart and a transition that fired does not fire again.
+    fn restore_budgets(&mut self) -> Result<(), LedgerError> {
+        if self.budgets.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        for charge in self.store.usage_charges()? {
+            for (resource, amount) in [
+                (Resource::Usd, charge.first),
+                (Resource::Tokens, charge.second),
+            ] {
+                self.budgets.charge(
+                    &Charge {
+                        resource,
+                        amount,
+                        ts_ms: charge.ts_ms,
+                        agent: Some(&charge.owner),
+                        target: None,
+                    },
+                    now,
+                );
+            }
+        }
+        for charge in self.store.resource_charges()? {
+            for (resource, amount) in [
+                (Resource::CpuSeconds, charge.first),
+                (Resource::DiskBytes, charge.second),
+            ] {
+                self.budgets.charge(
+                    &Charge {
+                        resource,
+                        amount,
+                        ts_ms: charge.ts_ms,
+                        agent: None,
+                        target: Some(&charge.owner),
+                    },
+                    now,
+                );
+            }
+        }
+        for (name, window_start, state) in self.store.budget_states()? {
+            if let Some(state) = State::parse(&state) {
+                self.budgets.restore_state(&name, window_start, state);
+            }
+        }
+        Ok(())
+    }
+
+    fn charge_reading(&mut self, reading: &TargetReading, now: i64) {
+        if self.budgets.is_empty() {
+            return;
+        }
+        let target = Some(reading.target.as_str());
+        let disk = (reading.read_bytes + reading.written_bytes) as f64;
+        for (resource, amount) in [
+            (Resource::CpuSeconds, reading.cpu_seconds),
+            (Resource::DiskBytes, disk),
+        ] {
+            self.budgets.charge(
+                &Charge {
+                    resource,
+                    amount,
+                    ts_ms: now,
+                    agent: None,
+                    target,
+                },
+                now,
+            );
+        }
+        self.budgets
+            .set_memory(&reading.target, reading.rss_bytes as f64);
+    }
+
+    /// Moves windows, announces transitions, orders kills, refreshes the budget series.
+    fn judge_budgets(&mut self, now: i64) {
+        if self.budgets.is_empty() {
+            return;
+        }
+        let transitions = self.budgets.evaluate(now);
+        let statuses = self.budgets.status(now);
+        for transition in transitions {
+            let spec = self.budgets.specs()[transition.budget].clone();
+            let status = &statuses[transition.budget];
+            let labels = BudgetLabels {
+                budget: spec.name.clone(),
+                resource: spec.resource.label().to_string(),
+            };
+            let event = transition.kind.event_name();
+            match transition.kind {
+                TransitionKind::Warning => {
+                    self.metrics
+                        .budget_warnings_total
+                        .get_or_create(&labels)
+                        .inc();
+                    warn!(event, budget = %spec.name, resource = spec.resource.label(), used = transition.used, limit = transition.limit, "budget warning");
+                }
+                TransitionKind::Exceeded => {
+                    self.metrics
+                        .budget_exceeded_total
+                        .get_or_create(&labels)
+                        .inc();
+                    error!(event, budget = %spec.name, resource = spec.resource.label(), used = transition.used, limit = transition.limit, on_exceed = ?spec.on_exceed, "BUDGET_EXCEEDED");
+                    if spec.on_exceed == OnExceed::SoftKill {
+                        let targets = match &spec.scope {
+                            Scope::Target(target) => vec![target.clone()],
+                            _ => self.enforceable_targets.clone(),
+                        };
+                        self.health.set_budget_kill(&spec.name);
+                        for target in targets {
+                            self.order_kill(KillOrder {
+                                target,
+                                reason: format!("budget '{}' exceeded", spec.name),
+                            });
+                        }
+                    }
+                }
+                TransitionKind::Reset => {
+                    info!(event, budget = %spec.name, resource = spec.resource.label(), used = transition.used, limit = transition.limit, "budget back to ok");
+                }
+            }
+            if let Some(webhook) = &self.webhook {
+                webhook.notify(json!({
+                    "event": event,
+                    "budget": spec.name,
+                    "resource": spec.resource.label(),
+                    "used": transition.used,
+                    "limit": transition.limit,
+                    "ratio": transition.used / transition.limit,
+                    "window": status.window,
+                    "window_start": status.window_start,
+                    "window_end": status.window_end,
+                    "on_exceed": spec.on_exceed,
+                    "at": jiff::Timestamp::from_millisecond(now).map(|t| t.to_string()).unwrap_or_default(),
+                }));
+            }
+            let state = status.state.label();
+            if let Err(failure) =
+                self.store
+                    .save_budget_state(&spec.name, status.window_start_ms.unwrap_or(0), state)
+            {
+                warn!(error = %failure, budget = %spec.name, "cannot record the budget state; it may be announced again after a restart");
+            }
+        }
+        self.publish_budget_series(&statuses);
+    }
+
+    fn publish_budget_series(&self, statuses: &[BudgetStatus]) {
+        let m = &self.metrics;
+        for status in statuses {
+            let labels = BudgetLabels {
+                budget: status.name.clone(),
+                resource: status.resource.label().to_string(),
+            };
+            m.budget_limit.get_or_create(&labels).set(status.limit);
+            m.budget_used.get_or_create(&labels).set(status.used);
+            m.budget_utilization_ratio
+                .get_or_create(&labels)
+                .set(status.ratio);
+            m.budget_state
+                .get_or_create(&labels)
+                .set(status.state as i64);
+            match status.window_end_ms {
+                Some(end) => {
+                    m.budget_window_end_timestamp_seconds
+                        .get_or_create(&labels)
+                        .set(end as f64 / 1000.0);
+                }
+                None => {
+                    m.budget_window_end_timestamp_seconds.remove(&labels);
+                }
+            }
+            match status.projected_exhaustion_seconds {
+                Some(seconds) => {
+                    m.budget_projected_exhaustion_seconds
+                        .get_or_create(&labels)
+                        .set(seconds);
+                }
+                None => {
+                    m.budget_projected_exhaustion_seconds.remove(&labels);
+                }
+            }
+        }
+    }
+
+    fn order_kill(&mut self, order: KillOrder) {
+        match &self.enforcer {
+            Some(enforcer) => {
+                warn!(target_name = %order.target, reason = %order.reason, "soft-kill ordered");
+                if enforcer.send(EnforcerInput::Kill(order)).is_err() {
+                    error!("the enforcer stopped; no process was signalled");
+                }
+            }
+            None => {
+                error!(target_name = %order.target, reason = %order.reason, "no enforcer running; no process was signalled")
+            }
+        }
+    }
+
+    fn record_enforcement(&mut self, report: &KillReport, now: i64) {
+        if !report.dry_run && report.signalled + report.killed > 0 {
+            let m = &self.metrics;
+            let target = m.cap.admit("target", &report.target);
+            if report.signalled > 0 {
+                m.soft_kills_total
+                    .get_or_create(&SoftKillLabels {
+                        target: target.clone(),
+                        signal: report.signal.clone(),
+                    })
+                    .inc_by(report.signalled as u64);
+            }
+            if report.killed > 0 {
+                m.soft_kills_total
+                    .get_or_create(&SoftKillLabels {
+                        target,
+                        signal: "SIGKILL".into(),
+                    })
+                    .inc_by(report.killed as u64);
+            }
+        }
+        if let Err(failure) = self.store.record_enforcement(
+            now,
+            &report.target,
+            &report.reason,
+            &report.signal,
+            report.signalled,
+            report.killed,
+            &report.refused,
+            report.dry_run,
+        ) {
+            warn!(error = %failure, "cannot record the enforcement action");
+        }
+        info!(target_name = %report.target, reason = %report.reason, signal = %report.signal, signalled = report.signalled, killed = report.killed, refused = report.refused.len(), dry_run = report.dry_run, "enforcement recorded");
     }
 
     fn pricing_status(&self) -> PricingStatus {

@@ -42,6 +42,25 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             runtime.block_on(costmeter::daemon::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Exec {
+            config,
+            target,
+            command,
+        } => {
+            init_logging();
+            let config = cli::load_config(config.as_deref())?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            let command = costmeter::daemon::ExecCommand {
+                argv: command,
+                target,
+            };
+            let status = runtime.block_on(costmeter::daemon::exec(config, command))?;
+            Ok(ExitCode::from(status))
+        }
     }
 }
 

@@ -66,7 +66,27 @@ const MIGRATIONS: &[&str] = &[
         peak_rss_bytes INTEGER NOT NULL,
         PRIMARY KEY (day, target)
     );",
+    // 2: budget states (so a transition fires once across restarts) and enforcement actions.
+    "CREATE TABLE budget_states (
+        name TEXT PRIMARY KEY, window_start_ms INTEGER NOT NULL, state TEXT NOT NULL
+    );
+    CREATE TABLE enforcement_actions (
+        ts_ms INTEGER NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL, signal TEXT NOT NULL,
+        signalled INTEGER NOT NULL, killed INTEGER NOT NULL, refused TEXT NOT NULL, dry_run INTEGER NOT NULL
+    );",
 ];
+
+/// One stored usage amount, replayed into budgets at start.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredCharge {
+    pub ts_ms: i64,
+    /// The agent for usage, the target for resources.
+    pub owner: String,
+    /// USD, or CPU seconds.
+    pub first: f64,
+    /// Tokens, or disk bytes.
+    pub second: f64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -517,6 +537,99 @@ impl Store {
             .map_err(StoreError::Write)?;
         tx.commit().map_err(StoreError::Write)?;
         Ok(folded_events + folded_samples)
+    }
+
+    /// Every stored usage charge: (ts, agent, usd, tokens), raw events and daily rollups.
+    pub fn usage_charges(&self) -> Result<Vec<StoredCharge>, StoreError> {
+        self.charges(
+            "SELECT ts_ms, agent, COALESCE(cost_usd, 0), input_tokens + output_tokens FROM events WHERE type = 'llm_usage'
+             UNION ALL
+             SELECT CAST(strftime('%s', day) AS INTEGER) * 1000, agent, cost_usd, input_tokens + output_tokens FROM usage_rollups",
+        )
+    }
+
+    /// Every stored resource charge: (ts, target, cpu seconds, disk bytes).
+    pub fn resource_charges(&self) -> Result<Vec<StoredCharge>, StoreError> {
+        self.charges(
+            "SELECT ts_ms, target, cpu_seconds, read_bytes + written_bytes FROM resource_samples
+             UNION ALL
+             SELECT CAST(strftime('%s', day) AS INTEGER) * 1000, target, cpu_seconds, read_bytes + written_bytes FROM resource_rollups",
+        )
+    }
+
+    fn charges(&self, sql: &str) -> Result<Vec<StoredCharge>, StoreError> {
+        let mut statement = self.conn.prepare(sql).map_err(StoreError::Read)?;
+        let rows = statement
+            .query_map([], |r| {
+                Ok(StoredCharge {
+                    ts_ms: r.get(0)?,
+                    owner: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    first: r.get::<_, Option<f64>>(2)?.unwrap_or(0.0),
+                    second: r.get::<_, Option<f64>>(3)?.unwrap_or(0.0),
+                })
+            })
+            .map_err(StoreError::Read)?;
+        rows.collect::<Result<_, _>>().map_err(StoreError::Read)
+    }
+
+    /// Budget states as last recorded: name → (window start, state).
+    pub fn budget_states(&self) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare("SELECT name, window_start_ms, state FROM budget_states")
+            .map_err(StoreError::Read)?;
+        let rows = statement
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .map_err(StoreError::Read)?;
+        rows.collect::<Result<_, _>>().map_err(StoreError::Read)
+    }
+
+    pub fn save_budget_state(
+        &mut self,
+        name: &str,
+        window_start_ms: i64,
+        state: &str,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO budget_states (name, window_start_ms, state) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(name) DO UPDATE SET window_start_ms = excluded.window_start_ms, state = excluded.state",
+                params![name, window_start_ms, state],
+            )
+            .map(|_| ())
+            .map_err(StoreError::Write)
+    }
+
+    /// Records what enforcement did: what, whom, why, result.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_enforcement(
+        &mut self,
+        ts_ms: i64,
+        target: &str,
+        reason: &str,
+        signal: &str,
+        signalled: usize,
+        killed: usize,
+        refused: &[String],
+        dry_run: bool,
+    ) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO enforcement_actions (ts_ms, target, reason, signal, signalled, killed, refused, dry_run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![
+                    ts_ms,
+                    target,
+                    reason,
+                    signal,
+                    i64::try_from(signalled).unwrap_or(i64::MAX),
+                    i64::try_from(killed).unwrap_or(i64::MAX),
+                    refused.join("; "),
+                    dry_run
+                ],
+            )
+            .map(|_| ())
+            .map_err(StoreError::Write)
     }
 
     /// When a task started, if its start was recorded.

@@ -133,6 +133,26 @@ impl CgroupFiles {
         self.procs.is_some() || self.cpu.is_some() || self.memory_current.is_some()
     }
 
+    /// The pids in the cgroup now.
+    pub fn pids(&self) -> Vec<i32> {
+        self.procs
+            .as_ref()
+            .and_then(|path| std::fs::read_to_string(path).ok())
+            .map(|text| text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+            .unwrap_or_default()
+    }
+
+    /// SIGKILLs every process in the cgroup through v2 `cgroup.kill`, where the kernel offers
+    /// it; returns whether it did.
+    pub fn kill_all(&self) -> bool {
+        self.procs
+            .as_ref()
+            .and_then(|procs| procs.parent())
+            .map(|dir| dir.join("cgroup.kill"))
+            .filter(|kill| kill.is_file())
+            .is_some_and(|kill| std::fs::write(kill, "1").is_ok())
+    }
+
     /// Reads every figure; `None` when the cgroup is gone.
     pub fn read(&self) -> Option<CgroupReading> {
         let procs = std::fs::read_to_string(self.procs.as_ref()?).ok()?;

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::config::{Selector, TargetConfig};
+use crate::enforce::{Identity, IdentityBook};
 use cgroup::CgroupFiles;
 use proc::ProcTable;
 use tree::TreeAccount;
@@ -66,6 +67,8 @@ struct TargetState {
     last_up: Option<bool>,
     /// A cgroup reading from before a restart, used as the first "previous" reading.
     restored_cgroup: Option<cgroup::CgroupReading>,
+    /// For `pid` targets: the process first seen under that pid.
+    pinned: Option<Identity>,
 }
 
 struct CgroupState {
@@ -77,18 +80,24 @@ struct CgroupState {
 pub struct Sampler {
     targets: Vec<TargetState>,
     ticks_per_second: f64,
+    book: IdentityBook,
 }
 
 impl Sampler {
     pub fn new(targets: Vec<TargetConfig>) -> Sampler {
-        Sampler::resume(targets, &StoredBaselines::new())
+        Sampler::resume(targets, &StoredBaselines::new(), IdentityBook::default())
     }
 
     /// A sampler that continues from stored baselines where a target's selector is unchanged.
-    pub fn resume(targets: Vec<TargetConfig>, stored: &StoredBaselines) -> Sampler {
+    pub fn resume(
+        targets: Vec<TargetConfig>,
+        stored: &StoredBaselines,
+        book: IdentityBook,
+    ) -> Sampler {
         let mut sampler = Sampler {
             targets: Vec::new(),
             ticks_per_second: procfs::ticks_per_second() as f64,
+            book,
         };
         sampler.reconfigure(targets);
         for state in &mut sampler.targets {
@@ -133,6 +142,7 @@ impl Sampler {
                     next_due: now,
                     last_up: None,
                     restored_cgroup: None,
+                    pinned: None,
                     config,
                 },
             };
@@ -162,6 +172,7 @@ impl Sampler {
             ProcTable::default()
         };
         let ticks = self.ticks_per_second;
+        let book = self.book.clone();
         due.into_iter()
             .map(|i| {
                 let state = &mut self.targets[i];
@@ -170,7 +181,7 @@ impl Sampler {
                 if state.next_due <= now {
                     state.next_due = now + state.config.sample_interval;
                 }
-                sample_target(state, &table, ticks)
+                sample_target(state, &table, ticks, &book)
             })
             .collect()
     }
@@ -189,50 +200,105 @@ pub fn describe(target: &TargetConfig) -> String {
     )
 }
 
+fn own_pid() -> i32 {
+    i32::try_from(std::process::id()).unwrap_or(0)
+}
+
+/// Checks the roots against the identity recorded at discovery and publishes them for the
+/// enforcer. A `pid` target is the process first seen under that pid: a successor that got
+/// the same pid is somebody else, so the target is reported down and never signalled.
+fn pin_identity(
+    state: &mut TargetState,
+    roots: Vec<i32>,
+    table: &ProcTable,
+    book: &IdentityBook,
+) -> Result<Vec<i32>, String> {
+    let identities: Vec<Identity> = roots
+        .iter()
+        .filter_map(|pid| {
+            table.rows.get(pid).map(|row| Identity {
+                pid: *pid,
+                start: row.start,
+            })
+        })
+        .collect();
+    if let Selector::Pid(pid) = state.config.selector {
+        match (state.pinned, identities.first()) {
+            (Some(pinned), Some(now)) if pinned.start != now.start => {
+                return Err(format!(
+                    "pid {pid} now belongs to another process (its start time changed); the configured process is gone"
+                ));
+            }
+            (None, Some(now)) => state.pinned = Some(*now),
+            _ => {}
+        }
+    }
+    if !identities.is_empty()
+        && let Ok(mut book) = book.write()
+    {
+        book.insert(state.config.name.clone(), identities);
+    }
+    Ok(roots)
+}
+
 fn sample_target(
     state: &mut TargetState,
     table: &ProcTable,
     ticks_per_second: f64,
+    book: &IdentityBook,
 ) -> TargetReading {
     let name = state.config.name.clone();
-    let (reading, problem) = match &state.config.selector {
+    let selector = state.config.selector.clone();
+    let (reading, problem) = match &selector {
         Selector::Cgroup(path) => sample_cgroup(state, path.clone()),
         selector => {
+            let own = own_pid();
             let roots = match selector {
                 Selector::Pid(pid) => Ok(vec![*pid]),
                 Selector::PidFile(path) => proc::read_pid_file(path).map(|pid| vec![pid]),
-                Selector::OwnProcess => Ok(vec![i32::try_from(std::process::id()).unwrap_or(0)]),
+                Selector::OwnProcess | Selector::ExecChildren => Ok(vec![own]),
                 Selector::Match { exe, cmdline } => {
                     Ok(table.matching(exe.as_deref(), cmdline.as_ref(), &mut state.match_cache))
                 }
                 Selector::Cgroup(_) => Ok(Vec::new()),
             };
+            let roots = roots.and_then(|roots| pin_identity(state, roots, table, book));
             match roots {
                 Ok(roots) => {
+                    let exec = matches!(selector, Selector::ExecChildren);
                     let members = table.tree(&roots, state.config.children);
                     let mut observed = proc::observe(&members);
-                    if !state.config.children {
-                        // Only the selected processes themselves: their reaped children are not theirs.
-                        for process in &mut observed {
+                    for process in &mut observed {
+                        if !state.config.children {
+                            // Only the selected processes: their reaped children are not theirs.
                             process.reaped_ticks = 0;
+                        }
+                        if exec && process.pid == own {
+                            // In exec mode costmeter is the tree's reaper: what it reaped counts,
+                            // its own CPU and I/O (the store) do not.
+                            process.own_ticks = 0;
+                            process.read_bytes = 0;
+                            process.written_bytes = 0;
                         }
                     }
                     let increment = state.account.observe(&observed);
-                    let rss: u64 = members.iter().map(|m| m.rss_bytes).sum();
+                    let agents: Vec<&&proc::ProcRow> =
+                        members.iter().filter(|m| !(exec && m.pid == own)).collect();
+                    let rss: u64 = agents.iter().map(|m| m.rss_bytes).sum();
                     state.peak_rss = state.peak_rss.max(rss);
-                    let problem = members
+                    let problem = agents
                         .is_empty()
                         .then(|| format!("no process found for {}", selector.describe()));
                     (
                         TargetReading {
                             target: name.clone(),
-                            up: !members.is_empty(),
+                            up: !agents.is_empty(),
                             cpu_seconds: increment.cpu_ticks as f64 / ticks_per_second,
                             read_bytes: increment.read_bytes,
                             written_bytes: increment.written_bytes,
                             rss_bytes: rss,
                             peak_rss_bytes: state.peak_rss,
-                            processes: members.len() as u64,
+                            processes: agents.len() as u64,
                             selector: describe(&state.config),
                             baseline: Some(Baseline::Tree(state.account.baseline())),
                         },
@@ -335,6 +401,8 @@ fn sample_cgroup(
 /// Control messages for a running sampler thread.
 enum Control {
     Reconfigure(Vec<TargetConfig>),
+    /// Sample every target now; answer once the readings went to the sink.
+    Flush(mpsc::Sender<()>),
 }
 
 /// Handle to the sampler thread; dropping it stops the thread.
@@ -348,6 +416,15 @@ impl SamplerHandle {
     pub fn reconfigure(&self, targets: Vec<TargetConfig>) {
         // A closed channel means the thread is gone; shutdown reports that.
         let _ = self.control.send(Control::Reconfigure(targets));
+    }
+
+    /// Samples every target at once and waits until the readings are handed on, so the last
+    /// moments of a process that just exited are counted before shutdown.
+    pub fn flush(&self) {
+        let (done, wait) = mpsc::channel();
+        if self.control.send(Control::Flush(done)).is_ok() {
+            let _ = wait.recv_timeout(Duration::from_secs(5));
+        }
     }
 }
 
@@ -380,6 +457,16 @@ pub fn spawn(
                 });
                 match inbox.recv_timeout(wait) {
                     Ok(Control::Reconfigure(targets)) => sampler.reconfigure(targets),
+                    Ok(Control::Flush(done)) => {
+                        let now = Instant::now();
+                        for state in &mut sampler.targets {
+                            state.next_due = now;
+                        }
+                        for reading in sampler.sample_due(now) {
+                            sink(reading);
+                        }
+                        let _ = done.send(());
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }

@@ -1,0 +1,429 @@
+//! Enforcement: the soft-kill of a target's process tree.
+//!
+//! `signal` (and SIGCONT, so a stopped process can act on it) goes to every process of the
+//! tree, then after `grace` SIGKILL goes to whatever is left, including descendants born
+//! meanwhile. Signals travel through pidfds: a pidfd opened for a pid whose start time matches
+//! what was seen refers to that very process, and `pidfd_send_signal` refuses a process that
+//! has exited, so a recycled pid is never hit. A target root whose start time differs from the
+//! one recorded at discovery is refused outright. pid 1, costmeter and its ancestors are never
+//! signalled. Runs on its own thread; every action is reported back to the ledger.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, RwLock, mpsc};
+use std::time::{Duration, Instant};
+
+use rustix::event::{PollFd, PollFlags};
+use rustix::process::{Pid, PidfdFlags, Signal};
+use serde::Serialize;
+use tracing::{error, info, warn};
+
+use crate::config::{EnforcementConfig, Selector, TargetConfig};
+use crate::sampler::cgroup::{CgroupFiles, mounts};
+use crate::sampler::proc::ProcTable;
+
+/// A process as discovered: its pid and its start time since boot (ticks).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Identity {
+    pub pid: i32,
+    pub start: u64,
+}
+
+/// The roots each target had when the sampler discovered them, published for the enforcer.
+pub type IdentityBook = Arc<RwLock<HashMap<String, Vec<Identity>>>>;
+
+/// An order to stop a target.
+#[derive(Debug, Clone)]
+pub struct KillOrder {
+    pub target: String,
+    /// Why: a budget name or an alert name.
+    pub reason: String,
+}
+
+/// What was done for one order.
+#[derive(Debug, Clone, Serialize)]
+pub struct KillReport {
+    pub target: String,
+    pub reason: String,
+    pub signal: String,
+    /// Processes the polite signal reached.
+    pub signalled: usize,
+    /// Processes still there after the grace and SIGKILLed.
+    pub killed: usize,
+    /// Processes left alone, and why.
+    pub refused: Vec<String>,
+    pub dry_run: bool,
+}
+
+pub enum EnforcerInput {
+    Kill(KillOrder),
+    Targets(Vec<TargetConfig>),
+}
+
+pub struct Enforcer {
+    config: EnforcementConfig,
+    targets: HashMap<String, TargetConfig>,
+    book: IdentityBook,
+    /// pid 1, costmeter and its ancestors.
+    protected: HashSet<i32>,
+}
+
+/// pid 1, this process and every ancestor of it.
+fn protected_pids() -> HashSet<i32> {
+    let mut protected = HashSet::from([1, own_pid()]);
+    let mut pid = own_pid();
+    for _ in 0..64 {
+        let Some(parent) = procfs::process::Process::new(pid)
+            .ok()
+            .and_then(|p| p.stat().ok())
+            .map(|s| s.ppid)
+        else {
+            break;
+        };
+        if parent <= 1 || !protected.insert(parent) {
+            break;
+        }
+        pid = parent;
+    }
+    protected
+}
+
+pub fn own_pid() -> i32 {
+    i32::try_from(std::process::id()).unwrap_or(0)
+}
+
+fn start_of(pid: i32) -> Option<u64> {
+    procfs::process::Process::new(pid)
+        .ok()?
+        .stat()
+        .ok()
+        .map(|s| s.starttime)
+}
+
+/// An open handle on one process, proven to be the one that was seen.
+struct Handle {
+    identity: Identity,
+    pidfd: OwnedFd,
+}
+
+impl Handle {
+    /// Opens a pidfd and checks the start time after opening: if it matches, the pidfd
+    /// refers to the process that was seen, not to a successor with a recycled pid.
+    fn open(identity: Identity) -> Result<Handle, String> {
+        let pid = Pid::from_raw(identity.pid)
+            .ok_or_else(|| format!("pid {} is not valid", identity.pid))?;
+        let pidfd = rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(|e| {
+            format!(
+                "pid {}: cannot open a pidfd ({e}); not signalled",
+                identity.pid
+            )
+        })?;
+        match start_of(identity.pid) {
+            Some(start) if start == identity.start => Ok(Handle { identity, pidfd }),
+            Some(_) => Err(format!(
+                "pid {} now belongs to another process (start time changed); not signalled",
+                identity.pid
+            )),
+            None => Err(format!(
+                "pid {} exited before it was signalled",
+                identity.pid
+            )),
+        }
+    }
+
+    fn signal(&self, signal: Signal) -> bool {
+        rustix::process::pidfd_send_signal(self.pidfd.as_fd(), signal).is_ok()
+    }
+}
+
+impl Enforcer {
+    pub fn new(
+        config: EnforcementConfig,
+        targets: &[TargetConfig],
+        book: IdentityBook,
+    ) -> Enforcer {
+        Enforcer {
+            config,
+            targets: targets
+                .iter()
+                .map(|t| (t.name.clone(), t.clone()))
+                .collect(),
+            book,
+            protected: protected_pids(),
+        }
+    }
+
+    /// The target's processes now, each with the identity to check before signalling.
+    fn members(&self, target: &TargetConfig, refused: &mut Vec<String>) -> Vec<Identity> {
+        let table = ProcTable::scan();
+        let identity = |pid: i32| {
+            table.rows.get(&pid).map(|row| Identity {
+                pid,
+                start: row.start,
+            })
+        };
+        let mut members: Vec<Identity> = match &target.selector {
+            Selector::Cgroup(path) => {
+                let files = CgroupFiles::locate(path, &mounts());
+                files.pids().into_iter().filter_map(identity).collect()
+            }
+            Selector::ExecChildren => table
+                .tree(&[own_pid()], true)
+                .into_iter()
+                .filter(|row| row.pid != own_pid())
+                .map(|row| Identity {
+                    pid: row.pid,
+                    start: row.start,
+                })
+                .collect(),
+            _ => {
+                let recorded = self
+                    .book
+                    .read()
+                    .map(|book| book.get(&target.name).cloned().unwrap_or_default())
+                    .unwrap_or_default();
+                let mut roots = Vec::new();
+                for root in recorded {
+                    match table.rows.get(&root.pid) {
+                        Some(row) if row.start == root.start => roots.push(root.pid),
+                        Some(_) => refused.push(format!(
+                            "pid {} now belongs to another process (start time changed since discovery); not signalled",
+                            root.pid
+                        )),
+                        None => {}
+                    }
+                }
+                table
+                    .tree(&roots, target.children)
+                    .into_iter()
+                    .map(|row| Identity {
+                        pid: row.pid,
+                        start: row.start,
+                    })
+                    .collect()
+            }
+        };
+        members.retain(|m| {
+            let keep = !self.protected.contains(&m.pid);
+            if !keep {
+                refused.push(format!(
+                    "pid {} is pid 1, costmeter or its ancestor; never signalled",
+                    m.pid
+                ));
+            }
+            keep
+        });
+        members
+    }
+
+    /// Carries out one order: polite signal, grace, SIGKILL. Blocks for up to the grace.
+    pub fn enforce(&self, order: &KillOrder) -> KillReport {
+        let mut report = KillReport {
+            target: order.target.clone(),
+            reason: order.reason.clone(),
+            signal: self.config.signal_name.clone(),
+            signalled: 0,
+            killed: 0,
+            refused: Vec::new(),
+            dry_run: self.config.dry_run,
+        };
+        let Some(target) = self.targets.get(&order.target) else {
+            report
+                .refused
+                .push(format!("'{}' is not a configured target", order.target));
+            return report;
+        };
+        let members = self.members(target, &mut report.refused);
+        if self.config.dry_run {
+            report.signalled = members.len();
+            warn!(target_name = %order.target, reason = %order.reason, signal = %self.config.signal_name, pids = ?members.iter().map(|m| m.pid).collect::<Vec<_>>(), "dry run: would soft-kill the target");
+            return report;
+        }
+        let polite = Signal::from_named_raw(self.config.signal).unwrap_or(Signal::TERM);
+        let mut handles = Vec::new();
+        for member in members {
+            match Handle::open(member) {
+                Ok(handle) => {
+                    if handle.signal(polite) {
+                        let _ = handle.signal(Signal::CONT);
+                        report.signalled += 1;
+                        handles.push(handle);
+                    }
+                }
+                Err(why) => report.refused.push(why),
+            }
+        }
+        info!(target_name = %order.target, reason = %order.reason, signal = %self.config.signal_name, signalled = report.signalled, "soft-kill: signal sent");
+
+        let survivors = wait_for_exit(handles, self.config.grace);
+        // Descendants born during the grace get SIGKILL too, through fresh, checked pidfds.
+        let mut last_round: Vec<Handle> = survivors;
+        let known: HashSet<i32> = last_round.iter().map(|h| h.identity.pid).collect();
+        if polite != Signal::KILL {
+            for member in self.members(target, &mut Vec::new()) {
+                if !known.contains(&member.pid)
+                    && let Ok(handle) = Handle::open(member)
+                {
+                    last_round.push(handle);
+                }
+            }
+        }
+        for handle in &last_round {
+            if handle.signal(Signal::KILL) {
+                report.killed += 1;
+            }
+        }
+        if let Selector::Cgroup(path) = &target.selector {
+            CgroupFiles::locate(path, &mounts()).kill_all();
+        }
+        if report.killed > 0 {
+            warn!(target_name = %order.target, killed = report.killed, "soft-kill: SIGKILL sent to processes that outlived the grace");
+        }
+        report
+    }
+}
+
+/// Waits until every process has exited or the grace is over; returns those still running.
+fn wait_for_exit(mut handles: Vec<Handle>, grace: Duration) -> Vec<Handle> {
+    let deadline = Instant::now() + grace;
+    while !handles.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        let timeout = rustix::event::Timespec {
+            tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(left.subsec_nanos()),
+        };
+        let exited: Vec<bool> = {
+            let mut fds: Vec<PollFd<'_>> = handles
+                .iter()
+                .map(|h| PollFd::new(&h.pidfd, PollFlags::IN))
+                .collect();
+            if rustix::event::poll(&mut fds, Some(&timeout)).is_err() {
+                break;
+            }
+            fds.iter().map(|fd| !fd.revents().is_empty()).collect()
+        };
+        let mut index = 0;
+        handles.retain(|_| {
+            let gone = exited[index];
+            index += 1;
+            !gone
+        });
+    }
+    handles
+}
+
+/// Runs the enforcer on its own thread; `on_report` receives the outcome of every order.
+pub fn spawn(
+    mut enforcer: Enforcer,
+    mut on_report: impl FnMut(KillReport) + Send + 'static,
+) -> std::io::Result<mpsc::Sender<EnforcerInput>> {
+    let (sender, inbox) = mpsc::channel::<EnforcerInput>();
+    std::thread::Builder::new()
+        .name("costmeter-enforcer".into())
+        .spawn(move || {
+            while let Ok(input) = inbox.recv() {
+                match input {
+                    EnforcerInput::Targets(targets) => {
+                        enforcer.targets = targets.into_iter().map(|t| (t.name.clone(), t)).collect();
+                    }
+                    EnforcerInput::Kill(order) => {
+                        let report = enforcer.enforce(&order);
+                        for why in &report.refused {
+                            error!(target_name = %report.target, refused = %why, "soft-kill refused for a process");
+                        }
+                        on_report(report);
+                    }
+                }
+            }
+        })?;
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    fn config(grace_ms: u64) -> EnforcementConfig {
+        EnforcementConfig {
+            signal: 15,
+            signal_name: "SIGTERM".into(),
+            grace: Duration::from_millis(grace_ms),
+            dry_run: false,
+            webhook: None,
+        }
+    }
+
+    fn pid_target(name: &str, pid: i32) -> TargetConfig {
+        TargetConfig {
+            name: name.into(),
+            selector: Selector::Pid(pid),
+            children: true,
+            sample_interval: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn a_root_whose_start_time_changed_is_refused_and_left_alive() {
+        let mut child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let start = start_of(pid).expect("start time");
+        let book: IdentityBook = Arc::default();
+        // The book says the target started at another time: a recycled pid, as far as
+        // costmeter can tell.
+        book.write().expect("book").insert(
+            "agent".into(),
+            vec![Identity {
+                pid,
+                start: start + 1,
+            }],
+        );
+        let enforcer = Enforcer::new(config(100), &[pid_target("agent", pid)], book);
+        let report = enforcer.enforce(&KillOrder {
+            target: "agent".into(),
+            reason: "test".into(),
+        });
+        assert_eq!(report.signalled, 0);
+        assert!(
+            report
+                .refused
+                .iter()
+                .any(|r| r.contains("start time changed")),
+            "{report:?}"
+        );
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "the process is still alive"
+        );
+        child.kill().ok();
+        child.wait().ok();
+    }
+
+    #[test]
+    fn costmeter_itself_and_its_ancestors_are_never_signalled() {
+        let protected = protected_pids();
+        assert!(protected.contains(&1) && protected.contains(&own_pid()));
+        let book: IdentityBook = Arc::default();
+        let me = Identity {
+            pid: own_pid(),
+            start: start_of(own_pid()).expect("own start"),
+        };
+        book.write().expect("book").insert("self".into(), vec![me]);
+        let mut target = pid_target("self", own_pid());
+        target.children = false;
+        let enforcer = Enforcer::new(config(10), &[target], book);
+        let report = enforcer.enforce(&KillOrder {
+            target: "self".into(),
+            reason: "test".into(),
+        });
+        assert_eq!(report.signalled, 0);
+        assert!(report.refused.iter().any(|r| r.contains("never signalled")));
+    }
+}

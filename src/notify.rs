@@ -1,0 +1,58 @@
+//! The budget webhook: every transition is POSTed as JSON to `[enforcement] webhook`, on a
+//! thread of its own with retries and backoff, so a slow or absent receiver never delays
+//! ingestion. When the queue is full a notification is dropped and logged, never waited for.
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use backon::{BlockingRetryable, ExponentialBuilder};
+use serde_json::Value;
+use tracing::{debug, warn};
+
+/// Notifications waiting to be sent before new ones are dropped.
+const QUEUE: usize = 1024;
+
+#[derive(Clone)]
+pub struct Webhook {
+    queue: mpsc::SyncSender<Value>,
+}
+
+impl Webhook {
+    /// Starts the sender thread for `url`.
+    pub fn spawn(url: String) -> std::io::Result<Webhook> {
+        let (queue, inbox) = mpsc::sync_channel::<Value>(QUEUE);
+        std::thread::Builder::new()
+            .name("costmeter-webhook".into())
+            .spawn(move || {
+                let http: ureq::Agent = ureq::Agent::config_builder()
+                    .timeout_global(Some(Duration::from_secs(5)))
+                    .build()
+                    .into();
+                let backoff = ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_delay(Duration::from_secs(10))
+                    .with_max_times(5);
+                while let Ok(payload) = inbox.recv() {
+                    let body = payload.to_string();
+                    let send = || {
+                        http.post(&url)
+                            .header("Content-Type", "application/json")
+                            .send(body.as_str())
+                            .map(|_| ())
+                    };
+                    match send.retry(backoff).call() {
+                        Ok(()) => debug!(url = %url, "webhook delivered"),
+                        Err(error) => warn!(url = %url, %error, "webhook not delivered after retries; dropped"),
+                    }
+                }
+            })?;
+        Ok(Webhook { queue })
+    }
+
+    /// Queues a notification; never blocks.
+    pub fn notify(&self, payload: Value) {
+        if self.queue.try_send(payload).is_err() {
+            warn!("webhook queue full or closed; notification dropped");
+        }
+    }
+}
