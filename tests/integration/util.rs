@@ -57,6 +57,7 @@ pub struct Daemon {
 pub struct DaemonBuilder {
     body: String,
     log_filter: String,
+    exec: Vec<String>,
 }
 
 impl Daemon {
@@ -64,6 +65,7 @@ impl Daemon {
         DaemonBuilder {
             body: String::new(),
             log_filter: "info".to_string(),
+            exec: Vec::new(),
         }
     }
 
@@ -144,6 +146,7 @@ impl Daemon {
         DaemonBuilder {
             body: String::new(),
             log_filter: self.log_filter.clone(),
+            exec: Vec::new(),
         }
         .spawn_in(dir, None)
     }
@@ -169,6 +172,20 @@ impl Daemon {
         // SAFETY: kill(2) on our own child's pid with a valid signal number.
         let rc = unsafe { libc::kill(pid, signal) };
         assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits for the daemon to exit by itself (an `exec` whose command ended).
+    #[track_caller]
+    pub fn wait_exit(&mut self, timeout: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("costmeter to exit", timeout, || {
+            child.try_wait().expect("try_wait")
+        })
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> i32 {
+        i32::try_from(self.child.id()).expect("pid fits")
     }
 
     /// Sends SIGTERM and waits for a clean exit.
@@ -220,6 +237,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs `costmeter exec -- ARGS` instead of `costmeter run`.
+    pub fn exec(mut self, args: &[&str]) -> Self {
+        self.exec = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// `COSTMETER_LOG` for the daemon, e.g. to see debug lines a test counts.
     pub fn log_filter(mut self, filter: &str) -> Self {
         self.log_filter = filter.to_string();
@@ -240,10 +263,18 @@ impl DaemonBuilder {
         if let Some(text) = config {
             std::fs::write(&config_path, text).expect("write config");
         }
-        let mut child = Command::new(costmeter_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config_path)
+        let mut command = Command::new(costmeter_bin());
+        if self.exec.is_empty() {
+            command.arg("run").arg("--config").arg(&config_path);
+        } else {
+            command
+                .arg("exec")
+                .arg("--config")
+                .arg(&config_path)
+                .arg("--")
+                .args(&self.exec);
+        }
+        let mut child = command
             .current_dir(dir.path())
             .env("COSTMETER_LOG", &self.log_filter)
             .stdin(Stdio::null())
