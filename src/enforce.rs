@@ -153,6 +153,38 @@ impl Enforcer {
         }
     }
 
+    /// The target's roots, found without a scan of /proc: the recorded identities that still
+    /// hold, the direct children of costmeter in exec mode, the pids of a cgroup.
+    fn roots(&self, target: &TargetConfig) -> Vec<Identity> {
+        let identify = |pid: i32| start_of(pid).map(|start| Identity { pid, start });
+        match &target.selector {
+            Selector::ExecChildren => {
+                let own = own_pid();
+                std::fs::read_to_string(format!("/proc/{own}/task/{own}/children"))
+                    .map(|text| {
+                        text.split_whitespace()
+                            .filter_map(|p| p.parse().ok())
+                            .filter_map(identify)
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            }
+            Selector::Cgroup(path) => CgroupFiles::locate(path, &mounts())
+                .pids()
+                .into_iter()
+                .filter_map(identify)
+                .collect(),
+            _ => self
+                .book
+                .read()
+                .map(|book| book.get(&target.name).cloned().unwrap_or_default())
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|root| start_of(root.pid) == Some(root.start))
+                .collect(),
+        }
+    }
+
     /// The target's processes now, each with the identity to check before signalling.
     fn members(&self, target: &TargetConfig, refused: &mut Vec<String>) -> Vec<Identity> {
         let table = ProcTable::scan();
@@ -233,26 +265,47 @@ impl Enforcer {
                 .push(format!("'{}' is not a configured target", order.target));
             return report;
         };
-        let members = self.members(target, &mut report.refused);
+        // The roots first: they are known without scanning /proc, and the agent's own handler
+        // usually lives there. Then everything below them, found by a scan.
+        let mut roots = self.roots(target);
+        roots.retain(|m| !self.protected.contains(&m.pid));
         if self.config.dry_run {
+            let mut members = roots;
+            let seen: HashSet<i32> = members.iter().map(|m| m.pid).collect();
+            members.extend(
+                self.members(target, &mut report.refused)
+                    .into_iter()
+                    .filter(|m| !seen.contains(&m.pid)),
+            );
             report.signalled = members.len();
             warn!(target_name = %order.target, reason = %order.reason, signal = %self.config.signal_name, pids = ?members.iter().map(|m| m.pid).collect::<Vec<_>>(), "dry run: would soft-kill the target");
             return report;
         }
         let polite = Signal::from_named_raw(self.config.signal).unwrap_or(Signal::TERM);
         let mut handles = Vec::new();
-        for member in members {
-            match Handle::open(member) {
-                Ok(handle) => {
-                    if handle.signal(polite) {
-                        let _ = handle.signal(Signal::CONT);
-                        report.signalled += 1;
-                        handles.push(handle);
+        let signal_all =
+            |members: Vec<Identity>, handles: &mut Vec<Handle>, report: &mut KillReport| {
+                for member in members {
+                    match Handle::open(member) {
+                        Ok(handle) => {
+                            if handle.signal(polite) {
+                                let _ = handle.signal(Signal::CONT);
+                                report.signalled += 1;
+                                handles.push(handle);
+                            }
+                        }
+                        Err(why) => report.refused.push(why),
                     }
                 }
-                Err(why) => report.refused.push(why),
-            }
-        }
+            };
+        let seen: HashSet<i32> = roots.iter().map(|m| m.pid).collect();
+        signal_all(roots, &mut handles, &mut report);
+        let rest: Vec<Identity> = self
+            .members(target, &mut report.refused)
+            .into_iter()
+            .filter(|m| !seen.contains(&m.pid))
+            .collect();
+        signal_all(rest, &mut handles, &mut report);
         info!(target_name = %order.target, reason = %order.reason, signal = %self.config.signal_name, signalled = report.signalled, "soft-kill: signal sent");
 
         let survivors = wait_for_exit(handles, self.config.grace);

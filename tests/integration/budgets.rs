@@ -403,7 +403,9 @@ fn budget_states_survive_a_restart_without_firing_again() {
         "[[budget]]\nname = \"usd\"\nresource = \"usd\"\nlimit = 1.0\non_exceed = \"alert\"\n",
     );
     daemon.post_events(&usage("u1", "coder", 10, 2.0));
-    assert_eq!(daemon.log_count("\"event\":\"BUDGET_EXCEEDED\""), 1);
+    wait_for("the exceeded log line", SETTLE, || {
+        (daemon.log_count("\"event\":\"BUDGET_EXCEEDED\"") == 1).then_some(())
+    });
     let daemon = daemon.restart(libc::SIGTERM);
     let labels = [("budget", "usd"), ("resource", "usd")];
     daemon.wait_metric("haios_budget_state", &labels, SETTLE, |v| v == 2.0);

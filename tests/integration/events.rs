@@ -455,6 +455,10 @@ fn unknown_models_cost_zero_and_are_listed_never_silent() {
         scrape.value("haios_pricing_rejected_rows", &[("source", "manifest")]),
         Some(1.0)
     );
+    // Logged once per model: the second event of the same model adds no line.
+    wait_for("the unknown-model warning", SETTLE, || {
+        (daemon.log_count("no price for this model") >= 1).then_some(())
+    });
     assert_eq!(
         daemon.log_count("no price for this model"),
         1,

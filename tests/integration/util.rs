@@ -285,27 +285,36 @@ impl DaemonBuilder {
         let logs = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr piped");
         let sink = logs.clone();
+        let stderr_closed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let closed = stderr_closed.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().expect("log lock").push(line);
             }
+            closed.store(true, std::sync::atomic::Ordering::SeqCst);
         });
         let addr = wait_for(
             "the daemon to log its address",
             Duration::from_secs(20),
             || {
-                if let Ok(Some(status)) = child.try_wait() {
+                let found = logs.lock().expect("log lock").iter().find_map(|line| {
+                    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+                    let fields = value.get("fields")?;
+                    (fields.get("message")?.as_str()? == "listening")
+                        .then(|| fields.get("addr")?.as_str()?.parse().ok())?
+                });
+                // An exec daemon whose command is quick may be gone already; that is only an
+                // error if it never said where it listened.
+                if found.is_none()
+                    && stderr_closed.load(std::sync::atomic::Ordering::SeqCst)
+                    && let Ok(Some(status)) = child.try_wait()
+                {
                     panic!(
                         "costmeter exited early with {status}: {:?}",
                         logs.lock().map(|l| l.clone())
                     );
                 }
-                logs.lock().expect("log lock").iter().find_map(|line| {
-                    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-                    let fields = value.get("fields")?;
-                    (fields.get("message")?.as_str()? == "listening")
-                        .then(|| fields.get("addr")?.as_str()?.parse().ok())?
-                })
+                found
             },
         );
         let http: ureq::Agent = ureq::Agent::config_builder()
