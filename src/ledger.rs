@@ -280,21 +280,13 @@ impl Ledger {
                 .inc_by(*count);
         }
         for resource in &totals.resources {
-            let labels = crate::metrics::TargetLabels {
-                target: m.cap.admit("target", &resource.target),
-            };
-            m.cpu_seconds_total
-                .get_or_create(&labels)
-                .inc_by(resource.cpu_seconds);
-            m.disk_read_bytes_total
-                .get_or_create(&labels)
-                .inc_by(resource.read_bytes);
-            m.disk_written_bytes_total
-                .get_or_create(&labels)
-                .inc_by(resource.written_bytes);
-            m.memory_peak_rss_bytes
-                .get_or_create(&labels)
-                .set(i64::try_from(resource.peak_rss_bytes).unwrap_or(i64::MAX));
+            m.add_target_usage(
+                &resource.target,
+                resource.cpu_seconds,
+                resource.read_bytes,
+                resource.written_bytes,
+                resource.peak_rss_bytes,
+            );
         }
     }
 

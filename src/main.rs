@@ -34,12 +34,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_logging();
             // Parse the config before binding anything: a bad file never half-starts a daemon.
             let config = cli::load_config(config.as_deref())?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .context("cannot start the async runtime")?;
-            runtime.block_on(costmeter::daemon::run(config))?;
+            runtime()?.block_on(costmeter::daemon::run(config))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Exec {
@@ -62,6 +57,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(status))
         }
     }
+}
+
+/// Two workers: the sidecar shares a small machine with the agent it meters.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// JSON logs on stderr; `COSTMETER_LOG` (or `RUST_LOG`) filters, default `info`.

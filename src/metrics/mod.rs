@@ -393,30 +393,49 @@ impl Metrics {
 
     /// Applies one sampler reading to the target series.
     pub fn record_target(&self, reading: &TargetReading) {
-        let labels = TargetLabels {
-            target: self.cap.admit("target", &reading.target),
-        };
-        self.cpu_seconds_total
-            .get_or_create(&labels)
-            .inc_by(reading.cpu_seconds);
-        self.disk_read_bytes_total
-            .get_or_create(&labels)
-            .inc_by(reading.read_bytes);
-        self.disk_written_bytes_total
-            .get_or_create(&labels)
-            .inc_by(reading.written_bytes);
+        let labels = self.add_target_usage(
+            &reading.target,
+            reading.cpu_seconds,
+            reading.read_bytes,
+            reading.written_bytes,
+            reading.peak_rss_bytes,
+        );
         self.memory_rss_bytes
             .get_or_create(&labels)
             .set(saturating_i64(reading.rss_bytes));
-        self.memory_peak_rss_bytes
-            .get_or_create(&labels)
-            .set(saturating_i64(reading.peak_rss_bytes));
         self.target_processes
             .get_or_create(&labels)
             .set(saturating_i64(reading.processes));
         self.target_up
             .get_or_create(&labels)
             .set(i64::from(reading.up));
+    }
+
+    /// Adds usage to a target's counters and raises its peak (never lowers it: after a
+    /// restart the stored peak may be above what the sampler has seen since).
+    pub fn add_target_usage(
+        &self,
+        target: &str,
+        cpu_seconds: f64,
+        read_bytes: u64,
+        written_bytes: u64,
+        peak_rss_bytes: u64,
+    ) -> TargetLabels {
+        let labels = TargetLabels {
+            target: self.cap.admit("target", target),
+        };
+        self.cpu_seconds_total
+            .get_or_create(&labels)
+            .inc_by(cpu_seconds);
+        self.disk_read_bytes_total
+            .get_or_create(&labels)
+            .inc_by(read_bytes);
+        self.disk_written_bytes_total
+            .get_or_create(&labels)
+            .inc_by(written_bytes);
+        let peak = self.memory_peak_rss_bytes.get_or_create(&labels);
+        peak.set(peak.get().max(saturating_i64(peak_rss_bytes)));
+        labels
     }
 
     /// Removes a target's gauges after it was dropped from the config. Counters stay, as

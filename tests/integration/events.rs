@@ -504,3 +504,43 @@ fn resource_counters_resume_after_a_crash_without_counting_twice() {
         "not counted twice: metered {last}, kernel {kernel} (resumed at {after})"
     );
 }
+
+/// Regression: after a restart the peak gauge fell back to what the new process had seen.
+#[test]
+fn the_peak_rss_survives_a_restart_after_the_memory_was_freed() {
+    use std::io::{BufRead, BufReader, Write};
+    let mut holder = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, time\nb = b'\\x01' * (200 << 20)\nprint('held', flush=True)\nsys.stdin.readline()\ndel b\nprint('freed', flush=True)\ntime.sleep(600)",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let mut lines = BufReader::new(holder.stdout.take().expect("stdout")).lines();
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("held"));
+    let pid = holder.id();
+    let daemon = Daemon::start(&format!(
+        "[[target]]\nname = \"agent\"\npid = {pid}\nsample_interval = \"50ms\"\n"
+    ));
+    let labels = [("target", "agent")];
+    let mib = 1024.0 * 1024.0;
+    daemon.wait_metric("haios_memory_peak_rss_bytes", &labels, SETTLE, |v| {
+        v >= 190.0 * mib
+    });
+    writeln!(holder.stdin.as_mut().expect("stdin"), "free").expect("tell it to free");
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("freed"));
+    daemon.wait_metric("haios_memory_rss_bytes", &labels, SETTLE, |v| {
+        v < 100.0 * mib
+    });
+    let daemon = daemon.restart(libc::SIGKILL);
+    daemon.wait_metric("haios_target_up", &labels, SETTLE, |v| v == 1.0);
+    let peak = daemon
+        .scrape()
+        .value("haios_memory_peak_rss_bytes", &labels)
+        .unwrap_or(0.0);
+    assert!(peak >= 190.0 * mib, "the stored peak is kept: {peak}");
+    holder.kill().ok();
+    holder.wait().ok();
+}
