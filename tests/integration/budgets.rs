@@ -419,3 +419,27 @@ fn budget_states_survive_a_restart_without_firing_again() {
         "announced once, before the restart"
     );
 }
+
+#[test]
+fn exec_forwards_signals_to_the_command() {
+    let dir = scratch_dir();
+    let marker = dir.path().join("got-usr1");
+    let script = format!(
+        "trap 'echo usr1 > {}' USR1; trap 'exit 3' TERM; while :; do sleep 0.05; done",
+        marker.display()
+    );
+    let mut daemon = Daemon::builder().exec(&["sh", "-c", &script]).start();
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    daemon.signal(libc::SIGUSR1);
+    wait_for("the command's USR1 handler", SETTLE, || {
+        std::fs::read_to_string(&marker).ok()
+    });
+    daemon.signal(libc::SIGTERM);
+    assert_eq!(
+        daemon.wait_exit(SETTLE).code(),
+        Some(3),
+        "SIGTERM went to the command, whose status is ours"
+    );
+}

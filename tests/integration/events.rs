@@ -544,3 +544,27 @@ fn the_peak_rss_survives_a_restart_after_the_memory_was_freed() {
     holder.kill().ok();
     holder.wait().ok();
 }
+
+#[test]
+fn a_config_price_override_wins_over_manifest_and_baseline() {
+    let dir = crate::util::scratch_dir();
+    let manifest = dir.path().join("prices.json");
+    write(
+        &manifest,
+        r#"{"gpt-5": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}}"#,
+    );
+    let daemon = Daemon::start(&format!(
+        "[pricing]\nmanifest = \"{}\"\n[pricing.models.\"gpt-5\"]\ninput = 3.0\noutput = 6.0\n",
+        manifest.display()
+    ));
+    daemon.post_events(&usage("o1", "a", "gpt-5", 1_000_000, 0, 0));
+    let spend = daemon.scrape().value(
+        "haios_usd_spend_total",
+        &[("agent", "a"), ("model", "gpt-5")],
+    );
+    assert_eq!(
+        spend,
+        Some(3.0),
+        "override $3, not the manifest's $1 nor the baseline's $1.25"
+    );
+}
