@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,9 +16,10 @@ use crate::budget::{BudgetStatus, State as BudgetState};
 use crate::daemon::Health;
 use crate::enforce::KillOrder;
 use crate::ingest::{self, BodyError, event};
-use crate::ledger::{LedgerInput, LedgerSender};
+use crate::ledger::{LedgerInput, LedgerSender, Query as LedgerQuery};
 use crate::metrics::Metrics;
 use crate::metrics::exposition::{Format, render};
+use crate::runs::RunFilter;
 
 /// What every handler may read.
 pub struct AppState {
@@ -42,6 +43,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/budgets", get(budgets))
         .route("/v1/budgets/check", get(budgets_check))
         .route("/v1/alerts", post(alerts))
+        .route("/v1/runs", get(runs))
+        .route("/v1/runs/{id}", get(run))
+        .route("/v1/tasks/{id}", get(task))
         .with_state(state)
 }
 
@@ -389,4 +393,129 @@ async fn alerts(
         }
     }
     axum::Json(json!({ "actions": actions, "ignored": ignored })).into_response()
+}
+
+/// Sends a query to the ledger and waits for its answer.
+async fn ask<T>(
+    state: &AppState,
+    query: impl FnOnce(oneshot::Sender<Result<T, String>>) -> LedgerQuery,
+) -> Result<T, Response> {
+    let (reply, answer) = oneshot::channel();
+    if state
+        .ledger
+        .send(LedgerInput::Query(query(reply)))
+        .await
+        .is_err()
+    {
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped"));
+    }
+    match answer.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(problem)) => Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot read the store: {problem}"),
+        )),
+        Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped")),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct RunsQuery {
+    status: Option<String>,
+    agent: Option<String>,
+    since: Option<String>,
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+/// Default and largest page of `GET /v1/runs`.
+const RUNS_PAGE: usize = 50;
+const RUNS_PAGE_MAX: usize = 500;
+
+/// `GET /v1/runs?status=&agent=&since=&limit=&cursor=`: runs, newest first.
+async fn runs(State(state): State<Arc<AppState>>, Query(query): Query<RunsQuery>) -> Response {
+    let status = match query.status.as_deref() {
+        None => None,
+        Some("failed") => Some("failure".to_string()),
+        Some(s @ ("running" | "success" | "failure" | "cancelled" | "timeout")) => {
+            Some(s.to_string())
+        }
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "status '{other}' is not one of running, success, failure (or failed), cancelled, timeout"
+                ),
+            );
+        }
+    };
+    let since_ms = match query.since.as_deref() {
+        None => None,
+        Some(text) => match (
+            humantime::parse_duration(text),
+            text.parse::<jiff::Timestamp>(),
+        ) {
+            (Ok(ago), _) => Some(
+                jiff::Timestamp::now().as_millisecond()
+                    - i64::try_from(ago.as_millis()).unwrap_or(i64::MAX),
+            ),
+            (_, Ok(at)) => Some(at.as_millisecond()),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "since '{text}' is neither a duration such as \"7d\" nor an RFC 3339 time"
+                    ),
+                );
+            }
+        },
+    };
+    let limit = query.limit.unwrap_or(RUNS_PAGE);
+    if !(1..=RUNS_PAGE_MAX).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("limit {limit} must be between 1 and {RUNS_PAGE_MAX}"),
+        );
+    }
+    let after = match query.cursor.as_deref() {
+        None => None,
+        Some(cursor) => match crate::runs::decode_cursor(cursor) {
+            Some(after) => Some(after),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "cursor is not one this API gave out; start again without it",
+                );
+            }
+        },
+    };
+    let filter = RunFilter {
+        status,
+        agent: query.agent,
+        since_ms,
+        limit,
+        after,
+    };
+    match ask(&state, |reply| LedgerQuery::Runs(filter, reply)).await {
+        Ok(page) => axum::Json(page).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `GET /v1/runs/{id}`: one run with per-task timings and cost records.
+async fn run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match ask(&state, |reply| LedgerQuery::Run(id.clone(), reply)).await {
+        Ok(Some(run)) => axum::Json(run).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no run '{id}'")),
+        Err(response) => response,
+    }
+}
+
+/// `GET /v1/tasks/{id}`: one task and its cost_record.
+async fn task(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
+    match ask(&state, |reply| LedgerQuery::Task(id.clone(), reply)).await {
+        Ok(Some(task)) => axum::Json(task).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no task '{id}'")),
+        Err(response) => response,
+    }
 }

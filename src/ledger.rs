@@ -31,6 +31,7 @@ use crate::metrics::{
 };
 use crate::notify::Webhook;
 use crate::pricing::{Confidence, PriceSource, PriceTable, PricingError, RejectedRow};
+use crate::runs::{RunDetail, RunFilter, RunPage, TaskDetail};
 use crate::sampler::{StoredBaselines, TargetReading};
 use crate::store::{PricedEvent, ResourceRow, Store, StoreError, Totals};
 
@@ -61,6 +62,16 @@ pub enum LedgerInput {
     Enforce(KillOrder),
     /// What enforcement did, to count and record.
     Enforced(KillReport),
+    /// A read of runs and tasks; the ledger holds the store's only connection.
+    Query(Query),
+}
+
+/// Reads answered from the store.
+#[derive(Debug)]
+pub enum Query {
+    Runs(RunFilter, oneshot::Sender<Result<RunPage, String>>),
+    Run(String, oneshot::Sender<Result<Option<RunDetail>, String>>),
+    Task(String, oneshot::Sender<Result<Option<TaskDetail>, String>>),
 }
 
 /// Sending side of the ledger, cloned into every source.
@@ -350,6 +361,7 @@ impl Ledger {
                 }
                 LedgerInput::Enforce(order) => self.order_kill(order),
                 LedgerInput::Enforced(report) => self.record_enforcement(&report, received),
+                LedgerInput::Query(query) => self.answer(query),
             }
         }
         let rows: Vec<ResourceRow> = readings
@@ -820,6 +832,21 @@ impl Ledger {
             warn!(error = %failure, "cannot record the enforcement action");
         }
         info!(target_name = %report.target, reason = %report.reason, signal = %report.signal, signalled = report.signalled, killed = report.killed, refused = report.refused.len(), dry_run = report.dry_run, "enforcement recorded");
+    }
+
+    fn answer(&self, query: Query) {
+        let text = |e: StoreError| e.to_string();
+        match query {
+            Query::Runs(filter, reply) => {
+                let _ = reply.send(self.store.runs(&filter).map_err(text));
+            }
+            Query::Run(id, reply) => {
+                let _ = reply.send(self.store.run(&id).map_err(text));
+            }
+            Query::Task(id, reply) => {
+                let _ = reply.send(self.store.task(&id).map_err(text));
+            }
+        }
     }
 
     fn pricing_status(&self) -> PricingStatus {

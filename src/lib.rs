@@ -15,5 +15,6 @@ pub mod ledger;
 pub mod metrics;
 pub mod notify;
 pub mod pricing;
+pub mod runs;
 pub mod sampler;
 pub mod store;

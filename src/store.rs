@@ -226,6 +226,11 @@ impl Store {
         Ok(store)
     }
 
+    /// The connection, for read queries kept in their own modules (`runs.rs`).
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

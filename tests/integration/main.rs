@@ -8,5 +8,6 @@ mod budgets;
 mod cli;
 mod events;
 mod exposition;
+mod runs;
 mod sampler;
 mod util;
