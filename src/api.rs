@@ -31,6 +31,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Names of the configured targets, for Alertmanager payloads.
     pub targets: Vec<String>,
+    /// Asks the daemon's main loop to reload the config file.
+    pub reload: tokio::sync::mpsc::Sender<oneshot::Sender<Result<String, String>>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -43,6 +45,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/budgets", get(budgets))
         .route("/v1/budgets/check", get(budgets_check))
         .route("/v1/alerts", post(alerts))
+        .route("/v1/reload", post(reload))
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/tasks/{id}", get(task))
@@ -517,5 +520,28 @@ async fn task(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Res
         Ok(Some(task)) => axum::Json(task).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no task '{id}'")),
         Err(response) => response,
+    }
+}
+
+/// `POST /v1/reload`: re-reads the config file, as SIGHUP does (in `exec` mode SIGHUP goes to
+/// the command, so this is the way there). A bad file keeps the running config: 400 says why.
+async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if !authorized(&state, &headers) {
+        return unauthorized();
+    }
+    let (reply, answer) = oneshot::channel();
+    if state.reload.send(reply).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "costmeter is shutting down",
+        );
+    }
+    match answer.await {
+        Ok(Ok(detail)) => axum::Json(json!({ "reloaded": true, "detail": detail })).into_response(),
+        Ok(Err(problem)) => error(StatusCode::BAD_REQUEST, problem),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "costmeter is shutting down",
+        ),
     }
 }

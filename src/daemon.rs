@@ -211,7 +211,9 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
         "listening"
     );
 
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let state = Arc::new(AppState {
+        reload: reload_tx,
         metrics,
         health: health.clone(),
         ledger: ledger_tx.clone(),
@@ -237,7 +239,12 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
                 tokio::select! {
                     _ = signals.terminate.recv() => { info!("SIGTERM received, shutting down"); break; }
                     _ = signals.interrupt.recv() => { info!("SIGINT received, shutting down"); break; }
-                    _ = signals.hangup.recv() => reload(&mut running, &sampler, &enforcer, &ledger_tx).await,
+                    _ = signals.hangup.recv() => {
+                        let _ = reload(&mut running, &sampler, &enforcer, &ledger_tx).await;
+                    }
+                    Some(reply) = reload_rx.recv() => {
+                        let _ = reply.send(reload(&mut running, &sampler, &enforcer, &ledger_tx).await);
+                    }
                 }
             }
             0
@@ -261,6 +268,9 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
                     _ = signals.quit.recv() => forward(rustix::process::Signal::QUIT, "SIGQUIT"),
                     _ = signals.user1.recv() => forward(rustix::process::Signal::USR1, "SIGUSR1"),
                     _ = signals.user2.recv() => forward(rustix::process::Signal::USR2, "SIGUSR2"),
+                    Some(reply) = reload_rx.recv() => {
+                        let _ = reply.send(reload(&mut running, &sampler, &enforcer, &ledger_tx).await);
+                    }
                 }
             };
             // Count the command's last moments before anything stops.
@@ -434,21 +444,22 @@ async fn reload(
     sampler: &SamplerHandle,
     enforcer: &std::sync::mpsc::Sender<EnforcerInput>,
     ledger: &LedgerSender,
-) {
+) -> Result<String, String> {
     let Some(path) = running.source.clone() else {
-        warn!("SIGHUP received but costmeter runs on built-in defaults; nothing to reload");
-        return;
+        let message = "costmeter runs on built-in defaults; there is no file to reload".to_string();
+        warn!("{message}");
+        return Err(message);
     };
     let loaded = tokio::task::spawn_blocking(move || Config::load(&path)).await;
-    let new = match loaded {
+    let mut new = match loaded {
         Ok(Ok(new)) => new,
         Ok(Err(problem)) => {
             error!(error = %problem, "config reload failed; keeping the running config");
-            return;
+            return Err(format!("{problem}; the running config stays"));
         }
         Err(join) => {
             error!(error = %join, "config reload failed; keeping the running config");
-            return;
+            return Err(format!("{join}; the running config stays"));
         }
     };
     if new.server != running.server {
@@ -456,6 +467,19 @@ async fn reload(
     }
     if new.metrics != running.metrics {
         warn!("[metrics] changed; metric names and caps take effect after a restart");
+    }
+    if new.budgets != running.budgets || new.enforcement != running.enforcement {
+        warn!("[budgets], [[budget]] and [enforcement] changes take effect after a restart");
+    }
+    // The command `exec` runs stays a target whatever the file says.
+    if let Some(exec) = running
+        .targets
+        .iter()
+        .find(|t| matches!(t.selector, Selector::ExecChildren))
+    {
+        new.targets
+            .retain(|t| t.name != exec.name && !matches!(t.selector, Selector::OwnProcess));
+        new.targets.push(exec.clone());
     }
     let kept: HashSet<&str> = new.targets.iter().map(|t| t.name.as_str()).collect();
     for gone in running
@@ -469,17 +493,17 @@ async fn reload(
     }
     sampler.reconfigure(new.targets.clone());
     let _ = enforcer.send(EnforcerInput::Targets(new.targets.clone()));
-    if new.budgets != running.budgets || new.enforcement != running.enforcement {
-        warn!("[budgets], [[budget]] and [enforcement] changes take effect after a restart");
-    }
-    info!(
-        config = %new.source.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-        targets = new.targets.len(),
-        "config reloaded"
+    let detail = format!(
+        "reloaded {}: {} target{}",
+        new.source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        new.targets.len(),
+        if new.targets.len() == 1 { "" } else { "s" }
     );
-    *running = Config {
-        server: running.server.clone(),
-        metrics: running.metrics.clone(),
-        ..new
-    };
+    info!(config = %detail, "config reloaded");
+    running.targets = new.targets;
+    running.pricing = new.pricing;
+    Ok(detail)
 }

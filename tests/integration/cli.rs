@@ -147,3 +147,46 @@ fn sighup_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one() {
     );
     assert!(daemon.stop().success());
 }
+
+#[test]
+fn post_reload_applies_a_good_file_and_explains_a_bad_one() {
+    let sleeper = Workload::shell("exec sleep 600");
+    let daemon = Daemon::start("");
+    let good = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[[target]]\nname = \"sleeper\"\npid = {}\nsample_interval = \"50ms\"\n",
+        sleeper.pid()
+    );
+    write(&daemon.config_path, &good);
+    let (status, answer) = daemon.post("/v1/reload", "application/json", b"");
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("1 target")),
+        "{answer}"
+    );
+    daemon.wait_metric(
+        "haios_target_up",
+        &[("target", "sleeper")],
+        Duration::from_secs(10),
+        |v| v == 1.0,
+    );
+
+    write(
+        &daemon.config_path,
+        "[server]\nlisten = \"127.0.0.1:0\"\nbogus = 1\n",
+    );
+    let (status, answer) = daemon.post("/v1/reload", "application/json", b"");
+    assert_eq!(status, 400, "{answer}");
+    let error = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("unknown field `bogus`") && error.contains("the running config stays"),
+        "{error}"
+    );
+    assert_eq!(
+        daemon
+            .scrape()
+            .value("haios_target_up", &[("target", "sleeper")]),
+        Some(1.0)
+    );
+}
