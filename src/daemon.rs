@@ -468,8 +468,14 @@ async fn reload(
     if new.metrics != running.metrics {
         warn!("[metrics] changed; metric names and caps take effect after a restart");
     }
-    if new.budgets != running.budgets || new.enforcement != running.enforcement {
-        warn!("[budgets], [[budget]] and [enforcement] changes take effect after a restart");
+    if new.budgets != running.budgets
+        || new.enforcement != running.enforcement
+        || new.pricing != running.pricing
+        || new.store != running.store
+    {
+        warn!(
+            "[store], [pricing], [budgets], [[budget]] and [enforcement] changes take effect after a restart"
+        );
     }
     // The command `exec` runs stays a target whatever the file says.
     if let Some(exec) = running
@@ -504,6 +510,5 @@ async fn reload(
     );
     info!(config = %detail, "config reloaded");
     running.targets = new.targets;
-    running.pricing = new.pricing;
     Ok(detail)
 }
