@@ -47,6 +47,7 @@ pub struct Config {
     pub targets: Vec<TargetConfig>,
     pub budgets: Vec<BudgetSpec>,
     pub enforcement: EnforcementConfig,
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// What happens when a budget with `on_exceed = "soft_kill"` is exceeded.
@@ -176,6 +177,7 @@ impl Default for Config {
             pricing: PricingConfig::default(),
             targets: vec![own_process_target()],
             budgets: Vec::new(),
+            telemetry: telemetry_from_env(None, None, crate::telemetry::Mode::Strict),
             enforcement: EnforcementConfig {
                 signal: 15,
                 signal_name: "SIGTERM".into(),
@@ -260,6 +262,16 @@ struct RawConfig {
     budget_list: Vec<Spanned<RawBudget>>,
     #[serde(default)]
     enforcement: RawEnforcement,
+    #[serde(default)]
+    telemetry: RawTelemetry,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    mode: Option<Spanned<String>>,
+    otlp_endpoint: Option<Spanned<String>>,
+    protocol: Option<Spanned<String>>,
 }
 
 /// A number, or for byte amounts a size string such as "2GiB".
@@ -588,6 +600,7 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
     let target_names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
     let budgets = validate_budgets(raw.shorthand, raw.budget_list, &target_names, locator);
     let enforcement = validate_enforcement(raw.enforcement, locator);
+    let telemetry = validate_telemetry(raw.telemetry, locator);
 
     Config {
         source: None,
@@ -608,7 +621,81 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         targets,
         budgets,
         enforcement,
+        telemetry,
     }
+}
+
+/// The endpoint and protocol from the config, else the standard `OTEL_EXPORTER_OTLP_*`
+/// variables.
+fn telemetry_from_env(
+    endpoint: Option<String>,
+    protocol: Option<crate::telemetry::Protocol>,
+    mode: crate::telemetry::Mode,
+) -> crate::telemetry::TelemetryConfig {
+    use crate::telemetry::Protocol;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    let endpoint = endpoint
+        .or_else(|| env("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+        .or_else(|| env("OTEL_EXPORTER_OTLP_ENDPOINT"));
+    let protocol = protocol.unwrap_or_else(|| {
+        match env("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+            .as_deref()
+        {
+            Some("http/protobuf") => Protocol::HttpProtobuf,
+            _ => Protocol::Grpc,
+        }
+    });
+    crate::telemetry::TelemetryConfig {
+        mode,
+        endpoint,
+        protocol,
+    }
+}
+
+fn validate_telemetry(
+    raw: RawTelemetry,
+    locator: &mut Locator<'_>,
+) -> crate::telemetry::TelemetryConfig {
+    use crate::telemetry::{Mode, Protocol};
+    let mode = match raw.mode.as_ref().map(|m| (m.get_ref().as_str(), m.span())) {
+        None | Some(("strict", _)) => Mode::Strict,
+        Some(("dev_fast", _)) => Mode::DevFast,
+        Some((other, span)) => {
+            locator.report(
+                span,
+                format!("telemetry.mode: '{other}' is not strict or dev_fast"),
+            );
+            Mode::Strict
+        }
+    };
+    let protocol = match raw
+        .protocol
+        .as_ref()
+        .map(|p| (p.get_ref().as_str(), p.span()))
+    {
+        None => None,
+        Some(("grpc", _)) => Some(Protocol::Grpc),
+        Some(("http/protobuf", _)) => Some(Protocol::HttpProtobuf),
+        Some((other, span)) => {
+            locator.report(
+                span,
+                format!("telemetry.protocol: '{other}' is not grpc or http/protobuf"),
+            );
+            None
+        }
+    };
+    let endpoint = raw.otlp_endpoint.as_ref().map(|e| {
+        let url = e.get_ref();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            locator.report(
+                e.span(),
+                format!("telemetry.otlp_endpoint: '{url}' must be an http:// or https:// URL"),
+            );
+        }
+        url.clone()
+    });
+    telemetry_from_env(endpoint, protocol, mode)
 }
 
 fn amount(

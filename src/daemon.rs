@@ -15,6 +15,7 @@ use crate::ledger::{Ledger, LedgerInput, LedgerSender};
 use crate::metrics::Metrics;
 use crate::notify::Webhook;
 use crate::sampler::{self, Sampler, SamplerHandle};
+use crate::telemetry::ExportHealth;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -53,11 +54,20 @@ pub struct Health {
     store_failure: Mutex<Option<String>>,
     /// The budget whose excess ordered a soft-kill, for `exec`'s exit status.
     budget_kill: Mutex<Option<String>>,
+    /// The span exporter's health, in strict mode with an endpoint.
+    export: Mutex<Option<Arc<ExportHealth>>>,
 }
 
 impl Health {
     pub fn mark_sampled(&self) {
         self.sampled.store(true, Ordering::Relaxed);
+    }
+
+    pub fn watch_export(&self, export: Arc<ExportHealth>) {
+        *self
+            .export
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(export);
     }
 
     pub fn set_budget_kill(&self, budget: &str) {
@@ -96,14 +106,31 @@ impl Health {
         } else {
             "waiting for the first sample"
         };
-        vec![
+        let mut checks = vec![
             ("config", true, "configuration loaded".to_string()),
             ("sampler", sampled, sampler_detail.to_string()),
             match store {
                 None => ("store", true, "last write succeeded".to_string()),
                 Some(failure) => ("store", false, failure),
             },
-        ]
+        ];
+        let export = self
+            .export
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(export) = export {
+            checks.push(if export.working() {
+                ("telemetry", true, "OTLP collector reachable".to_string())
+            } else {
+                (
+                    "telemetry",
+                    false,
+                    "OTLP collector unreachable or the last export failed (mode = \"strict\"); spans are dropped, ingestion goes on".to_string(),
+                )
+            });
+        }
+        checks
     }
 }
 
@@ -164,6 +191,12 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
     let token = read_token(&config)?;
     let (ledger, baselines) = Ledger::open(&config, metrics.clone(), health.clone())?;
     let book = IdentityBook::default();
+    let export_health = Arc::new(ExportHealth::default());
+    let telemetry = crate::telemetry::spawn(&config.telemetry, export_health.clone())
+        .map_err(|e| DaemonError::Exec(e.to_string()))?;
+    if telemetry.is_some() {
+        health.watch_export(export_health);
+    }
     let webhook = match &config.enforcement.webhook {
         Some(url) => Some(Webhook::spawn(url.clone()).map_err(DaemonError::LedgerThread)?),
         None => None,
@@ -188,7 +221,7 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
         .map_err(DaemonError::LedgerThread)?
     };
     let (ledger_tx, ledger_thread) = ledger
-        .with_actions(Some(enforcer.clone()), webhook)
+        .with_actions(Some(enforcer.clone()), webhook, telemetry)
         .spawn()
         .map_err(DaemonError::LedgerThread)?;
     *report_slot

@@ -18,3 +18,4 @@ pub mod pricing;
 pub mod runs;
 pub mod sampler;
 pub mod store;
+pub mod telemetry;

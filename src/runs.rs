@@ -64,6 +64,9 @@ pub struct RunSummary {
     pub trace_id: Option<String>,
     #[serde(skip)]
     pub sort_ms: i64,
+    /// The agent's span the run started under (run_start's `span_id`).
+    #[serde(skip)]
+    pub parent_span_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -80,6 +83,9 @@ pub struct TaskDetail {
     pub failure_class: Option<String>,
     pub error_summary: Option<String>,
     pub cost_record: CostRecord,
+    /// The agent's span the task started under (task_start's `span_id`).
+    #[serde(skip)]
+    pub parent_span_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -131,7 +137,7 @@ pub fn decode_cursor(cursor: &str) -> Option<(i64, String)> {
 
 const RUN_COLUMNS: &str =
     "run_id, agent, name, started_ms, ended_ms, result, failure_class, error_summary, trace_id,
-     COALESCE(started_ms, ended_ms, 0) AS sort_ms";
+     COALESCE(started_ms, ended_ms, 0) AS sort_ms, span_id";
 
 impl Store {
     /// A page of runs, newest first.
@@ -215,7 +221,7 @@ impl Store {
             .conn()
             .query_row(
                 "SELECT task_id, run_id, task_type, agent, started_ms, ended_ms, result, failure_class,
-                        error_summary, trace_id FROM tasks WHERE task_id = ?1",
+                        error_summary, trace_id, span_id FROM tasks WHERE task_id = ?1",
                 [task_id],
                 |r| {
                     Ok((
@@ -231,6 +237,7 @@ impl Store {
                             failure_class: r.get(7)?,
                             error_summary: r.get(8)?,
                             cost_record: CostRecord { trace_id: r.get(9)?, ..CostRecord::default() },
+                            parent_span_id: r.get(10)?,
                         },
                         r.get::<_, Option<i64>>(4)?,
                         r.get::<_, Option<i64>>(5)?,
@@ -335,6 +342,7 @@ fn run_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunSummary> {
         error_summary: r.get(7)?,
         trace_id: r.get(8)?,
         sort_ms: r.get(9)?,
+        parent_span_id: r.get(10)?,
     })
 }
 

@@ -10,4 +10,5 @@ mod events;
 mod exposition;
 mod runs;
 mod sampler;
+mod spans;
 mod util;
