@@ -48,6 +48,9 @@ pub struct Config {
     pub budgets: Vec<BudgetSpec>,
     pub enforcement: EnforcementConfig,
     pub telemetry: crate::telemetry::TelemetryConfig,
+    /// `[status_file] path`: where each run's task entries with their cost records are written;
+    /// `{g}` stands for the run id.
+    pub status_file: Option<PathBuf>,
 }
 
 /// What happens when a budget with `on_exceed = "soft_kill"` is exceeded.
@@ -178,6 +181,7 @@ impl Default for Config {
             targets: vec![own_process_target()],
             budgets: Vec::new(),
             telemetry: telemetry_from_env(None, None, crate::telemetry::Mode::Strict),
+            status_file: None,
             enforcement: EnforcementConfig {
                 signal: 15,
                 signal_name: "SIGTERM".into(),
@@ -264,6 +268,14 @@ struct RawConfig {
     enforcement: RawEnforcement,
     #[serde(default)]
     telemetry: RawTelemetry,
+    #[serde(default)]
+    status_file: RawStatusFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStatusFile {
+    path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -601,6 +613,15 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
     let budgets = validate_budgets(raw.shorthand, raw.budget_list, &target_names, locator);
     let enforcement = validate_enforcement(raw.enforcement, locator);
     let telemetry = validate_telemetry(raw.telemetry, locator);
+    let status_file = raw.status_file.path.as_ref().map(|p| {
+        if !p.get_ref().contains("{g}") {
+            locator.report(
+                p.span(),
+                "status_file.path: must contain {g}, which stands for the run id (one file a run)",
+            );
+        }
+        PathBuf::from(p.get_ref())
+    });
 
     Config {
         source: None,
@@ -622,6 +643,7 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         budgets,
         enforcement,
         telemetry,
+        status_file,
     }
 }
 

@@ -135,6 +135,7 @@ pub struct Ledger {
     enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,
     webhook: Option<Webhook>,
     telemetry: Option<Telemetry>,
+    status_file: Option<std::path::PathBuf>,
     /// Recent budget transitions, to become span events on the spans open at the time.
     recent_transitions: VecDeque<(i64, String, String, String)>,
 }
@@ -217,6 +218,7 @@ impl Ledger {
             enforcer: None,
             webhook: None,
             telemetry: None,
+            status_file: config.status_file.clone(),
             recent_transitions: VecDeque::new(),
         };
         ledger.compact_if_due();
@@ -521,6 +523,9 @@ impl Ledger {
         });
         self.count_event(priced.source, event.body.type_name(), "accepted");
         self.emit_span(event);
+        if let EventBody::TaskEnd { run_id, .. } = &event.body {
+            self.write_status_file(run_id.as_deref());
+        }
         match &event.body {
             EventBody::LlmUsage(usage) => {
                 let series = self.usage_series(&usage.agent, &usage.model);
@@ -644,6 +649,40 @@ impl Ledger {
                 );
             }
             _ => {}
+        }
+    }
+
+    /// Rewrites the run's status file with every task's entry and cost_record block,
+    /// atomically: written beside it, then renamed over it.
+    fn write_status_file(&self, run: Option<&str>) {
+        let Some(template) = &self.status_file else {
+            return;
+        };
+        let run_id = run.unwrap_or("none");
+        let safe: String = run_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = std::path::PathBuf::from(template.to_string_lossy().replace("{g}", &safe));
+        let tasks = match self.store.tasks_of(run) {
+            Ok(tasks) => tasks,
+            Err(failure) => {
+                warn!(error = %failure, "cannot read the run for its status file");
+                return;
+            }
+        };
+        let text = crate::runs::status_file_text(run_id, &tasks);
+        let temporary = path.with_extension("tmp");
+        let written =
+            std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, &path));
+        if let Err(error) = written {
+            warn!(path = %path.display(), %error, "cannot write the status file");
         }
     }
 

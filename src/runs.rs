@@ -197,20 +197,7 @@ impl Store {
             .map_err(read)?;
         let Some(mut run) = run else { return Ok(None) };
         self.fill_run(&mut run)?;
-        let ids: Vec<String> = {
-            let mut statement = self
-                .conn()
-                .prepare("SELECT task_id FROM tasks WHERE run_id = ?1 ORDER BY COALESCE(started_ms, ended_ms), task_id")
-                .map_err(read)?;
-            let rows = statement.query_map([run_id], |r| r.get(0)).map_err(read)?;
-            rows.collect::<Result<_, _>>().map_err(read)?
-        };
-        let mut task_list = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(task) = self.task(&id)? {
-                task_list.push(task);
-            }
-        }
+        let task_list = self.tasks_of(Some(run_id))?;
         Ok(Some(RunDetail { run, task_list }))
     }
 
@@ -320,6 +307,62 @@ impl Store {
             .map_err(read)?;
         run.usage = lines.collect::<Result<_, _>>().map_err(read)?;
         Ok(())
+    }
+}
+
+/// The status file's text: one entry per task, each with its cost_record block.
+pub fn status_file_text(run_id: &str, tasks: &[TaskDetail]) -> String {
+    let mut text = format!("# costmeter status for run {run_id}\n");
+    for task in tasks {
+        let record = &task.cost_record;
+        text.push_str(&format!(
+            "\ntask {}\n  type: {}\n  status: {}\n  started: {}\n  ended: {}\n  duration_seconds: {}\n",
+            task.id,
+            task.task_type.as_deref().unwrap_or("-"),
+            task.status,
+            task.started.as_deref().unwrap_or("-"),
+            task.ended.as_deref().unwrap_or("-"),
+            task.duration_seconds.map_or("-".to_string(), |d| d.to_string()),
+        ));
+        if let Some(class) = &task.failure_class {
+            text.push_str(&format!("  failure_class: {class}\n"));
+        }
+        text.push_str(&format!(
+            "  cost_record:\n    cpu_seconds: {}\n    disk_bytes: {}\n    mem_peak_bytes: {}\n    tokens: {}\n    usd: {}\n    trace_id: {}\n",
+            record.cpu_seconds,
+            record.disk_bytes,
+            record.mem_peak_bytes,
+            record.tokens,
+            record.usd,
+            record.trace_id.as_deref().unwrap_or("-"),
+        ));
+    }
+    text
+}
+
+impl Store {
+    /// The tasks of a run (or, for `None`, those of no run), oldest first.
+    pub fn tasks_of(&self, run_id: Option<&str>) -> Result<Vec<TaskDetail>, StoreError> {
+        let ids: Vec<String> = {
+            let mut statement = self
+                .conn()
+                .prepare(
+                    "SELECT task_id FROM tasks WHERE run_id IS ?1
+                     ORDER BY COALESCE(started_ms, ended_ms), task_id",
+                )
+                .map_err(StoreError::Read)?;
+            let rows = statement
+                .query_map([run_id], |r| r.get(0))
+                .map_err(StoreError::Read)?;
+            rows.collect::<Result<_, _>>().map_err(StoreError::Read)?
+        };
+        let mut tasks = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(task) = self.task(&id)? {
+                tasks.push(task);
+            }
+        }
+        Ok(tasks)
     }
 }
 

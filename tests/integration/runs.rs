@@ -180,3 +180,32 @@ fn a_task_carries_its_cost_record() {
     assert_eq!(get_json(&daemon, "/v1/tasks/nope").0, 404);
     drop(busy);
 }
+
+#[test]
+fn the_status_file_holds_each_task_with_its_cost_record() {
+    let daemon = Daemon::start("[status_file]\npath = \"exec_status_{g}.txt\"\n");
+    daemon.post_events(&json!([
+        {"type": "task_start", "task_id": "t-1", "run_id": "run-9", "task_type": "build", "ts": "2026-11-23T10:00:00Z"},
+        {"type": "llm_usage", "agent": "coder", "model": "gpt-5", "task_id": "t-1", "input_tokens": 500, "output_tokens": 20, "cost_usd": 0.01},
+        {"type": "task_end", "task_id": "t-1", "run_id": "run-9", "task_type": "build", "result": "success", "ts": "2026-11-23T10:00:10Z"},
+        {"type": "task_start", "task_id": "t-2", "run_id": "run-9", "task_type": "test", "ts": "2026-11-23T10:00:10Z"},
+        {"type": "task_end", "task_id": "t-2", "run_id": "run-9", "task_type": "test", "result": "failure", "failure_class": "tool", "ts": "2026-11-23T10:00:15Z"}
+    ]));
+    let path = daemon.dir.path().join("exec_status_run-9.txt");
+    let text = std::fs::read_to_string(&path).expect("the status file exists");
+    assert!(
+        text.contains("task t-1\n  type: build\n  status: success"),
+        "{text}"
+    );
+    assert!(text.contains("  cost_record:\n    cpu_seconds: "), "{text}");
+    assert!(text.contains("    tokens: 520\n    usd: 0.01\n"), "{text}");
+    assert!(
+        text.contains("task t-2\n  type: test\n  status: failure"),
+        "{text}"
+    );
+    assert!(text.contains("  failure_class: tool"), "{text}");
+    assert!(
+        !daemon.dir.path().join("exec_status_run-9.tmp").exists(),
+        "written then renamed"
+    );
+}
