@@ -42,6 +42,8 @@ use std::collections::VecDeque;
 pub const LEDGER_QUEUE: usize = 8192;
 /// Most inputs folded into one transaction.
 const MAX_BATCH: usize = 4096;
+/// Budget transitions kept to become span events.
+const MAX_RECENT_TRANSITIONS: usize = 256;
 /// How often old rows are folded into daily rollups.
 const COMPACTION_EVERY: Duration = Duration::from_secs(3600);
 
@@ -996,6 +998,15 @@ impl Ledger {
                     "on_exceed": spec.on_exceed,
                     "at": jiff::Timestamp::from_millisecond(now).map(|t| t.to_string()).unwrap_or_default(),
                 }));
+            }
+            self.recent_transitions.push_back((
+                now,
+                event.to_string(),
+                spec.name.clone(),
+                spec.resource.label().to_string(),
+            ));
+            if self.recent_transitions.len() > MAX_RECENT_TRANSITIONS {
+                self.recent_transitions.pop_front();
             }
             let state = status.state.label();
             if let Err(failure) =

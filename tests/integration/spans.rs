@@ -253,3 +253,34 @@ fn a_collector_that_is_down_fails_readiness_but_not_ingestion() {
     ));
     quiet.wait_ready();
 }
+
+#[test]
+fn budget_transitions_become_events_on_the_open_task_span() {
+    let (url, received) = start_receiver(true);
+    let daemon = Daemon::start(&format!(
+        "[telemetry]\notlp_endpoint = \"{url}\"\n\n[[budget]]\nname = \"tiny\"\nresource = \"usd\"\nlimit = 0.01\non_exceed = \"alert\"\n"
+    ));
+    daemon.post_events(&json!([
+        {"type": "task_start", "task_id": "t-b", "task_type": "build"},
+        {"type": "llm_usage", "agent": "coder", "model": "gpt-5", "task_id": "t-b", "input_tokens": 10, "output_tokens": 1, "cost_usd": 0.02}
+    ]));
+    daemon.post_events(
+        &json!([{"type": "task_end", "task_id": "t-b", "task_type": "build", "result": "success"}]),
+    );
+    let span = wait_for("the task span", SETTLE, || {
+        received
+            .lock()
+            .expect("lock")
+            .iter()
+            .find(|s| s.name == "task")
+            .cloned()
+    });
+    let names: Vec<&str> = span.events.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, vec!["budget_warning", "BUDGET_EXCEEDED"]);
+    assert!(
+        span.events
+            .iter()
+            .all(|e| e.time_unix_nano >= span.start_time_unix_nano
+                && e.time_unix_nano <= span.end_time_unix_nano)
+    );
+}
