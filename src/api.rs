@@ -46,6 +46,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/budgets/check", get(budgets_check))
         .route("/v1/alerts", post(alerts))
         .route("/v1/reload", post(reload))
+        .route("/v1/report", get(report))
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/tasks/{id}", get(task))
@@ -543,5 +544,44 @@ async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Respo
             StatusCode::SERVICE_UNAVAILABLE,
             "costmeter is shutting down",
         ),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReportQuery {
+    window: Option<String>,
+    format: Option<String>,
+}
+
+/// `GET /v1/report?window=7d&format=md|json`: the cost report (ADR 19-O5).
+async fn report(State(state): State<Arc<AppState>>, Query(query): Query<ReportQuery>) -> Response {
+    let window = query.window.as_deref().unwrap_or("7d");
+    let window_ms = match humantime::parse_duration(window) {
+        Ok(d) if d.as_secs() >= 60 => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("window '{window}' is not a duration of at least 1m such as \"7d\""),
+            );
+        }
+    };
+    let markdown = match query.format.as_deref() {
+        None | Some("json") => false,
+        Some("md" | "markdown") => true,
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("format '{other}' is not md or json"),
+            );
+        }
+    };
+    match ask(&state, |reply| LedgerQuery::Report(window_ms, reply)).await {
+        Ok(report) if markdown => (
+            [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
+            report.markdown(),
+        )
+            .into_response(),
+        Ok(report) => axum::Json(report).into_response(),
+        Err(response) => response,
     }
 }

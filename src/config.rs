@@ -51,6 +51,14 @@ pub struct Config {
     /// `[status_file] path`: where each run's task entries with their cost records are written;
     /// `{g}` stands for the run id.
     pub status_file: Option<PathBuf>,
+    /// `[report]`: how often the weekly cost report is written, and where.
+    pub report: Option<ReportConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReportConfig {
+    pub every: Duration,
+    pub dir: PathBuf,
 }
 
 /// What happens when a budget with `on_exceed = "soft_kill"` is exceeded.
@@ -182,6 +190,7 @@ impl Default for Config {
             budgets: Vec::new(),
             telemetry: telemetry_from_env(None, None, crate::telemetry::Mode::Strict),
             status_file: None,
+            report: None,
             enforcement: EnforcementConfig {
                 signal: 15,
                 signal_name: "SIGTERM".into(),
@@ -270,6 +279,14 @@ struct RawConfig {
     telemetry: RawTelemetry,
     #[serde(default)]
     status_file: RawStatusFile,
+    report: Option<RawReport>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawReport {
+    every: Option<Spanned<String>>,
+    dir: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -613,6 +630,34 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
     let budgets = validate_budgets(raw.shorthand, raw.budget_list, &target_names, locator);
     let enforcement = validate_enforcement(raw.enforcement, locator);
     let telemetry = validate_telemetry(raw.telemetry, locator);
+    let report = raw.report.map(|r| {
+        let every = match &r.every {
+            None => Duration::from_secs(7 * 86_400),
+            Some(text) => match parse_duration(text.get_ref()) {
+                Ok(d) if d >= Duration::from_secs(60) => d,
+                Ok(_) => {
+                    locator.report(
+                        text.span(),
+                        format!(
+                            "report.every: '{}' is shorter than the minimum of 1m",
+                            text.get_ref()
+                        ),
+                    );
+                    Duration::from_secs(7 * 86_400)
+                }
+                Err(message) => {
+                    locator.report(text.span(), format!("report.every: {message}"));
+                    Duration::from_secs(7 * 86_400)
+                }
+            },
+        };
+        ReportConfig {
+            every,
+            dir: r
+                .dir
+                .map_or_else(|| PathBuf::from("reports"), |d| PathBuf::from(d.get_ref())),
+        }
+    });
     let status_file = raw.status_file.path.as_ref().map(|p| {
         if !p.get_ref().contains("{g}") {
             locator.report(
@@ -644,6 +689,7 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         enforcement,
         telemetry,
         status_file,
+        report,
     }
 }
 

@@ -77,6 +77,8 @@ pub enum Query {
     Runs(RunFilter, oneshot::Sender<Result<RunPage, String>>),
     Run(String, oneshot::Sender<Result<Option<RunDetail>, String>>),
     Task(String, oneshot::Sender<Result<Option<TaskDetail>, String>>),
+    /// The cost report over the last so many milliseconds.
+    Report(i64, oneshot::Sender<Result<crate::report::Report, String>>),
 }
 
 /// Sending side of the ledger, cloned into every source.
@@ -138,6 +140,8 @@ pub struct Ledger {
     webhook: Option<Webhook>,
     telemetry: Option<Telemetry>,
     status_file: Option<std::path::PathBuf>,
+    report: Option<crate::config::ReportConfig>,
+    last_report: Option<Instant>,
     /// Recent budget transitions, to become span events on the spans open at the time.
     recent_transitions: VecDeque<(i64, String, String, String)>,
 }
@@ -221,6 +225,8 @@ impl Ledger {
             webhook: None,
             telemetry: None,
             status_file: config.status_file.clone(),
+            report: config.report.clone(),
+            last_report: None,
             recent_transitions: VecDeque::new(),
         };
         ledger.compact_if_due();
@@ -446,6 +452,47 @@ impl Ledger {
             );
         }
         self.compact_if_due();
+        self.report_if_due(received);
+    }
+
+    /// Writes the weekly report when `[report] every` has passed (and once at start).
+    fn report_if_due(&mut self, now: i64) {
+        let Some(config) = self.report.clone() else {
+            return;
+        };
+        if self
+            .last_report
+            .is_some_and(|at| at.elapsed() < config.every)
+        {
+            return;
+        }
+        self.last_report = Some(Instant::now());
+        let week_ms = 7 * 86_400_000;
+        let written = self
+            .store
+            .report(now - week_ms, now, self.budgets.status(now))
+            .map_err(|e| e.to_string())
+            .and_then(|report| {
+                std::fs::create_dir_all(&config.dir).map_err(|e| e.to_string())?;
+                let path = config.dir.join(crate::report::file_name(now));
+                let temporary = path.with_extension("tmp");
+                std::fs::write(&temporary, report.markdown())
+                    .and_then(|()| std::fs::rename(&temporary, &path))
+                    .map_err(|e| e.to_string())?;
+                Ok(path)
+            });
+        match written {
+            Ok(path) => {
+                info!(path = %path.display(), "cost report written");
+                self.metrics
+                    .cost_report_last_success_timestamp_seconds
+                    .get_or_create(&Vec::new())
+                    .set(now as f64 / 1000.0);
+            }
+            Err(error) => {
+                warn!(%error, dir = %config.dir.display(), "cost report not written; will retry at the next interval")
+            }
+        }
     }
 
     fn count_event(
@@ -1118,6 +1165,15 @@ impl Ledger {
             }
             Query::Task(id, reply) => {
                 let _ = reply.send(self.store.task(&id).map_err(text));
+            }
+            Query::Report(window_ms, reply) => {
+                let now = now_ms();
+                let budgets = self.budgets.status(now);
+                let _ = reply.send(
+                    self.store
+                        .report(now - window_ms, now, budgets)
+                        .map_err(text),
+                );
             }
         }
     }

@@ -97,7 +97,17 @@ pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
         {
             continue;
         }
-        out.push_str(sample);
+        // An unlabelled series kept in a family (so it can be absent) encodes as `name{}`.
+        match sample
+            .get(name_end..)
+            .and_then(|rest| rest.strip_prefix("{}"))
+        {
+            Some(rest) => {
+                out.push_str(&sample[..name_end]);
+                out.push_str(rest);
+            }
+            None => out.push_str(sample),
+        }
         out.push('\n');
     }
     out
@@ -155,6 +165,9 @@ haios_up 1\n\
 # HELP haios_odd Odd.\n\
 # TYPE haios_odd unknown\n\
 haios_odd 3\n\
+# HELP haios_stamp Stamp.\n\
+# TYPE haios_stamp gauge\n\
+haios_stamp{} 17.5\n\
 # EOF\n";
 
     #[test]
@@ -173,7 +186,10 @@ haios_cpu_seconds_total{target=\"x\"} 1.5\n\
 haios_up 1\n\
 # HELP haios_odd Odd.\n\
 # TYPE haios_odd untyped\n\
-haios_odd 3\n"
+haios_odd 3\n\
+# HELP haios_stamp Stamp.\n\
+# TYPE haios_stamp gauge\n\
+haios_stamp 17.5\n"
         );
     }
 

@@ -8,6 +8,7 @@ mod budgets;
 mod cli;
 mod events;
 mod exposition;
+mod ops;
 mod runs;
 mod sampler;
 mod spans;

@@ -1,0 +1,223 @@
+//! The weekly cost report (ADR 19-O5): spend by agent, model and day, the costliest tasks,
+//! budget states and failed runs over a window, as JSON or Markdown. Served at
+//! `GET /v1/report` and written every `[report] every` to `cost_report_<ISO week>.md`.
+
+use rusqlite::params;
+use serde::Serialize;
+
+use crate::budget::BudgetStatus;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct SpendLine {
+    pub day: String,
+    pub agent: String,
+    pub model: String,
+    pub tokens: u64,
+    pub usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskLine {
+    pub task_id: String,
+    pub task_type: Option<String>,
+    pub run_id: Option<String>,
+    pub tokens: u64,
+    pub usd: f64,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FailureLine {
+    pub run_id: String,
+    pub agent: Option<String>,
+    pub ended: Option<String>,
+    pub result: String,
+    pub failure_class: Option<String>,
+    pub error_summary: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Report {
+    pub from: String,
+    pub to: String,
+    pub total_usd: f64,
+    pub total_tokens: u64,
+    pub spend: Vec<SpendLine>,
+    pub top_tasks: Vec<TaskLine>,
+    pub budgets: Vec<BudgetStatus>,
+    pub failures: Vec<FailureLine>,
+}
+
+fn iso(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+impl Store {
+    /// The report for [from_ms, to_ms).
+    pub fn report(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        budgets: Vec<BudgetStatus>,
+    ) -> Result<Report, StoreError> {
+        let read = StoreError::Read;
+        let mut statement = self
+            .conn()
+            .prepare(
+                "SELECT day, agent, model, SUM(tokens), SUM(usd) FROM (
+                    SELECT strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch') AS day, agent, model,
+                           input_tokens + output_tokens AS tokens, COALESCE(cost_usd, 0) AS usd
+                    FROM events WHERE type = 'llm_usage' AND ts_ms >= ?1 AND ts_ms < ?2
+                    UNION ALL
+                    SELECT day, agent, model, input_tokens + output_tokens, cost_usd FROM usage_rollups
+                    WHERE CAST(strftime('%s', day) AS INTEGER) * 1000 >= ?1 AND CAST(strftime('%s', day) AS INTEGER) * 1000 < ?2
+                 ) GROUP BY day, agent, model ORDER BY day, agent, model",
+            )
+            .map_err(read)?;
+        let spend: Vec<SpendLine> = statement
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok(SpendLine {
+                    day: r.get(0)?,
+                    agent: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    model: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    tokens: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    usd: r.get(4)?,
+                })
+            })
+            .map_err(read)?
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        let mut statement = self
+            .conn()
+            .prepare(
+                "SELECT e.task_id, t.task_type, t.run_id, SUM(e.input_tokens + e.output_tokens), COALESCE(SUM(e.cost_usd), 0) AS usd
+                 FROM events e LEFT JOIN tasks t ON t.task_id = e.task_id
+                 WHERE e.type = 'llm_usage' AND e.task_id IS NOT NULL AND e.ts_ms >= ?1 AND e.ts_ms < ?2
+                 GROUP BY e.task_id ORDER BY usd DESC, e.task_id LIMIT 10",
+            )
+            .map_err(read)?;
+        let top_tasks: Vec<TaskLine> = statement
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok(TaskLine {
+                    task_id: r.get(0)?,
+                    task_type: r.get(1)?,
+                    run_id: r.get(2)?,
+                    tokens: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    usd: r.get(4)?,
+                })
+            })
+            .map_err(read)?
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        let mut statement = self
+            .conn()
+            .prepare(
+                "SELECT run_id, agent, ended_ms, result, failure_class, error_summary FROM runs
+                 WHERE result IS NOT NULL AND result != 'success' AND ended_ms >= ?1 AND ended_ms < ?2
+                 ORDER BY ended_ms DESC LIMIT 50",
+            )
+            .map_err(read)?;
+        let failures: Vec<FailureLine> = statement
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok(FailureLine {
+                    run_id: r.get(0)?,
+                    agent: r.get(1)?,
+                    ended: r.get::<_, Option<i64>>(2)?.map(iso),
+                    result: r.get(3)?,
+                    failure_class: r.get(4)?,
+                    error_summary: r.get(5)?,
+                })
+            })
+            .map_err(read)?
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        Ok(Report {
+            from: iso(from_ms),
+            to: iso(to_ms),
+            total_usd: spend.iter().map(|s| s.usd).sum(),
+            total_tokens: spend.iter().map(|s| s.tokens).sum(),
+            spend,
+            top_tasks,
+            budgets,
+            failures,
+        })
+    }
+}
+
+impl Report {
+    /// The report as Markdown, for people and for the weekly file.
+    pub fn markdown(&self) -> String {
+        let mut md = format!(
+            "# costmeter cost report\n\n{} to {}\n\nTotal: **${:.4}** for {} tokens.\n\n## Spend by day, agent and model\n\n| day | agent | model | tokens | USD |\n| --- | --- | --- | ---: | ---: |\n",
+            self.from, self.to, self.total_usd, self.total_tokens
+        );
+        for s in &self.spend {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {:.4} |\n",
+                s.day, s.agent, s.model, s.tokens, s.usd
+            ));
+        }
+        md.push_str("\n## Costliest tasks\n\n| task | type | run | tokens | USD |\n| --- | --- | --- | ---: | ---: |\n");
+        for t in &self.top_tasks {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {:.4} |\n",
+                t.task_id,
+                t.task_type.as_deref().unwrap_or("-"),
+                t.run_id.as_deref().unwrap_or("-"),
+                t.tokens,
+                t.usd
+            ));
+        }
+        md.push_str("\n## Budgets\n\n| budget | resource | used | limit | state | window |\n| --- | --- | ---: | ---: | --- | --- |\n");
+        for b in &self.budgets {
+            md.push_str(&format!(
+                "| {} | {} | {:.4} | {} | {} | {} |\n",
+                b.name,
+                b.resource.label(),
+                b.used,
+                b.limit,
+                b.state.label(),
+                b.window
+            ));
+        }
+        md.push_str("\n## Failed runs\n\n| run | agent | ended | result | class | summary |\n| --- | --- | --- | --- | --- | --- |\n");
+        for f in &self.failures {
+            md.push_str(&format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                f.run_id,
+                f.agent.as_deref().unwrap_or("-"),
+                f.ended.as_deref().unwrap_or("-"),
+                f.result,
+                f.failure_class.as_deref().unwrap_or("-"),
+                f.error_summary
+                    .as_deref()
+                    .unwrap_or("-")
+                    .replace('|', "\\|")
+            ));
+        }
+        md
+    }
+}
+
+/// `cost_report_<ISO year>-W<week>.md` for the week containing `ms`.
+pub fn file_name(ms: i64) -> String {
+    let date = jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_zoned(jiff::tz::TimeZone::UTC).date())
+        .unwrap_or_default();
+    let week = date.iso_week_date();
+    format!("cost_report_{}-W{:02}.md", week.year(), week.week())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weekly_file_names_follow_iso_weeks() {
+        // 2026-11-23 is the Monday of ISO week 48; 2027-01-01 is in week 53 of 2026.
+        assert_eq!(file_name(1_795_428_000_000), "cost_report_2026-W48.md");
+        assert_eq!(file_name(1_798_761_600_000), "cost_report_2026-W53.md");
+    }
+}
