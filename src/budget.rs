@@ -454,12 +454,9 @@ impl Budgets {
             .map(|(spec, tally)| {
                 let used = Self::used(spec, tally);
                 let remaining = (spec.limit - used).max(0.0);
-                let rate_per_s = {
-                    let spent: f64 = tally.recent.iter().map(|(_, v)| v).sum();
-                    let since = tally.recent.front().map_or(now_ms, |(ts, _)| *ts);
-                    let span_s = ((now_ms - since).max(1000) as f64 / 1000.0).max(1.0);
-                    spent / span_s
-                };
+                // Spend over the whole five minutes, like a Prometheus rate: one burst is not
+                // taken for a sustained pace.
+                let rate_per_s = tally.recent.iter().map(|(_, v)| v).sum::<f64>() / (BURN_RATE_SPAN_MS as f64 / 1000.0);
                 let projected =
                     (spec.resource != Resource::MemBytes && rate_per_s > 0.0 && remaining > 0.0)
                         .then(|| remaining / rate_per_s)
@@ -668,7 +665,7 @@ mod tests {
         let projected = budgets.status(NOW)[0]
             .projected_exhaustion_seconds
             .expect("spending");
-        // $1 a minute, $9 left: nine minutes.
-        assert!((projected - 540.0).abs() < 1.0, "{projected}");
+        // $1 in the last five minutes, $9 left: 45 minutes at that pace.
+        assert!((projected - 2700.0).abs() < 1.0, "{projected}");
     }
 }
