@@ -456,7 +456,8 @@ impl Budgets {
                 let remaining = (spec.limit - used).max(0.0);
                 // Spend over the whole five minutes, like a Prometheus rate: one burst is not
                 // taken for a sustained pace.
-                let rate_per_s = tally.recent.iter().map(|(_, v)| v).sum::<f64>() / (BURN_RATE_SPAN_MS as f64 / 1000.0);
+                let rate_per_s = tally.recent.iter().map(|(_, v)| v).sum::<f64>()
+                    / (BURN_RATE_SPAN_MS as f64 / 1000.0);
                 let projected =
                     (spec.resource != Resource::MemBytes && rate_per_s > 0.0 && remaining > 0.0)
                         .then(|| remaining / rate_per_s)
