@@ -9,7 +9,7 @@
 #   tests/e2e/ops_bundle.sh [path/to/costmeter]      (default target/debug/costmeter)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=${1:-$root/target/debug/costmeter}
+bin=$(realpath "${1:-$root/target/debug/costmeter}")
 work=$(mktemp -d)
 pids=()
 cleanup() {
