@@ -31,6 +31,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Names of the configured targets, for Alertmanager payloads.
     pub targets: Vec<String>,
+    /// When the daemon started, for `/v1/status`.
+    pub started: std::time::SystemTime,
     /// Asks the daemon's main loop to reload the config file.
     pub reload: tokio::sync::mpsc::Sender<oneshot::Sender<Result<String, String>>>,
 }
@@ -47,6 +49,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/alerts", post(alerts))
         .route("/v1/reload", post(reload))
         .route("/v1/report", get(report))
+        .route("/v1/status", get(status))
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/tasks/{id}", get(task))
@@ -584,4 +587,45 @@ async fn report(State(state): State<Arc<AppState>>, Query(query): Query<ReportQu
         Ok(report) => axum::Json(report).into_response(),
         Err(response) => response,
     }
+}
+
+/// `GET /v1/status`: is costmeter working, what has the agent spent, where do budgets stand.
+async fn status(State(state): State<Arc<AppState>>) -> Response {
+    let day = ask(&state, |reply| LedgerQuery::Report(86_400_000, reply)).await;
+    let week = ask(&state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await;
+    let (day, week) = match (day, week) {
+        (Ok(day), Ok(week)) => (day, week),
+        (Err(response), _) | (_, Err(response)) => return response,
+    };
+    let budgets = match budget_statuses(&state).await {
+        Ok(budgets) => budgets,
+        Err(response) => return response,
+    };
+    let checks = state.health.checks();
+    let uptime = state.started.elapsed().map_or(0.0, |d| d.as_secs_f64());
+    let started = jiff::Timestamp::try_from(state.started)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let mut hints = Vec::new();
+    if week.total_tokens == 0 && week.spend.is_empty() {
+        hints.push("no LLM usage reported in the last 7 days: POST llm_usage events to /v1/events (README, \"Reporting usage\")");
+    }
+    if budgets.is_empty() {
+        hints.push("no budgets configured: add [budgets] or [[budget]] to the config to warn and stop at a limit");
+    }
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "started": started,
+        "uptime_seconds": uptime,
+        "ready": checks.iter().all(|(_, ok, _)| *ok),
+        "checks": checks.iter().map(|(name, ok, detail)| json!({"name": name, "ok": ok, "detail": detail})).collect::<Vec<_>>(),
+        "spend": {
+            "last_24h": {"usd": day.total_usd, "tokens": day.total_tokens},
+            "last_7d": {"usd": week.total_usd, "tokens": week.total_tokens},
+        },
+        "budgets": budgets.iter().map(|b| json!({"name": b.name, "resource": b.resource, "used": b.used, "limit": b.limit, "ratio": b.ratio, "state": b.state})).collect::<Vec<_>>(),
+        "targets": state.targets,
+        "hints": hints,
+    }))
+    .into_response()
 }

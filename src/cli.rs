@@ -43,11 +43,75 @@ pub enum Command {
         #[arg(last = true, required = true, num_args = 1..)]
         command: Vec<std::ffi::OsString>,
     },
+    /// Daemon up, version, uptime, recent spend, budgets at a glance.
+    Status(ClientArgs),
+    /// Every budget with a bar: used / limit, state, window end.
+    Budgets(ClientArgs),
+    /// Runs, newest first: which failed most recently and why; `runs show ID` for one run.
+    Runs {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// running, success, failure (or failed), cancelled, timeout.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+        /// A duration such as 7d, or an RFC 3339 time.
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        #[command(subcommand)]
+        show: Option<RunsCommand>,
+    },
+    /// The cost report of a window.
+    Report {
+        /// costmeter's address.
+        #[arg(long, env = "COSTMETER_URL", default_value = "http://127.0.0.1:8000")]
+        url: String,
+        #[arg(long, default_value = "7d")]
+        window: String,
+        /// table, json or md (Markdown).
+        #[arg(long, default_value = "table")]
+        format: String,
+    },
+    /// The price table.
+    Pricing {
+        #[command(subcommand)]
+        command: PricingCommand,
+    },
     /// Validate a config file offline and print every problem found.
     CheckConfig {
         /// TOML config file.
         file: PathBuf,
     },
+}
+
+/// `--url` and `--format` of every client verb.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ClientArgs {
+    /// costmeter's address.
+    #[arg(
+        long,
+        global = true,
+        env = "COSTMETER_URL",
+        default_value = "http://127.0.0.1:8000"
+    )]
+    pub url: String,
+    #[arg(long, global = true, value_enum, default_value = "table")]
+    pub format: crate::client::Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// One run with its tasks and their cost records.
+    Show { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PricingCommand {
+    /// Baseline version, manifest, rejected rows, models priced at 0.
+    Status(ClientArgs),
 }
 
 /// Loads the config for `run`, printing problems the way `check-config` does.

@@ -246,6 +246,7 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
 
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let state = Arc::new(AppState {
+        started: std::time::SystemTime::now(),
         reload: reload_tx,
         metrics,
         health: health.clone(),

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod budget;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod enforce;

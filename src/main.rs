@@ -4,7 +4,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use costmeter::cli::{self, Cli, Command, EXIT_INVALID_CONFIG};
+use costmeter::cli::{self, Cli, Command, EXIT_INVALID_CONFIG, PricingCommand, RunsCommand};
+use costmeter::client::{self, Client, Format, Verb};
 use costmeter::config::ConfigError;
 use tracing_subscriber::EnvFilter;
 
@@ -30,6 +31,61 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { file } => Ok(cli::check_config(&file)),
+        Command::Status(args) => Ok(client::run(
+            &Client::new(&args.url),
+            Verb::Status,
+            args.format,
+        )),
+        Command::Budgets(args) => Ok(client::run(
+            &Client::new(&args.url),
+            Verb::Budgets,
+            args.format,
+        )),
+        Command::Runs {
+            client: args,
+            status,
+            agent,
+            since,
+            limit,
+            show,
+        } => {
+            let verb = match show {
+                Some(RunsCommand::Show { id }) => Verb::RunShow { id },
+                None => Verb::Runs {
+                    query: client::runs_query(
+                        status.as_deref(),
+                        agent.as_deref(),
+                        since.as_deref(),
+                        limit,
+                    ),
+                },
+            };
+            Ok(client::run(&Client::new(&args.url), verb, args.format))
+        }
+        Command::Report {
+            url,
+            window,
+            format,
+        } => {
+            let (markdown, format) = match format.as_str() {
+                "md" | "markdown" => (true, Format::Table),
+                "json" => (false, Format::Json),
+                "table" => (false, Format::Table),
+                other => anyhow::bail!("--format '{other}' is not table, json or md"),
+            };
+            Ok(client::run(
+                &Client::new(&url),
+                Verb::Report { window, markdown },
+                format,
+            ))
+        }
+        Command::Pricing {
+            command: PricingCommand::Status(args),
+        } => Ok(client::run(
+            &Client::new(&args.url),
+            Verb::PricingStatus,
+            args.format,
+        )),
         Command::Run { config } => {
             init_logging();
             // Parse the config before binding anything: a bad file never half-starts a daemon.

@@ -13,3 +13,4 @@ mod runs;
 mod sampler;
 mod spans;
 mod util;
+mod verbs;

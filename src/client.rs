@@ -1,0 +1,451 @@
+//! Client verbs: `status`, `budgets`, `runs`, `report`, `pricing status`. They talk to a running
+//! daemon over its HTTP API, never to the store. `--format json` prints the API's JSON as it
+//! is (stable, documented in README, no colour); `table` fits an 80-column terminal and uses
+//! colour only on a terminal without `NO_COLOR`.
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use comfy_table::presets::UTF8_BORDERS_ONLY;
+use comfy_table::{Cell, Color, ContentArrangement, Table};
+use serde_json::Value;
+
+/// Exit status when the daemon cannot be reached or answers with an error.
+pub const EXIT_UNREACHABLE: u8 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach costmeter at {url}: {reason} (is `costmeter run` up? pass --url)")]
+    Unreachable { url: String, reason: String },
+    #[error("costmeter answered {status} for {url}: {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        message: String,
+    },
+}
+
+/// A small HTTP client for one daemon.
+pub struct Client {
+    base: String,
+    http: ureq::Agent,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(std::time::Duration::from_secs(30)))
+                .build()
+                .into(),
+        }
+    }
+
+    /// GETs a path; the body as text, or why not.
+    pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let url = format!("{}{}", self.base, path);
+        let mut response = self
+            .http
+            .get(&url)
+            .call()
+            .map_err(|e| ClientError::Unreachable {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        if status >= 400 && status != 429 {
+            let message = serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["error"].as_str().map(str::to_string))
+                .unwrap_or(body);
+            return Err(ClientError::Refused {
+                url,
+                status,
+                message,
+            });
+        }
+        Ok(body)
+    }
+
+    pub fn get_json(&self, path: &str) -> Result<Value, ClientError> {
+        let text = self.get_text(path)?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Refused {
+            url: format!("{}{}", self.base, path),
+            status: 200,
+            message: format!("not JSON: {e}"),
+        })
+    }
+}
+
+fn colour() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_style(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_width(80)
+        .set_header(header.iter().map(Cell::new));
+    if !colour() {
+        table.force_no_tty();
+    }
+    table
+}
+
+fn state_cell(state: &str) -> Cell {
+    let cell = Cell::new(state);
+    if !colour() {
+        return cell;
+    }
+    match state {
+        "exceeded" | "failure" | "timeout" => cell.fg(Color::Red),
+        "warning" | "cancelled" => cell.fg(Color::Yellow),
+        "ok" | "success" => cell.fg(Color::Green),
+        _ => cell,
+    }
+}
+
+fn number(value: &Value) -> String {
+    match value.as_f64() {
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", v as i64),
+        Some(v) => format!("{v:.4}"),
+        None => "-".into(),
+    }
+}
+
+/// A bar of 20 cells for a ratio: used / limit.
+fn bar(ratio: f64) -> String {
+    let filled = ((ratio.clamp(0.0, 1.0)) * 20.0).round() as usize;
+    format!(
+        "{}{} {:>4.0}%",
+        "#".repeat(filled),
+        ".".repeat(20 - filled),
+        ratio * 100.0
+    )
+}
+
+fn text(value: &Value) -> String {
+    value
+        .as_str()
+        .map_or_else(|| "-".to_string(), str::to_string)
+}
+
+/// Runs one verb: prints its answer and returns the exit status.
+pub fn run(client: &Client, verb: Verb, format: Format) -> ExitCode {
+    match verb.execute(client, format) {
+        Ok(output) => {
+            print!("{output}");
+            if !output.ends_with('\n') {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("costmeter: {error}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+    }
+}
+
+/// What a client verb asks.
+#[derive(Debug, Clone)]
+pub enum Verb {
+    Status,
+    Budgets,
+    Runs { query: String },
+    RunShow { id: String },
+    Report { window: String, markdown: bool },
+    PricingStatus,
+}
+
+fn encode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The query string of `GET /v1/runs` from the verb's flags.
+pub fn runs_query(
+    status: Option<&str>,
+    agent: Option<&str>,
+    since: Option<&str>,
+    limit: Option<usize>,
+) -> String {
+    let mut parts = Vec::new();
+    for (key, value) in [("status", status), ("agent", agent), ("since", since)] {
+        if let Some(value) = value {
+            parts.push(format!("{key}={}", encode(value)));
+        }
+    }
+    if let Some(limit) = limit {
+        parts.push(format!("limit={limit}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", parts.join("&"))
+    }
+}
+
+impl Verb {
+    fn execute(self, client: &Client, format: Format) -> Result<String, ClientError> {
+        let path = match &self {
+            Verb::Status => "/v1/status".to_string(),
+            Verb::Budgets => "/v1/budgets".to_string(),
+            Verb::Runs { query } => format!("/v1/runs{query}"),
+            Verb::RunShow { id } => format!("/v1/runs/{}", encode(id)),
+            Verb::Report { window, markdown } => {
+                format!(
+                    "/v1/report?window={}&format={}",
+                    encode(window),
+                    if *markdown { "md" } else { "json" }
+                )
+            }
+            Verb::PricingStatus => "/v1/pricing/status".to_string(),
+        };
+        if let Verb::Report { markdown: true, .. } = self {
+            return client.get_text(&path);
+        }
+        let value = client.get_json(&path)?;
+        if format == Format::Json {
+            return Ok(serde_json::to_string_pretty(&value).unwrap_or_default());
+        }
+        Ok(match self {
+            Verb::Status => status_table(&value),
+            Verb::Budgets => budgets_table(&value["budgets"]),
+            Verb::Runs { .. } => runs_table(&value["runs"]),
+            Verb::RunShow { .. } => run_detail(&value),
+            Verb::Report { .. } => report_table(&value),
+            Verb::PricingStatus => pricing_table(&value),
+        })
+    }
+}
+
+fn status_table(status: &Value) -> String {
+    let mut out = format!(
+        "costmeter {}  up {:.0}s  {}\n",
+        text(&status["version"]),
+        status["uptime_seconds"].as_f64().unwrap_or(0.0),
+        if status["ready"] == true {
+            "ready"
+        } else {
+            "NOT READY"
+        }
+    );
+    let mut spend = table(&["spend", "USD", "tokens"]);
+    for (label, key) in [("last 24 hours", "last_24h"), ("last 7 days", "last_7d")] {
+        spend.add_row(vec![
+            Cell::new(label),
+            Cell::new(number(&status["spend"][key]["usd"])),
+            Cell::new(number(&status["spend"][key]["tokens"])),
+        ]);
+    }
+    out.push_str(&format!("{spend}\n"));
+    if let Some(budgets) = status["budgets"].as_array().filter(|b| !b.is_empty()) {
+        let mut at_a_glance = table(&["budget", "used / limit", "state"]);
+        for b in budgets {
+            at_a_glance.add_row(vec![
+                Cell::new(text(&b["name"])),
+                Cell::new(bar(b["ratio"].as_f64().unwrap_or(0.0))),
+                state_cell(b["state"].as_str().unwrap_or("-")),
+            ]);
+        }
+        out.push_str(&format!("{at_a_glance}\n"));
+    }
+    for check in status["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["ok"] != true)
+    {
+        out.push_str(&format!(
+            "not ready: {}: {}\n",
+            text(&check["name"]),
+            text(&check["detail"])
+        ));
+    }
+    for hint in status["hints"].as_array().into_iter().flatten() {
+        out.push_str(&format!("hint: {}\n", text(hint)));
+    }
+    out
+}
+
+fn budgets_table(budgets: &Value) -> String {
+    let mut t = table(&["budget", "resource", "used / limit", "state", "window end"]);
+    for b in budgets.as_array().into_iter().flatten() {
+        t.add_row(vec![
+            Cell::new(text(&b["name"])),
+            Cell::new(text(&b["resource"])),
+            Cell::new(format!(
+                "{}\n{} / {}",
+                bar(b["ratio"].as_f64().unwrap_or(0.0)),
+                number(&b["used"]),
+                number(&b["limit"])
+            )),
+            state_cell(b["state"].as_str().unwrap_or("-")),
+            Cell::new(
+                b["window_end"]
+                    .as_str()
+                    .unwrap_or(b["window"].as_str().unwrap_or("-")),
+            ),
+        ]);
+    }
+    if budgets.as_array().is_none_or(Vec::is_empty) {
+        return "no budgets configured\n".into();
+    }
+    format!("{t}\n")
+}
+
+fn runs_table(runs: &Value) -> String {
+    let list = runs.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return "no runs match\n".into();
+    }
+    let mut t = table(&["run", "agent", "status", "ended", "why"]);
+    for r in &list {
+        let why = match (r["failure_class"].as_str(), r["error_summary"].as_str()) {
+            (Some(class), Some(summary)) => format!("{class}: {summary}"),
+            (Some(class), None) => class.to_string(),
+            (None, Some(summary)) => summary.to_string(),
+            (None, None) => String::new(),
+        };
+        t.add_row(vec![
+            Cell::new(text(&r["id"])),
+            Cell::new(text(&r["agent"])),
+            state_cell(r["status"].as_str().unwrap_or("-")),
+            Cell::new(text(&r["ended"])),
+            Cell::new(why),
+        ]);
+    }
+    format!("{t}\n")
+}
+
+fn run_detail(run: &Value) -> String {
+    let mut out = format!(
+        "run {}  agent {}  {}  {} s\n",
+        text(&run["id"]),
+        text(&run["agent"]),
+        text(&run["status"]),
+        number(&run["duration_seconds"])
+    );
+    if let Some(summary) = run["error_summary"].as_str() {
+        out.push_str(&format!(
+            "failed ({}): {summary}\n",
+            text(&run["failure_class"])
+        ));
+    }
+    let mut t = table(&["task", "type", "status", "s", "CPU s", "tokens", "USD"]);
+    for task in run["task_list"].as_array().into_iter().flatten() {
+        let record = &task["cost_record"];
+        t.add_row(vec![
+            Cell::new(text(&task["id"])),
+            Cell::new(text(&task["type"])),
+            state_cell(task["status"].as_str().unwrap_or("-")),
+            Cell::new(number(&task["duration_seconds"])),
+            Cell::new(number(&record["cpu_seconds"])),
+            Cell::new(number(&record["tokens"])),
+            Cell::new(number(&record["usd"])),
+        ]);
+    }
+    out.push_str(&format!("{t}\n"));
+    out
+}
+
+fn report_table(report: &Value) -> String {
+    let mut out = format!(
+        "{} to {}: ${} for {} tokens\n",
+        text(&report["from"]),
+        text(&report["to"]),
+        number(&report["total_usd"]),
+        number(&report["total_tokens"])
+    );
+    let mut t = table(&["day", "agent", "model", "tokens", "USD"]);
+    for s in report["spend"].as_array().into_iter().flatten() {
+        t.add_row(vec![
+            Cell::new(text(&s["day"])),
+            Cell::new(text(&s["agent"])),
+            Cell::new(text(&s["model"])),
+            Cell::new(number(&s["tokens"])),
+            Cell::new(number(&s["usd"])),
+        ]);
+    }
+    out.push_str(&format!("{t}\n"));
+    out
+}
+
+fn pricing_table(pricing: &Value) -> String {
+    let mut out = format!(
+        "baseline {} (prices taken {}), manifest {}\n",
+        text(&pricing["baseline_version"]),
+        text(&pricing["baseline_taken"]),
+        text(&pricing["manifest"])
+    );
+    let mut models = table(&["source", "models"]);
+    if let Some(by_source) = pricing["models"].as_object() {
+        for (source, count) in by_source {
+            models.add_row(vec![Cell::new(source), Cell::new(number(count))]);
+        }
+    }
+    out.push_str(&format!("{models}\n"));
+    for row in pricing["rejected_rows"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "rejected {} ({}): {}\n",
+            text(&row["model"]),
+            text(&row["source"]),
+            text(&row["reason"])
+        ));
+    }
+    let unknown = pricing["unknown_models"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    if !unknown.is_empty() {
+        let mut t = table(&["unknown model (priced at 0)", "events", "tokens"]);
+        for u in &unknown {
+            t.add_row(vec![
+                Cell::new(text(&u["model"])),
+                Cell::new(number(&u["events"])),
+                Cell::new(number(&u["tokens"])),
+            ]);
+        }
+        out.push_str(&format!("{t}\n"));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bars_fill_with_the_ratio_and_stop_at_the_limit() {
+        assert_eq!(bar(0.5), "##########..........   50%");
+        assert_eq!(bar(1.7), "####################  170%");
+    }
+
+    #[test]
+    fn run_filters_are_percent_encoded() {
+        assert_eq!(
+            runs_query(Some("failed"), Some("a b"), None, Some(5)),
+            "?status=failed&agent=a%20b&limit=5"
+        );
+        assert_eq!(runs_query(None, None, None, None), "");
+    }
+}

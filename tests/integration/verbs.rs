@@ -1,0 +1,160 @@
+//! The client verbs against a live daemon, in table and JSON form.
+
+use std::process::Command;
+
+use serde_json::{Value, json};
+
+use crate::util::{Daemon, costmeter_bin};
+
+fn verb(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(costmeter_bin())
+        .args(args)
+        .arg("--url")
+        .arg(format!("http://{}", daemon.addr))
+        .output()
+        .expect("run the verb");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        !stdout.contains('\u{1b}'),
+        "no colour codes when stdout is not a terminal: {stdout}"
+    );
+    (
+        output.status.code().unwrap_or(-1),
+        stdout,
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+fn seeded() -> Daemon {
+    let daemon = Daemon::start(
+        "[[budget]]\nname = \"coder-usd\"\nresource = \"usd\"\nlimit = 2.0\nagent = \"coder\"\non_exceed = \"alert\"\n",
+    );
+    daemon.post_events(&json!([
+        {"type": "run_start", "run_id": "run-ok", "agent": "coder", "ts": "2026-11-23T09:00:00Z"},
+        {"type": "run_end", "run_id": "run-ok", "result": "success", "ts": "2026-11-23T09:01:00Z"},
+        {"type": "run_start", "run_id": "run-bad", "agent": "coder", "ts": "2026-11-23T10:00:00Z"},
+        {"type": "task_start", "task_id": "t-9", "run_id": "run-bad", "task_type": "test", "ts": "2026-11-23T10:00:01Z"},
+        {"type": "llm_usage", "agent": "coder", "model": "gpt-5", "task_id": "t-9", "input_tokens": 1000, "output_tokens": 100, "cost_usd": 1.9},
+        {"type": "llm_usage", "agent": "coder", "model": "secret-model", "input_tokens": 10, "output_tokens": 1},
+        {"type": "task_end", "task_id": "t-9", "run_id": "run-bad", "task_type": "test", "result": "failure", "ts": "2026-11-23T10:00:09Z"},
+        {"type": "run_end", "run_id": "run-bad", "result": "failure", "failure_class": "tool", "error_summary": "pytest exited 1", "ts": "2026-11-23T10:00:10Z"}
+    ]));
+    daemon
+}
+
+#[test]
+fn status_in_table_and_json() {
+    let daemon = seeded();
+    let (code, table, _) = verb(&daemon, &["status"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("costmeter ") && table.contains("ready"),
+        "{table}"
+    );
+    assert!(
+        table.contains("coder-usd") && table.contains("warning"),
+        "{table}"
+    );
+    assert!(
+        table.lines().all(|l| l.chars().count() <= 80),
+        "fits 80 columns:\n{table}"
+    );
+    let (_, json, _) = verb(&daemon, &["status", "--format", "json"]);
+    let status: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(status["ready"], true);
+    assert_eq!(status["budgets"][0]["state"], "warning");
+    assert_eq!(status["spend"]["last_7d"]["usd"], 1.9);
+}
+
+#[test]
+fn a_fresh_daemon_gets_first_run_hints() {
+    let daemon = Daemon::start("");
+    daemon.wait_ready();
+    let (_, table, _) = verb(&daemon, &["status"]);
+    assert!(
+        table.contains("hint: no LLM usage reported")
+            && table.contains("hint: no budgets configured"),
+        "{table}"
+    );
+}
+
+#[test]
+fn budgets_show_a_bar_per_budget() {
+    let daemon = seeded();
+    let (code, table, _) = verb(&daemon, &["budgets"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("coder-usd") && table.contains("###################.   95%"),
+        "95 % bar:\n{table}"
+    );
+    let (_, json, _) = verb(&daemon, &["budgets", "--format", "json"]);
+    let budgets: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(budgets["budgets"][0]["used"], 1.9);
+}
+
+#[test]
+fn runs_answer_which_failed_most_recently_and_why() {
+    let daemon = seeded();
+    let (code, table, _) = verb(&daemon, &["runs", "--status", "failed", "--limit", "1"]);
+    assert_eq!(code, 0);
+    assert!(
+        table.contains("run-bad") && table.contains("tool: pytest exited 1"),
+        "{table}"
+    );
+    assert!(!table.contains("run-ok"));
+    let (_, json, _) = verb(&daemon, &["runs", "--format", "json"]);
+    let page: Value = serde_json::from_str(&json).expect("JSON");
+    assert_eq!(page["runs"].as_array().map(Vec::len), Some(2));
+    let (code, detail, _) = verb(&daemon, &["runs", "show", "run-bad"]);
+    assert_eq!(code, 0);
+    assert!(
+        detail.contains("failed (tool): pytest exited 1")
+            && detail.contains("t-9")
+            && detail.contains("1.9000"),
+        "{detail}"
+    );
+    let (code, _, error) = verb(&daemon, &["runs", "show", "no-such-run"]);
+    assert_eq!(code, 1);
+    assert!(error.contains("no run 'no-such-run'"), "{error}");
+}
+
+#[test]
+fn report_and_pricing_status() {
+    let daemon = seeded();
+    let (code, markdown, _) = verb(&daemon, &["report", "--format", "md"]);
+    assert_eq!(code, 0);
+    assert!(
+        markdown.starts_with("# costmeter cost report") && markdown.contains("| coder | gpt-5 |"),
+        "{markdown}"
+    );
+    let (_, table, _) = verb(&daemon, &["report"]);
+    assert!(
+        table.contains("for 1111 tokens") && table.contains("gpt-5"),
+        "{table}"
+    );
+    let (code, pricing, _) = verb(&daemon, &["pricing", "status"]);
+    assert_eq!(code, 0);
+    assert!(
+        pricing.contains("baseline 2026-11-23") && pricing.contains("secret-model"),
+        "{pricing}"
+    );
+}
+
+#[test]
+fn an_unreachable_daemon_is_exit_1_with_a_hint() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let output = Command::new(costmeter_bin())
+        .args(["status", "--url", &format!("http://127.0.0.1:{port}")])
+        .output()
+        .expect("run");
+    assert_eq!(output.status.code(), Some(1));
+    let error = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        error.contains("cannot reach costmeter") && error.contains("--url"),
+        "{error}"
+    );
+}
