@@ -22,6 +22,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start; the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the daemon (built-in defaults when no config is given).
@@ -75,6 +77,16 @@ pub enum Command {
         #[arg(long, default_value = "table")]
         format: String,
     },
+    /// Report an event from a shell script or hook: POSTs it to /v1/events.
+    Emit {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Bearer token for a daemon with server.token_file.
+        #[arg(long, global = true, env = "COSTMETER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        event: EmitEvent,
+    },
     /// The price table.
     Pricing {
         #[command(subcommand)]
@@ -100,6 +112,233 @@ pub struct ClientArgs {
     pub url: String,
     #[arg(long, global = true, value_enum, default_value = "table")]
     pub format: crate::client::Format,
+}
+
+/// Common fields of every emitted event.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EmitCommon {
+    /// Idempotency key: the same id twice is counted once.
+    #[arg(long)]
+    pub event_id: Option<String>,
+    /// RFC 3339 time; default now.
+    #[arg(long)]
+    pub ts: Option<String>,
+    #[arg(long)]
+    pub trace_id: Option<String>,
+    #[arg(long)]
+    pub span_id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EmitEvent {
+    /// An llm_usage event; --input counts all input tokens, cached ones included.
+    Usage {
+        #[command(flatten)]
+        common: EmitCommon,
+        #[arg(long)]
+        agent: String,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        provider: Option<String>,
+        #[arg(long)]
+        input: u64,
+        #[arg(long)]
+        output: u64,
+        #[arg(long)]
+        cache_read: Option<u64>,
+        #[arg(long)]
+        cache_write: Option<u64>,
+        #[arg(long)]
+        reasoning: Option<u64>,
+        /// USD, when the caller knows the exact cost.
+        #[arg(long)]
+        cost: Option<f64>,
+        #[arg(long)]
+        task_id: Option<String>,
+        #[arg(long)]
+        run_id: Option<String>,
+    },
+    RunStart {
+        #[command(flatten)]
+        common: EmitCommon,
+        #[arg(long)]
+        run_id: String,
+        #[arg(long)]
+        agent: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    RunEnd {
+        #[command(flatten)]
+        common: EmitCommon,
+        #[arg(long)]
+        run_id: String,
+        /// success, failure, cancelled or timeout.
+        #[arg(long)]
+        result: String,
+        #[arg(long)]
+        failure_class: Option<String>,
+        #[arg(long)]
+        error_summary: Option<String>,
+    },
+    TaskStart {
+        #[command(flatten)]
+        common: EmitCommon,
+        #[arg(long)]
+        task_id: String,
+        #[arg(long = "type")]
+        task_type: String,
+        #[arg(long)]
+        run_id: Option<String>,
+        #[arg(long)]
+        agent: Option<String>,
+    },
+    TaskEnd {
+        #[command(flatten)]
+        common: EmitCommon,
+        #[arg(long)]
+        task_id: String,
+        #[arg(long = "type")]
+        task_type: String,
+        #[arg(long)]
+        result: String,
+        #[arg(long)]
+        run_id: Option<String>,
+        #[arg(long)]
+        failure_class: Option<String>,
+        #[arg(long)]
+        error_summary: Option<String>,
+    },
+    LockWait {
+        #[command(flatten)]
+        common: EmitCommon,
+        #[arg(long)]
+        seconds: f64,
+        #[arg(long)]
+        lock: Option<String>,
+    },
+    FileWrite {
+        #[command(flatten)]
+        common: EmitCommon,
+        #[arg(long)]
+        bytes: u64,
+        #[arg(long)]
+        task_id: Option<String>,
+        /// Only its SHA-256 is stored.
+        #[arg(long)]
+        path: Option<String>,
+    },
+}
+
+impl EmitEvent {
+    /// The event as `POST /v1/events` takes it; absent options are left out.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::{Map, Value, json};
+        let (kind, common, fields): (&str, &EmitCommon, Value) = match self {
+            EmitEvent::Usage {
+                common,
+                agent,
+                model,
+                provider,
+                input,
+                output,
+                cache_read,
+                cache_write,
+                reasoning,
+                cost,
+                task_id,
+                run_id,
+            } => (
+                "llm_usage",
+                common,
+                json!({"agent": agent, "model": model, "provider": provider, "input_tokens": input, "output_tokens": output,
+                       "cache_read_tokens": cache_read, "cache_write_tokens": cache_write, "reasoning_tokens": reasoning,
+                       "cost_usd": cost, "task_id": task_id, "run_id": run_id}),
+            ),
+            EmitEvent::RunStart {
+                common,
+                run_id,
+                agent,
+                name,
+            } => (
+                "run_start",
+                common,
+                json!({"run_id": run_id, "agent": agent, "name": name}),
+            ),
+            EmitEvent::RunEnd {
+                common,
+                run_id,
+                result,
+                failure_class,
+                error_summary,
+            } => (
+                "run_end",
+                common,
+                json!({"run_id": run_id, "result": result, "failure_class": failure_class, "error_summary": error_summary}),
+            ),
+            EmitEvent::TaskStart {
+                common,
+                task_id,
+                task_type,
+                run_id,
+                agent,
+            } => (
+                "task_start",
+                common,
+                json!({"task_id": task_id, "task_type": task_type, "run_id": run_id, "agent": agent}),
+            ),
+            EmitEvent::TaskEnd {
+                common,
+                task_id,
+                task_type,
+                result,
+                run_id,
+                failure_class,
+                error_summary,
+            } => (
+                "task_end",
+                common,
+                json!({"task_id": task_id, "task_type": task_type, "result": result, "run_id": run_id,
+                       "failure_class": failure_class, "error_summary": error_summary}),
+            ),
+            EmitEvent::LockWait {
+                common,
+                seconds,
+                lock,
+            } => (
+                "lock_wait",
+                common,
+                json!({"seconds": seconds, "lock": lock}),
+            ),
+            EmitEvent::FileWrite {
+                common,
+                bytes,
+                task_id,
+                path,
+            } => (
+                "file_write",
+                common,
+                json!({"bytes": bytes, "task_id": task_id, "path": path}),
+            ),
+        };
+        let mut event = Map::new();
+        event.insert("type".into(), Value::from(kind));
+        for (key, value) in [
+            ("event_id", &common.event_id),
+            ("ts", &common.ts),
+            ("trace_id", &common.trace_id),
+            ("span_id", &common.span_id),
+        ] {
+            if let Some(value) = value {
+                event.insert(key.into(), Value::from(value.clone()));
+            }
+        }
+        if let Value::Object(fields) = fields {
+            event.extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
+        }
+        Value::Object(event)
+    }
 }
 
 #[derive(Debug, Subcommand)]

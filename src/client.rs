@@ -76,6 +76,41 @@ impl Client {
         Ok(body)
     }
 
+    /// POSTs one event; the daemon's answer.
+    pub fn post_event(&self, event: &Value, token: Option<&str>) -> Result<Value, ClientError> {
+        let url = format!("{}/v1/events", self.base);
+        let mut request = self
+            .http
+            .post(&url)
+            .header("Content-Type", "application/json");
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        let mut response =
+            request
+                .send(event.to_string())
+                .map_err(|e| ClientError::Unreachable {
+                    url: url.clone(),
+                    reason: e.to_string(),
+                })?;
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_string().unwrap_or_default();
+        let answer: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if status == 202 {
+            return Ok(answer);
+        }
+        let message = answer["rejected"][0]["error"]
+            .as_str()
+            .or_else(|| answer["error"].as_str())
+            .unwrap_or(&body)
+            .to_string();
+        Err(ClientError::Refused {
+            url,
+            status,
+            message,
+        })
+    }
+
     pub fn get_json(&self, path: &str) -> Result<Value, ClientError> {
         let text = self.get_text(path)?;
         serde_json::from_str(&text).map_err(|e| ClientError::Refused {
@@ -148,6 +183,26 @@ pub fn run(client: &Client, verb: Verb, format: Format) -> ExitCode {
             print!("{output}");
             if !output.ends_with('\n') {
                 println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("costmeter: {error}");
+            ExitCode::from(EXIT_UNREACHABLE)
+        }
+    }
+}
+
+/// `costmeter emit`: posts the event and prints the daemon's answer.
+pub fn emit(client: &Client, event: &Value, token: Option<&str>, format: Format) -> ExitCode {
+    match client.post_event(event, token) {
+        Ok(answer) => {
+            match format {
+                Format::Json => println!("{answer}"),
+                Format::Table if answer["duplicates"] == 1 => {
+                    println!("duplicate: already recorded, nothing changed")
+                }
+                Format::Table => println!("accepted"),
             }
             ExitCode::SUCCESS
         }

@@ -79,6 +79,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format,
             ))
         }
+        Command::Emit {
+            client: args,
+            token,
+            event,
+        } => Ok(client::emit(
+            &Client::new(&args.url),
+            &event.to_json(),
+            token.as_deref(),
+            args.format,
+        )),
         Command::Pricing {
             command: PricingCommand::Status(args),
         } => Ok(client::run(

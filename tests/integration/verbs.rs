@@ -158,3 +158,86 @@ fn an_unreachable_daemon_is_exit_1_with_a_hint() {
         "{error}"
     );
 }
+
+#[test]
+fn emit_reports_events_from_the_shell() {
+    let daemon = Daemon::start("");
+    let url = format!("http://{}", daemon.addr);
+    let emit = |args: &[&str]| {
+        let output = Command::new(costmeter_bin())
+            .arg("emit")
+            .args(args)
+            .arg("--url")
+            .arg(&url)
+            .output()
+            .expect("run emit");
+        (
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    let usage = [
+        "usage",
+        "--agent",
+        "coder",
+        "--model",
+        "gpt-4o",
+        "--input",
+        "100000",
+        "--cache-read",
+        "50000",
+        "--output",
+        "10000",
+        "--event-id",
+        "e-1",
+    ];
+    let (code, out, _) = emit(&usage);
+    assert_eq!((code, out.trim()), (0, "accepted"));
+    let (code, out, _) = emit(&usage);
+    assert_eq!(code, 0);
+    assert!(out.contains("duplicate"), "{out}");
+    assert_eq!(
+        emit(&["task-start", "--task-id", "t", "--type", "build"]).0,
+        0
+    );
+    assert_eq!(
+        emit(&[
+            "task-end",
+            "--task-id",
+            "t",
+            "--type",
+            "build",
+            "--result",
+            "success"
+        ])
+        .0,
+        0
+    );
+    let (code, _, error) = emit(&[
+        "task-end",
+        "--task-id",
+        "t",
+        "--type",
+        "build",
+        "--result",
+        "exploded",
+    ]);
+    assert_eq!(code, 1);
+    assert!(error.contains("field 'result': must be one of"), "{error}");
+    let scrape = daemon.scrape();
+    let spend = scrape
+        .value(
+            "haios_usd_spend_total",
+            &[("agent", "coder"), ("model", "gpt-4o")],
+        )
+        .unwrap_or(0.0);
+    assert!((spend - 0.2875).abs() < 1e-9, "{spend}");
+    assert_eq!(
+        scrape.value(
+            "haios_task_total",
+            &[("type", "build"), ("result", "success")]
+        ),
+        Some(1.0)
+    );
+}
