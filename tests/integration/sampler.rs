@@ -222,7 +222,7 @@ fn a_v1_cgroup_target_reads_the_kernel_counters() {
         .parse()
         .expect("a number");
     let kernel = usage_ns / 1e9;
-    assert!(kernel > 0.2, "the busy child ran in the cgroup: {kernel}");
+    assert!(kernel > 0.05, "the busy child ran in the cgroup: {kernel}");
     let cpu = daemon.wait_metric("haios_cpu_seconds_total", &labels, SETTLE, |v| {
         v >= kernel * 0.99
     });
