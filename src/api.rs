@@ -615,6 +615,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
     }
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
+        "now": jiff::Timestamp::now().to_string(),
         "started": started,
         "uptime_seconds": uptime,
         "ready": checks.iter().all(|(_, ok, _)| *ok),

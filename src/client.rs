@@ -213,6 +213,272 @@ pub fn emit(client: &Client, event: &Value, token: Option<&str>, format: Format)
     }
 }
 
+/// One finding of `costmeter doctor`.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct Finding {
+    pub name: String,
+    /// green, yellow or red.
+    pub status: &'static str,
+    pub detail: String,
+    /// What to do, in one line; empty when green.
+    pub fix: String,
+}
+
+fn finding(
+    name: &str,
+    status: &'static str,
+    detail: impl Into<String>,
+    fix: impl Into<String>,
+) -> Finding {
+    Finding {
+        name: name.to_string(),
+        status,
+        detail: detail.into(),
+        fix: fix.into(),
+    }
+}
+
+/// Values of one label of one series in a Prometheus text scrape, with their sample values.
+fn series_values(metrics: &str, series: &str, label: &str) -> Vec<(String, f64)> {
+    let needle = format!("{label}=\"");
+    metrics
+        .lines()
+        .filter(|line| line.starts_with(series) && line[series.len()..].starts_with('{'))
+        .filter_map(|line| {
+            let start = line.find(&needle)? + needle.len();
+            let end = start + line[start..].find('"')?;
+            let value = line.rsplit(' ').next()?.parse().ok()?;
+            Some((line[start..end].to_string(), value))
+        })
+        .collect()
+}
+
+/// The health check: each finding green, yellow or red with its fix.
+pub fn diagnose(client: &Client, namespace: &str) -> Vec<Finding> {
+    let status = match client.get_json("/v1/status") {
+        Ok(status) => status,
+        Err(error) => {
+            return vec![finding(
+                "daemon",
+                "red",
+                error.to_string(),
+                "start it with `costmeter run`, or pass --url",
+            )];
+        }
+    };
+    let mut findings = vec![finding(
+        "daemon",
+        "green",
+        format!("costmeter {} answers", text(&status["version"])),
+        "",
+    )];
+    for check in status["checks"].as_array().into_iter().flatten() {
+        let name = check["name"].as_str().unwrap_or("check");
+        let fix = match name {
+            "store" => "free space or fix permissions of [store] path; costmeter retries by itself",
+            "telemetry" => {
+                "start the OTLP collector at [telemetry] otlp_endpoint, or set mode = \"dev_fast\""
+            }
+            "sampler" => "wait a sample interval; if it persists, see the daemon's log",
+            _ => "see the daemon's log",
+        };
+        let ok = check["ok"] == true;
+        findings.push(finding(
+            name,
+            if ok { "green" } else { "red" },
+            text(&check["detail"]),
+            if ok { "" } else { fix },
+        ));
+    }
+    let metrics = client.get_text("/metrics").unwrap_or_default();
+    let down: Vec<String> = series_values(&metrics, &format!("{namespace}_target_up"), "target")
+        .into_iter()
+        .filter(|(_, up)| *up == 0.0)
+        .map(|(target, _)| target)
+        .collect();
+    findings.push(if down.is_empty() {
+        finding("targets", "green", "every target is found", "")
+    } else {
+        finding(
+            "targets",
+            "yellow",
+            format!("not found: {}", down.join(", ")),
+            "check the [[target]] selectors (pid, pid_file, match, cgroup)",
+        )
+    });
+    let unknown: Vec<String> = series_values(
+        &metrics,
+        &format!("{namespace}_unknown_model_events_total"),
+        "model",
+    )
+    .into_iter()
+    .filter(|(_, n)| *n > 0.0)
+    .map(|(model, n)| format!("{model} ({n} events)"))
+    .collect();
+    findings.push(if unknown.is_empty() {
+        finding("pricing", "green", "every model reported has a price", "")
+    } else {
+        finding(
+            "pricing",
+            "yellow",
+            format!("priced at 0: {}", unknown.join(", ")),
+            "add [pricing.models.\"NAME\"] or a [pricing] manifest",
+        )
+    });
+    let overflow: Vec<String> = series_values(
+        &metrics,
+        &format!("{namespace}_label_values_overflow_total"),
+        "label",
+    )
+    .into_iter()
+    .filter(|(_, n)| *n > 0.0)
+    .map(|(label, n)| format!("{label} ({n} folded)"))
+    .collect();
+    findings.push(if overflow.is_empty() {
+        finding(
+            "cardinality",
+            "green",
+            "no label value folded into __other__",
+            "",
+        )
+    } else {
+        finding(
+            "cardinality",
+            "yellow",
+            format!("folded into __other__: {}", overflow.join(", ")),
+            "raise [metrics] max_label_values or send fewer distinct names",
+        )
+    });
+    let skew = status["now"]
+        .as_str()
+        .and_then(|now| now.parse::<jiff::Timestamp>().ok())
+        .map(|now| {
+            (jiff::Timestamp::now().as_millisecond() - now.as_millisecond()).abs() as f64 / 1000.0
+        });
+    findings.push(match skew {
+        Some(skew) if skew <= 5.0 => finding(
+            "clock",
+            "green",
+            format!("daemon and this machine agree within {skew:.1} s"),
+            "",
+        ),
+        Some(skew) => finding(
+            "clock",
+            "yellow",
+            format!("the daemon's clock is {skew:.0} s off this machine's"),
+            "sync both clocks (NTP): windows and reports depend on them",
+        ),
+        None => finding(
+            "clock",
+            "yellow",
+            "the daemon did not say its time",
+            "upgrade costmeter",
+        ),
+    });
+    let agents: Vec<String> =
+        series_values(&metrics, &format!("{namespace}_usd_spend_total"), "agent")
+            .into_iter()
+            .map(|(a, _)| a)
+            .collect();
+    let budgets = client.get_json("/v1/budgets").unwrap_or(Value::Null);
+    let idle: Vec<String> = budgets["budgets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| {
+            b["agent"]
+                .as_str()
+                .filter(|agent| !agents.iter().any(|a| a == agent))
+                .map(|agent| format!("{} (agent {agent})", text(&b["name"])))
+        })
+        .collect();
+    findings.push(if idle.is_empty() {
+        finding(
+            "budget scopes",
+            "green",
+            "every agent-scoped budget has seen its agent",
+            "",
+        )
+    } else {
+        finding(
+            "budget scopes",
+            "yellow",
+            format!("no usage from the agent of: {}", idle.join(", ")),
+            "check the budget's agent name against what the agent reports",
+        )
+    });
+    let last_report = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "{namespace}_cost_report_last_success_timestamp_seconds "
+            ))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    let now_s = jiff::Timestamp::now().as_second() as f64;
+    findings.push(match last_report {
+        Some(at) if now_s - at > 8.0 * 86_400.0 => finding(
+            "cost report",
+            "red",
+            format!("last written {:.0} days ago", (now_s - at) / 86_400.0),
+            "check [report] dir is writable; see the daemon's log",
+        ),
+        Some(_) => finding("cost report", "green", "written within the last 8 days", ""),
+        None => finding(
+            "cost report",
+            "green",
+            "not configured or not written yet",
+            "",
+        ),
+    });
+    findings
+}
+
+/// `costmeter doctor`: prints the findings; exits 3 when any is red.
+pub fn doctor(client: &Client, namespace: &str, format: Format) -> ExitCode {
+    let findings = diagnose(client, namespace);
+    let red = findings.iter().any(|f| f.status == "red");
+    if format == Format::Json {
+        println!(
+            "{}",
+            serde_json::json!({"healthy": !red, "findings": findings})
+        );
+    } else {
+        let mut t = table(&["check", "", "detail and fix"]);
+        for f in &findings {
+            let mark = Cell::new(match f.status {
+                "green" => "ok",
+                "yellow" => "WARN",
+                _ => "FAIL",
+            });
+            let mark = if colour() {
+                mark.fg(match f.status {
+                    "green" => Color::Green,
+                    "yellow" => Color::Yellow,
+                    _ => Color::Red,
+                })
+            } else {
+                mark
+            };
+            let detail = if f.fix.is_empty() {
+                f.detail.clone()
+            } else {
+                format!("{}\nfix: {}", f.detail, f.fix)
+            };
+            t.add_row(vec![Cell::new(&f.name), mark, Cell::new(detail)]);
+        }
+        println!("{t}");
+    }
+    if red {
+        ExitCode::from(EXIT_DOCTOR_RED)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Exit status of `costmeter doctor` when a check is red.
+pub const EXIT_DOCTOR_RED: u8 = 3;
+
 /// What a client verb asks.
 #[derive(Debug, Clone)]
 pub enum Verb {

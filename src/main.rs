@@ -79,6 +79,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format,
             ))
         }
+        Command::Doctor {
+            client: args,
+            namespace,
+        } => Ok(client::doctor(
+            &Client::new(&args.url),
+            &namespace,
+            args.format,
+        )),
         Command::Emit {
             client: args,
             token,

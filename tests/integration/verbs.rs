@@ -241,3 +241,116 @@ fn emit_reports_events_from_the_shell() {
         Some(1.0)
     );
 }
+
+fn doctor(daemon_url: &str) -> (i32, Value) {
+    let output = Command::new(costmeter_bin())
+        .args(["doctor", "--format", "json", "--url", daemon_url])
+        .output()
+        .expect("run doctor");
+    let answer = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+    (output.status.code().unwrap_or(-1), answer)
+}
+
+fn finding<'a>(answer: &'a Value, name: &str) -> &'a Value {
+    answer["findings"]
+        .as_array()
+        .and_then(|f| f.iter().find(|f| f["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+#[test]
+fn doctor_is_green_on_a_healthy_daemon_and_red_when_it_cannot_reach_it() {
+    let daemon = Daemon::start("");
+    daemon.wait_ready();
+    let (code, answer) = doctor(&format!("http://{}", daemon.addr));
+    assert_eq!(code, 0, "{answer}");
+    assert_eq!(answer["healthy"], true);
+    assert!(
+        answer["findings"]
+            .as_array()
+            .is_some_and(|f| f.iter().all(|f| f["status"] == "green")),
+        "{answer}"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let (code, answer) = doctor(&format!("http://127.0.0.1:{port}"));
+    assert_eq!(code, 3);
+    assert_eq!(finding(&answer, "daemon")["status"], "red");
+    assert!(
+        finding(&answer, "daemon")["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("costmeter run"))
+    );
+}
+
+#[test]
+fn doctor_turns_red_when_the_span_collector_is_unreachable_in_strict_mode() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let daemon = Daemon::start(&format!(
+        "[telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n"
+    ));
+    let url = format!("http://{}", daemon.addr);
+    let answer = crate::util::wait_for(
+        "the telemetry finding",
+        std::time::Duration::from_secs(20),
+        || {
+            let (code, answer) = doctor(&url);
+            (code == 3 && finding(&answer, "telemetry")["status"] == "red").then_some(answer)
+        },
+    );
+    assert!(
+        finding(&answer, "telemetry")["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("dev_fast"))
+    );
+}
+
+#[test]
+fn doctor_warns_of_missing_targets_unknown_models_overflow_and_idle_budget_scopes() {
+    let daemon = Daemon::start(
+        "[metrics]\nmax_label_values = 1\n\n[[target]]\nname = \"ghost\"\npid_file = \"/nonexistent/agent.pid\"\nsample_interval = \"50ms\"\n\n\
+         [[budget]]\nname = \"reviewer-usd\"\nresource = \"usd\"\nlimit = 1.0\nagent = \"reviewer\"\n",
+    );
+    daemon.wait_metric(
+        "haios_target_up",
+        &[("target", "ghost")],
+        std::time::Duration::from_secs(10),
+        |v| v == 0.0,
+    );
+    daemon.post_events(&json!([
+        {"type": "llm_usage", "agent": "coder", "model": "mystery", "input_tokens": 1, "output_tokens": 1},
+        {"type": "llm_usage", "agent": "other", "model": "gpt-5", "input_tokens": 1, "output_tokens": 1}
+    ]));
+    let (code, answer) = doctor(&format!("http://{}", daemon.addr));
+    assert_eq!(code, 0, "warnings are not failures: {answer}");
+    for name in ["targets", "pricing", "cardinality", "budget scopes"] {
+        assert_eq!(
+            finding(&answer, name)["status"],
+            "yellow",
+            "{name}: {answer}"
+        );
+        assert!(
+            finding(&answer, name)["fix"]
+                .as_str()
+                .is_some_and(|f| !f.is_empty()),
+            "{name} has a fix"
+        );
+    }
+    assert!(
+        finding(&answer, "pricing")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("mystery"))
+    );
+    assert!(
+        finding(&answer, "budget scopes")["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("reviewer-usd"))
+    );
+}
