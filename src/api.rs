@@ -50,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/reload", post(reload))
         .route("/v1/report", get(report))
         .route("/v1/status", get(status))
+        .route("/", get(page))
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/tasks/{id}", get(task))
@@ -591,16 +592,80 @@ async fn report(State(state): State<Arc<AppState>>, Query(query): Query<ReportQu
 
 /// `GET /v1/status`: is costmeter working, what has the agent spent, where do budgets stand.
 async fn status(State(state): State<Arc<AppState>>) -> Response {
-    let day = ask(&state, |reply| LedgerQuery::Report(86_400_000, reply)).await;
-    let week = ask(&state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await;
-    let (day, week) = match (day, week) {
-        (Ok(day), Ok(week)) => (day, week),
-        (Err(response), _) | (_, Err(response)) => return response,
-    };
-    let budgets = match budget_statuses(&state).await {
-        Ok(budgets) => budgets,
+    match status_json(&state).await {
+        Ok(status) => axum::Json(status).into_response(),
+        Err(response) => response,
+    }
+}
+
+/// `GET /`: the status page.
+async fn page(State(state): State<Arc<AppState>>) -> Response {
+    let status = match status_json(&state).await {
+        Ok(status) => status,
         Err(response) => return response,
     };
+    let budgets = match budget_statuses(&state).await {
+        Ok(budgets) => json!({ "budgets": budgets }),
+        Err(response) => return response,
+    };
+    let day = ask(&state, |reply| LedgerQuery::Report(86_400_000, reply)).await;
+    let week = ask(&state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await;
+    let filter = RunFilter {
+        limit: 10,
+        ..RunFilter::default()
+    };
+    let runs = ask(&state, |reply| LedgerQuery::Runs(filter, reply)).await;
+    let (day, week, runs) = match (day, week, runs) {
+        (Ok(day), Ok(week), Ok(runs)) => (day, week, runs),
+        (Err(response), ..) | (_, Err(response), _) | (.., Err(response)) => return response,
+    };
+    let exposition = render(state.metrics.registry(), Format::PrometheusText);
+    let html = crate::page::render(
+        &status,
+        &budgets,
+        &serde_json::to_value(week).unwrap_or_default(),
+        &serde_json::to_value(day).unwrap_or_default(),
+        &serde_json::to_value(runs).unwrap_or_default(),
+        &target_figures(&exposition),
+    );
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// (target, up, CPU seconds, RSS bytes) of every target, read off the exposition.
+fn target_figures(exposition: &str) -> Vec<(String, f64, f64, f64)> {
+    let mut figures: Vec<(String, f64, f64, f64)> = Vec::new();
+    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, rest)) = line.split_once("{target=\"") else {
+            continue;
+        };
+        let Some((target, tail)) = rest.split_once('"') else {
+            continue;
+        };
+        let Some(value) = tail.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
+            continue;
+        };
+        let index = match figures.iter().position(|f| f.0 == target) {
+            Some(index) => index,
+            None => {
+                figures.push((target.to_string(), 0.0, 0.0, 0.0));
+                figures.len() - 1
+            }
+        };
+        if series.ends_with("_target_up") {
+            figures[index].1 = value;
+        } else if series.ends_with("_cpu_seconds_total") {
+            figures[index].2 = value;
+        } else if series.ends_with("_memory_rss_bytes") {
+            figures[index].3 = value;
+        }
+    }
+    figures
+}
+
+async fn status_json(state: &AppState) -> Result<serde_json::Value, Response> {
+    let day = ask(state, |reply| LedgerQuery::Report(86_400_000, reply)).await?;
+    let week = ask(state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await?;
+    let budgets = budget_statuses(state).await?;
     let checks = state.health.checks();
     let uptime = state.started.elapsed().map_or(0.0, |d| d.as_secs_f64());
     let started = jiff::Timestamp::try_from(state.started)
@@ -613,7 +678,7 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
     if budgets.is_empty() {
         hints.push("no budgets configured: add [budgets] or [[budget]] to the config to warn and stop at a limit");
     }
-    axum::Json(json!({
+    Ok(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "now": jiff::Timestamp::now().to_string(),
         "started": started,
@@ -628,5 +693,4 @@ async fn status(State(state): State<Arc<AppState>>) -> Response {
         "targets": state.targets,
         "hints": hints,
     }))
-    .into_response()
 }

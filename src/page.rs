@@ -1,0 +1,172 @@
+//! The built-in status page at `/`: server-rendered HTML, no scripts, no external assets; it
+//! refreshes itself and fits a phone. Read-only: it shows what the API already answers.
+
+use serde_json::Value;
+
+/// Escapes text for HTML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn s(value: &Value) -> String {
+    escape(value.as_str().unwrap_or("-"))
+}
+
+fn n(value: &Value) -> String {
+    match value.as_f64() {
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", v as i64),
+        Some(v) => format!("{v:.4}"),
+        None => "-".into(),
+    }
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;background:#fafafa;color:#222}\
+h1{font-size:1.3rem;margin:0 0 .5rem}h2{font-size:1.05rem;margin:1.2rem 0 .4rem}\
+table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.3rem .5rem;border-bottom:1px solid #eee;text-align:left;font-size:.9rem}\
+.bar{background:#e6e6e6;border-radius:3px;height:.8rem;min-width:6rem}.fill{height:100%;border-radius:3px}\
+.ok .fill{background:#3a9d5d}.warning .fill{background:#e0a020}.exceeded .fill{background:#d0342c}\
+.state-ok{color:#3a9d5d}.state-warning{color:#b07800}.state-exceeded,.state-failure,.state-timeout{color:#d0342c;font-weight:600}\
+.muted{color:#777}@media (max-width:600px){td,th{font-size:.8rem;padding:.25rem}.wide{display:none}}";
+
+/// Renders the page from `/v1/status`, `/v1/budgets`, `/v1/report` (7 days and 24 hours), the
+/// recent runs and the target figures.
+pub fn render(
+    status: &Value,
+    budgets: &Value,
+    week: &Value,
+    day: &Value,
+    runs: &Value,
+    targets: &[(String, f64, f64, f64)],
+) -> String {
+    let mut html = format!(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<meta http-equiv=\"refresh\" content=\"10\"><title>costmeter</title><style>{STYLE}</style></head><body>\
+<h1>costmeter {}</h1><p class=\"muted\">{} · up {:.0} s · <a href=\"/metrics\">/metrics</a></p>",
+        s(&status["version"]),
+        if status["ready"] == true {
+            "ready"
+        } else {
+            "NOT READY"
+        },
+        status["uptime_seconds"].as_f64().unwrap_or(0.0)
+    );
+    html.push_str("<h2>Budgets</h2><table id=\"budgets\"><tr><th>budget</th><th>used / limit</th><th></th><th>state</th></tr>");
+    let list = budgets["budgets"].as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        html.push_str("<tr><td colspan=\"4\" class=\"muted\">no budgets configured</td></tr>");
+    }
+    for b in &list {
+        let state = b["state"].as_str().unwrap_or("ok");
+        let percent = (b["ratio"].as_f64().unwrap_or(0.0) * 100.0).clamp(0.0, 100.0);
+        html.push_str(&format!(
+            "<tr class=\"budget\" data-budget=\"{name}\" data-state=\"{state}\"><td>{name}<br><span class=\"muted\">{resource} · {window}</span></td>\
+<td>{used} / {limit}</td><td><div class=\"bar {state}\"><div class=\"fill\" style=\"width:{percent:.0}%\"></div></div></td>\
+<td class=\"state-{state}\">{state}</td></tr>",
+            name = s(&b["name"]),
+            resource = s(&b["resource"]),
+            window = s(&b["window"]),
+            used = n(&b["used"]),
+            limit = n(&b["limit"]),
+            state = escape(state),
+        ));
+    }
+    html.push_str("</table>");
+    for (title, report) in [
+        ("Spend in the last 24 hours", day),
+        ("Spend in the last 7 days", week),
+    ] {
+        html.push_str(&format!("<h2>{title}: ${}</h2><table><tr><th>agent</th><th>model</th><th>tokens</th><th>USD</th></tr>", n(&report["total_usd"])));
+        let mut by_pair: Vec<(String, String, f64, f64)> = Vec::new();
+        for line in report["spend"].as_array().into_iter().flatten() {
+            let (agent, model) = (
+                line["agent"].as_str().unwrap_or("-").to_string(),
+                line["model"].as_str().unwrap_or("-").to_string(),
+            );
+            let tokens = line["tokens"].as_f64().unwrap_or(0.0);
+            let usd = line["usd"].as_f64().unwrap_or(0.0);
+            match by_pair
+                .iter_mut()
+                .find(|(a, m, ..)| *a == agent && *m == model)
+            {
+                Some(pair) => {
+                    pair.2 += tokens;
+                    pair.3 += usd;
+                }
+                None => by_pair.push((agent, model, tokens, usd)),
+            }
+        }
+        for (agent, model, tokens, usd) in &by_pair {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{tokens:.0}</td><td>{usd:.4}</td></tr>",
+                escape(agent),
+                escape(model)
+            ));
+        }
+        if by_pair.is_empty() {
+            html.push_str("<tr><td colspan=\"4\" class=\"muted\">no usage reported</td></tr>");
+        }
+        html.push_str("</table>");
+    }
+    html.push_str("<h2>Targets</h2><table><tr><th>target</th><th>up</th><th>CPU s</th><th>memory MiB</th></tr>");
+    for (target, up, cpu, rss) in targets {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{cpu:.1}</td><td>{:.1}</td></tr>",
+            escape(target),
+            if *up > 0.0 { "yes" } else { "no" },
+            rss / 1048576.0
+        ));
+    }
+    html.push_str("</table><h2>Recent runs</h2><table><tr><th>run</th><th>status</th><th class=\"wide\">ended</th><th>why</th></tr>");
+    for r in runs["runs"].as_array().into_iter().flatten() {
+        let status = r["status"].as_str().unwrap_or("-");
+        let why = [r["failure_class"].as_str(), r["error_summary"].as_str()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ");
+        html.push_str(&format!(
+            "<tr><td>{}</td><td class=\"state-{}\">{}</td><td class=\"wide\">{}</td><td>{}</td></tr>",
+            s(&r["id"]),
+            escape(status),
+            escape(status),
+            s(&r["ended"]),
+            escape(&why)
+        ));
+    }
+    html.push_str("</table></body></html>");
+    html
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn everything_shown_is_escaped() {
+        assert_eq!(
+            escape("<b a=\"x\">&'"),
+            "&lt;b a=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        let budgets = serde_json::json!({"budgets": [{"name": "<script>", "state": "warning", "ratio": 0.95}]});
+        let html = render(
+            &serde_json::json!({}),
+            &budgets,
+            &Value::Null,
+            &Value::Null,
+            &Value::Null,
+            &[],
+        );
+        assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"));
+    }
+}
