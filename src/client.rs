@@ -253,6 +253,20 @@ fn series_values(metrics: &str, series: &str, label: &str) -> Vec<(String, f64)>
         .collect()
 }
 
+/// A doctor check that looks for label values of one series: each value `keep` accepts is a
+/// yellow finding.
+struct LabelScan {
+    name: &'static str,
+    series: &'static str,
+    label: &'static str,
+    keep: fn(f64) -> bool,
+    /// What the sample value counts, shown beside the label value; empty to show none.
+    unit: &'static str,
+    green: &'static str,
+    yellow: &'static str,
+    fix: &'static str,
+}
+
 /// The health check: each finding green, yellow or red with its fix.
 pub fn diagnose(client: &Client, namespace: &str) -> Vec<Finding> {
     let status = match client.get_json("/v1/status") {
@@ -291,64 +305,71 @@ pub fn diagnose(client: &Client, namespace: &str) -> Vec<Finding> {
         ));
     }
     let metrics = client.get_text("/metrics").unwrap_or_default();
-    let down: Vec<String> = series_values(&metrics, &format!("{namespace}_target_up"), "target")
-        .into_iter()
-        .filter(|(_, up)| *up == 0.0)
-        .map(|(target, _)| target)
-        .collect();
-    findings.push(if down.is_empty() {
-        finding("targets", "green", "every target is found", "")
-    } else {
-        finding(
-            "targets",
-            "yellow",
-            format!("not found: {}", down.join(", ")),
-            "check the [[target]] selectors (pid, pid_file, match, cgroup)",
-        )
-    });
-    let unknown: Vec<String> = series_values(
-        &metrics,
-        &format!("{namespace}_unknown_model_events_total"),
-        "model",
-    )
-    .into_iter()
-    .filter(|(_, n)| *n > 0.0)
-    .map(|(model, n)| format!("{model} ({n} events)"))
-    .collect();
-    findings.push(if unknown.is_empty() {
-        finding("pricing", "green", "every model reported has a price", "")
-    } else {
-        finding(
-            "pricing",
-            "yellow",
-            format!("priced at 0: {}", unknown.join(", ")),
-            "add [pricing.models.\"NAME\"] or a [pricing] manifest",
-        )
-    });
-    let overflow: Vec<String> = series_values(
-        &metrics,
-        &format!("{namespace}_label_values_overflow_total"),
-        "label",
-    )
-    .into_iter()
-    .filter(|(_, n)| *n > 0.0)
-    .map(|(label, n)| format!("{label} ({n} folded)"))
-    .collect();
-    findings.push(if overflow.is_empty() {
-        finding(
-            "cardinality",
-            "green",
-            "no label value folded into __other__",
-            "",
-        )
-    } else {
-        finding(
-            "cardinality",
-            "yellow",
-            format!("folded into __other__: {}", overflow.join(", ")),
-            "raise [metrics] max_label_values or send fewer distinct names",
-        )
-    });
+    let scans = [
+        LabelScan {
+            name: "targets",
+            series: "target_up",
+            label: "target",
+            keep: |up| up == 0.0,
+            unit: "",
+            green: "every target is found",
+            yellow: "not found",
+            fix: "check the [[target]] selectors (pid, pid_file, match, cgroup)",
+        },
+        LabelScan {
+            name: "pricing",
+            series: "unknown_model_events_total",
+            label: "model",
+            keep: |n| n > 0.0,
+            unit: "events",
+            green: "every model reported has a price",
+            yellow: "priced at 0",
+            fix: "add [pricing.models.\"NAME\"] or a [pricing] manifest",
+        },
+        LabelScan {
+            name: "cardinality",
+            series: "label_values_overflow_total",
+            label: "label",
+            keep: |n| n > 0.0,
+            unit: "folded",
+            green: "no label value folded into __other__",
+            yellow: "folded into __other__",
+            fix: "raise [metrics] max_label_values or send fewer distinct names",
+        },
+    ];
+    for LabelScan {
+        name,
+        series,
+        label,
+        keep,
+        unit,
+        green,
+        yellow,
+        fix,
+    } in scans
+    {
+        let hits: Vec<String> = series_values(&metrics, &format!("{namespace}_{series}"), label)
+            .into_iter()
+            .filter(|(_, value)| keep(*value))
+            .map(|(value_label, value)| {
+                if unit.is_empty() {
+                    value_label
+                } else {
+                    format!("{value_label} ({value} {unit})")
+                }
+            })
+            .collect();
+        findings.push(if hits.is_empty() {
+            finding(name, "green", green, "")
+        } else {
+            finding(
+                name,
+                "yellow",
+                format!("{yellow}: {}", hits.join(", ")),
+                fix,
+            )
+        });
+    }
     let skew = status["now"]
         .as_str()
         .and_then(|now| now.parse::<jiff::Timestamp>().ok())

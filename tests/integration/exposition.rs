@@ -41,19 +41,7 @@ const TAXONOMY: &[&str] = &[
 /// `promtool` from Debian's `prometheus` package. CI sets COSTMETER_REQUIRE_TOOLS=1 so a
 /// missing tool fails there instead of skipping.
 fn promtool() -> Option<&'static str> {
-    let found = Command::new("promtool")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
-            "promtool is required (apt-get install prometheus)"
-        );
-        eprintln!("skipped: promtool not installed (apt-get install prometheus)");
-        return None;
-    }
-    Some("promtool")
+    crate::util::require_tool("promtool", "apt-get install prometheus")
 }
 
 #[test]

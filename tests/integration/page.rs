@@ -9,19 +9,7 @@ use serde_json::json;
 use crate::util::Daemon;
 
 fn chromium() -> Option<&'static str> {
-    let found = Command::new("chromium")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        assert!(
-            std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
-            "chromium is required (apt-get install chromium)"
-        );
-        eprintln!("skipped: chromium not installed (apt-get install chromium)");
-        return None;
-    }
-    Some("chromium")
+    crate::util::require_tool("chromium", "apt-get install chromium")
 }
 
 /// Runs headless Chromium with the flags this machine needs; returns (stdout, stderr).

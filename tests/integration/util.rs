@@ -17,6 +17,24 @@ pub fn costmeter_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_costmeter"))
 }
 
+/// An external program a test drives, found on PATH. Missing, the test skips with a message,
+/// unless COSTMETER_REQUIRE_TOOLS is set (CI), where it fails.
+pub fn require_tool(program: &'static str, install: &str) -> Option<&'static str> {
+    let found = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
+            "{program} is required ({install})"
+        );
+        eprintln!("skipped: {program} not installed ({install})");
+        return None;
+    }
+    Some(program)
+}
+
 /// A scratch directory on real disk (not tmpfs), so storage I/O is accounted.
 pub fn scratch_dir() -> tempfile::TempDir {
     tempfile::Builder::new()
