@@ -354,3 +354,65 @@ fn doctor_warns_of_missing_targets_unknown_models_overflow_and_idle_budget_scope
             .is_some_and(|d| d.contains("reviewer-usd"))
     );
 }
+
+/// The JSON Schemas printed in README, by name (`<!-- schema: NAME -->` before a json fence).
+fn readme_schemas() -> std::collections::HashMap<String, Value> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let mut schemas = std::collections::HashMap::new();
+    for part in readme.split("<!-- schema: ").skip(1) {
+        let (name, rest) = part.split_once(" -->").expect("a schema marker");
+        let body = rest
+            .split_once("```json\n")
+            .and_then(|(_, b)| b.split_once("\n```"))
+            .map(|(b, _)| b)
+            .expect("a json block");
+        let schema: Value = serde_json::from_str(body)
+            .unwrap_or_else(|e| panic!("README schema {name} is not JSON: {e}"));
+        schemas.insert(name.to_string(), schema);
+    }
+    schemas
+}
+
+#[test]
+fn every_json_output_matches_its_schema_in_readme() {
+    let daemon = seeded();
+    let schemas = readme_schemas();
+    let url = format!("http://{}", daemon.addr);
+    let cases: [(&str, Vec<&str>); 8] = [
+        ("status", vec!["status"]),
+        ("budgets", vec!["budgets"]),
+        ("runs", vec!["runs"]),
+        ("run", vec!["runs", "show", "run-bad"]),
+        ("report", vec!["report"]),
+        ("pricing", vec!["pricing", "status"]),
+        ("doctor", vec!["doctor"]),
+        ("emit", vec!["emit", "lock-wait", "--seconds", "0.5"]),
+    ];
+    for (name, args) in cases {
+        let output = Command::new(costmeter_bin())
+            .args(&args)
+            .args(["--format", "json", "--url", &url])
+            .output()
+            .expect("run the verb");
+        let value: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{name}: not JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        });
+        let schema = schemas
+            .get(name)
+            .unwrap_or_else(|| panic!("README has no schema for {name}"));
+        let validator = jsonschema::validator_for(schema)
+            .unwrap_or_else(|e| panic!("README schema {name} is invalid: {e}"));
+        let problems: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{} at {}", e, e.instance_path()))
+            .collect();
+        assert!(
+            problems.is_empty(),
+            "{name} output does not match README's schema: {problems:?}\n{value}"
+        );
+    }
+}
