@@ -667,6 +667,7 @@ async fn status_json(state: &AppState) -> Result<serde_json::Value, Response> {
     let week = ask(state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await?;
     let budgets = budget_statuses(state).await?;
     let checks = state.health.checks();
+    let report = state.health.report();
     let uptime = state.started.elapsed().map_or(0.0, |d| d.as_secs_f64());
     let started = jiff::Timestamp::try_from(state.started)
         .map(|t| t.to_string())
@@ -691,6 +692,11 @@ async fn status_json(state: &AppState) -> Result<serde_json::Value, Response> {
         },
         "budgets": budgets.iter().map(|b| json!({"name": b.name, "resource": b.resource, "used": b.used, "limit": b.limit, "ratio": b.ratio, "state": b.state})).collect::<Vec<_>>(),
         "targets": state.targets,
+        "report": {
+            "configured": report.0,
+            "last_success": report.1.and_then(|ms| jiff::Timestamp::from_millisecond(ms).ok()).map(|t| t.to_string()),
+            "last_error": report.2,
+        },
         "hints": hints,
     }))
 }

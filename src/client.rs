@@ -428,30 +428,47 @@ pub fn diagnose(client: &Client, namespace: &str) -> Vec<Finding> {
             "check the budget's agent name against what the agent reports",
         )
     });
-    let last_report = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with(&format!(
-                "{namespace}_cost_report_last_success_timestamp_seconds "
-            ))
-        })
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    let report = &status["report"];
     let now_s = jiff::Timestamp::now().as_second() as f64;
-    findings.push(match last_report {
-        Some(at) if now_s - at > 8.0 * 86_400.0 => finding(
-            "cost report",
-            "red",
-            format!("last written {:.0} days ago", (now_s - at) / 86_400.0),
-            "check [report] dir is writable; see the daemon's log",
-        ),
-        Some(_) => finding("cost report", "green", "written within the last 8 days", ""),
-        None => finding(
-            "cost report",
-            "green",
-            "not configured or not written yet",
-            "",
-        ),
-    });
+    let last = report["last_success"]
+        .as_str()
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second() as f64);
+    findings.push(
+        match (
+            report["configured"] == true,
+            report["last_error"].as_str(),
+            last,
+        ) {
+            (false, ..) => finding(
+                "cost report",
+                "green",
+                "weekly reports are not configured",
+                "",
+            ),
+            (true, Some(error), _) => finding(
+                "cost report",
+                "red",
+                format!("the last report was not written: {error}"),
+                "make [report] dir writable; see the daemon's log",
+            ),
+            (true, None, Some(at)) if now_s - at > 8.0 * 86_400.0 => finding(
+                "cost report",
+                "red",
+                format!("last written {:.0} days ago", (now_s - at) / 86_400.0),
+                "see the daemon's log: reports should be written every [report] every",
+            ),
+            (true, None, Some(_)) => {
+                finding("cost report", "green", "written within the last 8 days", "")
+            }
+            (true, None, None) => finding(
+                "cost report",
+                "yellow",
+                "configured, not written yet",
+                "wait for the first batch of events or samples",
+            ),
+        },
+    );
     findings
 }
 

@@ -56,11 +56,38 @@ pub struct Health {
     budget_kill: Mutex<Option<String>>,
     /// The span exporter's health, in strict mode with an endpoint.
     export: Mutex<Option<Arc<ExportHealth>>>,
+    /// The weekly report's last outcome: (configured, last success in ms, last error).
+    report: Mutex<(bool, Option<i64>, Option<String>)>,
 }
 
 impl Health {
     pub fn mark_sampled(&self) {
         self.sampled.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that reports are configured, and each writing's outcome.
+    pub fn set_report(&self, outcome: Option<Result<i64, String>>) {
+        let mut report = self
+            .report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        report.0 = true;
+        match outcome {
+            Some(Ok(at)) => {
+                report.1 = Some(at);
+                report.2 = None;
+            }
+            Some(Err(error)) => report.2 = Some(error),
+            None => {}
+        }
+    }
+
+    /// (configured, last success in ms, last error) of the weekly report.
+    pub fn report(&self) -> (bool, Option<i64>, Option<String>) {
+        self.report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     pub fn watch_export(&self, export: Arc<ExportHealth>) {

@@ -229,6 +229,9 @@ impl Ledger {
             last_report: None,
             recent_transitions: VecDeque::new(),
         };
+        if ledger.report.is_some() {
+            ledger.health.set_report(None);
+        }
         ledger.compact_if_due();
         let totals = ledger.store.totals()?;
         ledger.restore(&totals);
@@ -481,6 +484,8 @@ impl Ledger {
                     .map_err(|e| e.to_string())?;
                 Ok(path)
             });
+        self.health
+            .set_report(Some(written.as_ref().map(|_| now).map_err(Clone::clone)));
         match written {
             Ok(path) => {
                 info!(path = %path.display(), "cost report written");

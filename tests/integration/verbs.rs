@@ -416,3 +416,78 @@ fn every_json_output_matches_its_schema_in_readme() {
         );
     }
 }
+
+#[test]
+fn doctor_turns_red_when_the_weekly_report_cannot_be_written() {
+    let daemon =
+        Daemon::start("[report]\nevery = \"7d\"\ndir = \"/proc/costmeter-cannot-write-here\"\n");
+    let url = format!("http://{}", daemon.addr);
+    let answer = crate::util::wait_for(
+        "the report finding",
+        std::time::Duration::from_secs(20),
+        || {
+            let (code, answer) = doctor(&url);
+            (code == 3 && finding(&answer, "cost report")["status"] == "red").then_some(answer)
+        },
+    );
+    assert!(
+        finding(&answer, "cost report")["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("[report] dir")),
+        "{answer}"
+    );
+}
+
+#[test]
+fn doctor_turns_red_when_the_store_cannot_take_writes() {
+    // A full filesystem under the store: a small tmpfs, filled up.
+    let dir = crate::util::scratch_dir();
+    let mount = dir.path().join("small");
+    std::fs::create_dir_all(&mount).expect("mount point");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&mount)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        assert!(
+            std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
+            "CI runs as root and can mount a tmpfs"
+        );
+        eprintln!("skipped: cannot mount a tmpfs here (not root)");
+        return;
+    }
+    let daemon = Daemon::start(&format!(
+        "[store]\npath = \"{}/costmeter.db\"\n",
+        mount.display()
+    ));
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "status=none"])
+        .arg(format!("of={}/filler", mount.display()))
+        .status();
+    let events: Vec<Value> = (0..2000)
+        .map(|i| json!({"type": "file_write", "bytes": i, "path": "x".repeat(200)}))
+        .collect();
+    let (status, answer) = daemon.post(
+        "/v1/events",
+        "application/json",
+        Value::Array(events).to_string().as_bytes(),
+    );
+    assert_eq!(status, 503, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nothing from this request was recorded")),
+        "{answer}"
+    );
+    let (code, answer) = doctor(&format!("http://{}", daemon.addr));
+    assert_eq!(code, 3, "{answer}");
+    assert_eq!(finding(&answer, "store")["status"], "red");
+    assert!(
+        finding(&answer, "store")["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("free space"))
+    );
+    drop(daemon);
+    let _ = Command::new("umount").arg(&mount).status();
+}
