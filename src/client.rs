@@ -49,8 +49,10 @@ impl Client {
         }
     }
 
-    /// GETs a path; the body as text, or why not.
+    /// GETs a path; the body as text, or why not. On a terminal, a request that takes a
+    /// while shows how long it has been waiting.
     pub fn get_text(&self, path: &str) -> Result<String, ClientError> {
+        let _progress = Progress::start();
         let url = format!("{}{}", self.base, path);
         let mut response = self
             .http
@@ -118,6 +120,60 @@ impl Client {
             status: 200,
             message: format!("not JSON: {e}"),
         })
+    }
+}
+
+/// Elapsed-time progress on stderr while a request is slow; only on a terminal, removed when
+/// dropped.
+struct Progress {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    /// How long a request may take before progress shows.
+    const AFTER: std::time::Duration = std::time::Duration::from_millis(300);
+
+    fn start() -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress {
+                stop: None,
+                thread: None,
+            };
+        }
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            let started = std::time::Instant::now();
+            if stopped.recv_timeout(Self::AFTER).is_ok() {
+                return;
+            }
+            loop {
+                eprint!(
+                    "\rwaiting for costmeter… {:.1} s",
+                    started.elapsed().as_secs_f64()
+                );
+                let _ = std::io::stderr().flush();
+                match stopped.recv_timeout(std::time::Duration::from_millis(100)) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => break,
+                }
+            }
+            eprint!("\r{:40}\r", "");
+        });
+        Progress {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

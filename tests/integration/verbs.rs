@@ -491,3 +491,86 @@ fn doctor_turns_red_when_the_store_cannot_take_writes() {
     drop(daemon);
     let _ = Command::new("umount").arg(&mount).status();
 }
+
+#[test]
+fn slow_answers_show_progress_on_a_terminal_and_only_there() {
+    // A stand-in daemon that takes 1.2 s to answer the report.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().flatten().take(2) {
+            let mut stream = stream;
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            std::thread::sleep(std::time::Duration::from_millis(1200));
+            let body = r#"{"from":"a","to":"b","total_usd":0,"total_tokens":0,"spend":[],"top_tasks":[],"budgets":[],"failures":[]}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    // On a pseudo-terminal (util-linux `script`), progress shows.
+    let command = format!("{} report --url {url}", costmeter_bin().display());
+    let output = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("run script");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        screen.contains("waiting for costmeter"),
+        "progress on a terminal:\n{screen}"
+    );
+    // Piped, it does not.
+    let output = Command::new(costmeter_bin())
+        .args(["report", "--url", &url])
+        .output()
+        .expect("run report");
+    assert!(
+        !String::from_utf8_lossy(&output.stderr).contains("waiting"),
+        "no progress when not on a terminal"
+    );
+    assert!(output.status.success());
+}
+
+#[test]
+fn doctor_warns_when_the_daemon_clock_is_off() {
+    // A stand-in daemon whose clock says 2020.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in listener.incoming().flatten().take(3) {
+            let mut stream = stream;
+            let mut request = [0u8; 4096];
+            let n = stream.read(&mut request).unwrap_or(0);
+            let path = String::from_utf8_lossy(&request[..n])
+                .split_whitespace()
+                .nth(1)
+                .unwrap_or("/")
+                .to_string();
+            let body = match path.as_str() {
+                "/v1/status" => {
+                    r#"{"version":"0.0.0","now":"2020-01-01T00:00:00Z","checks":[],"report":{"configured":false}}"#
+                }
+                "/v1/budgets" => r#"{"budgets":[]}"#,
+                _ => "",
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let (code, answer) = doctor(&url);
+    assert_eq!(code, 0, "a skewed clock is a warning: {answer}");
+    assert_eq!(finding(&answer, "clock")["status"], "yellow", "{answer}");
+    assert!(
+        finding(&answer, "clock")["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("NTP"))
+    );
+}
