@@ -207,7 +207,8 @@ fn state_cell(state: &str) -> Cell {
     }
 }
 
-fn number(value: &Value) -> String {
+/// A JSON number for people: whole numbers without decimals, others to four places.
+pub(crate) fn number(value: &Value) -> String {
     match value.as_f64() {
         Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", v as i64),
         Some(v) => format!("{v:.4}"),

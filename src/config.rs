@@ -417,6 +417,50 @@ impl<'a> Locator<'a> {
     }
 }
 
+impl Locator<'_> {
+    /// A duration field within [min, max]; outside it, or unparsable, it is reported and
+    /// `default` stands in so validation goes on.
+    fn duration(
+        &mut self,
+        raw: Option<&Spanned<String>>,
+        field: &str,
+        min: Duration,
+        max: Duration,
+        default: Duration,
+    ) -> Duration {
+        let Some(text) = raw else { return default };
+        match parse_duration(text.get_ref()) {
+            Ok(d) if d < min => {
+                let minimum = humantime::format_duration(min);
+                self.report(
+                    text.span(),
+                    format!(
+                        "{field}: '{}' is shorter than the minimum of {minimum}",
+                        text.get_ref()
+                    ),
+                );
+                default
+            }
+            Ok(d) if d > max => {
+                let maximum = humantime::format_duration(max);
+                self.report(
+                    text.span(),
+                    format!(
+                        "{field}: '{}' is longer than the maximum of {maximum}",
+                        text.get_ref()
+                    ),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(message) => {
+                self.report(text.span(), format!("{field}: {message}"));
+                default
+            }
+        }
+    }
+}
+
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -527,26 +571,13 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         || PathBuf::from(DEFAULT_STORE_PATH),
         |p| PathBuf::from(p.get_ref()),
     );
-    let retention = match &raw.store.retention {
-        None => DEFAULT_RETENTION,
-        Some(text) => match parse_duration(text.get_ref()) {
-            Ok(d) if d >= Duration::from_secs(86_400) => d,
-            Ok(_) => {
-                locator.report(
-                    text.span(),
-                    format!(
-                        "store.retention: '{}' is shorter than the minimum of 1d",
-                        text.get_ref()
-                    ),
-                );
-                DEFAULT_RETENTION
-            }
-            Err(message) => {
-                locator.report(text.span(), format!("store.retention: {message}"));
-                DEFAULT_RETENTION
-            }
-        },
-    };
+    let retention = locator.duration(
+        raw.store.retention.as_ref(),
+        "store.retention",
+        Duration::from_secs(86_400),
+        Duration::MAX,
+        DEFAULT_RETENTION,
+    );
     let mut overrides = std::collections::HashMap::new();
     for (model, price) in raw.pricing.models {
         let span = price.span();
@@ -631,26 +662,13 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
     let enforcement = validate_enforcement(raw.enforcement, locator);
     let telemetry = validate_telemetry(raw.telemetry, locator);
     let report = raw.report.map(|r| {
-        let every = match &r.every {
-            None => Duration::from_secs(7 * 86_400),
-            Some(text) => match parse_duration(text.get_ref()) {
-                Ok(d) if d >= Duration::from_secs(60) => d,
-                Ok(_) => {
-                    locator.report(
-                        text.span(),
-                        format!(
-                            "report.every: '{}' is shorter than the minimum of 1m",
-                            text.get_ref()
-                        ),
-                    );
-                    Duration::from_secs(7 * 86_400)
-                }
-                Err(message) => {
-                    locator.report(text.span(), format!("report.every: {message}"));
-                    Duration::from_secs(7 * 86_400)
-                }
-            },
-        };
+        let every = locator.duration(
+            r.every.as_ref(),
+            "report.every",
+            Duration::from_secs(60),
+            Duration::MAX,
+            Duration::from_secs(7 * 86_400),
+        );
         ReportConfig {
             every,
             dir: r
@@ -1025,26 +1043,13 @@ fn validate_enforcement(raw: RawEnforcement, locator: &mut Locator<'_>) -> Enfor
             }
         },
     };
-    let grace = match &raw.grace {
-        None => DEFAULT_GRACE,
-        Some(text) => match parse_duration(text.get_ref()) {
-            Ok(d) if d <= Duration::from_secs(3600) => d,
-            Ok(_) => {
-                locator.report(
-                    text.span(),
-                    format!(
-                        "enforcement.grace: '{}' is longer than the maximum of 1h",
-                        text.get_ref()
-                    ),
-                );
-                DEFAULT_GRACE
-            }
-            Err(message) => {
-                locator.report(text.span(), format!("enforcement.grace: {message}"));
-                DEFAULT_GRACE
-            }
-        },
-    };
+    let grace = locator.duration(
+        raw.grace.as_ref(),
+        "enforcement.grace",
+        Duration::ZERO,
+        Duration::from_secs(3600),
+        DEFAULT_GRACE,
+    );
     let webhook = raw.webhook.as_ref().map(|w| {
         let url = w.get_ref();
         if !(url.starts_with("http://") || url.starts_with("https://")) {
@@ -1176,26 +1181,13 @@ fn validate_target(raw: Spanned<RawTarget>, locator: &mut Locator<'_>) -> Option
         }
     };
 
-    let sample_interval = match &raw.sample_interval {
-        None => DEFAULT_SAMPLE_INTERVAL,
-        Some(text) => match parse_duration(text.get_ref()) {
-            Ok(d) if d >= MIN_SAMPLE_INTERVAL => d,
-            Ok(_) => {
-                locator.report(
-                    text.span(),
-                    format!(
-                        "target.sample_interval: '{}' is shorter than the minimum of 10ms",
-                        text.get_ref()
-                    ),
-                );
-                DEFAULT_SAMPLE_INTERVAL
-            }
-            Err(message) => {
-                locator.report(text.span(), format!("target.sample_interval: {message}"));
-                DEFAULT_SAMPLE_INTERVAL
-            }
-        },
-    };
+    let sample_interval = locator.duration(
+        raw.sample_interval.as_ref(),
+        "target.sample_interval",
+        MIN_SAMPLE_INTERVAL,
+        Duration::MAX,
+        DEFAULT_SAMPLE_INTERVAL,
+    );
 
     if locator.problems.len() > before {
         return None;

@@ -3,6 +3,8 @@
 
 use serde_json::Value;
 
+use crate::client::number;
+
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -21,14 +23,6 @@ pub fn escape(text: &str) -> String {
 
 fn s(value: &Value) -> String {
     escape(value.as_str().unwrap_or("-"))
-}
-
-fn n(value: &Value) -> String {
-    match value.as_f64() {
-        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => format!("{}", v as i64),
-        Some(v) => format!("{v:.4}"),
-        None => "-".into(),
-    }
 }
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;background:#fafafa;color:#222}\
@@ -76,8 +70,8 @@ pub fn render(
             name = s(&b["name"]),
             resource = s(&b["resource"]),
             window = s(&b["window"]),
-            used = n(&b["used"]),
-            limit = n(&b["limit"]),
+            used = number(&b["used"]),
+            limit = number(&b["limit"]),
             state = escape(state),
         ));
     }
@@ -86,7 +80,7 @@ pub fn render(
         ("Spend in the last 24 hours", day),
         ("Spend in the last 7 days", week),
     ] {
-        html.push_str(&format!("<h2>{title}: ${}</h2><table><tr><th>agent</th><th>model</th><th>tokens</th><th>USD</th></tr>", n(&report["total_usd"])));
+        html.push_str(&format!("<h2>{title}: ${}</h2><table><tr><th>agent</th><th>model</th><th>tokens</th><th>USD</th></tr>", number(&report["total_usd"])));
         let mut by_pair: Vec<(String, String, f64, f64)> = Vec::new();
         for line in report["spend"].as_array().into_iter().flatten() {
             let (agent, model) = (

@@ -215,11 +215,7 @@ fn spans_reach_an_otlp_http_protobuf_receiver() {
 #[test]
 fn a_collector_that_is_down_fails_readiness_but_not_ingestion() {
     // A port that was just free: nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::util::free_port();
     let daemon = Daemon::start(&format!(
         "[telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n"
     ));

@@ -35,6 +35,38 @@ pub fn require_tool(program: &'static str, install: &str) -> Option<&'static str
     Some(program)
 }
 
+/// A loopback port nothing listens on (it was free a moment ago).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// A stand-in daemon on loopback: each connection gets `answer(path)` as a JSON 200, after
+/// `delay`. Returns its base URL.
+pub fn stand_in(delay: Duration, answer: fn(&str) -> &'static str) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let n = stream.read(&mut request).unwrap_or(0);
+            let head = String::from_utf8_lossy(&request[..n]).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            std::thread::sleep(delay);
+            let body = answer(&path);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    url
+}
+
 /// A scratch directory on real disk (not tmpfs), so storage I/O is accounted.
 pub fn scratch_dir() -> tempfile::TempDir {
     tempfile::Builder::new()

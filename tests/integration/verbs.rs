@@ -142,11 +142,7 @@ fn report_and_pricing_status() {
 
 #[test]
 fn an_unreachable_daemon_is_exit_1_with_a_hint() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::util::free_port();
     let output = Command::new(costmeter_bin())
         .args(["status", "--url", &format!("http://127.0.0.1:{port}")])
         .output()
@@ -251,6 +247,18 @@ fn doctor(daemon_url: &str) -> (i32, Value) {
     (output.status.code().unwrap_or(-1), answer)
 }
 
+/// Runs doctor until `check` is red and doctor exits 3; its answer.
+fn await_red(url: &str, check: &str) -> Value {
+    crate::util::wait_for(
+        &format!("doctor's {check} check to turn red"),
+        std::time::Duration::from_secs(20),
+        || {
+            let (code, answer) = doctor(url);
+            (code == 3 && finding(&answer, check)["status"] == "red").then_some(answer)
+        },
+    )
+}
+
 fn finding<'a>(answer: &'a Value, name: &str) -> &'a Value {
     answer["findings"]
         .as_array()
@@ -271,11 +279,7 @@ fn doctor_is_green_on_a_healthy_daemon_and_red_when_it_cannot_reach_it() {
             .is_some_and(|f| f.iter().all(|f| f["status"] == "green")),
         "{answer}"
     );
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::util::free_port();
     let (code, answer) = doctor(&format!("http://127.0.0.1:{port}"));
     assert_eq!(code, 3);
     assert_eq!(finding(&answer, "daemon")["status"], "red");
@@ -288,23 +292,12 @@ fn doctor_is_green_on_a_healthy_daemon_and_red_when_it_cannot_reach_it() {
 
 #[test]
 fn doctor_turns_red_when_the_span_collector_is_unreachable_in_strict_mode() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = crate::util::free_port();
     let daemon = Daemon::start(&format!(
         "[telemetry]\notlp_endpoint = \"http://127.0.0.1:{port}\"\n"
     ));
     let url = format!("http://{}", daemon.addr);
-    let answer = crate::util::wait_for(
-        "the telemetry finding",
-        std::time::Duration::from_secs(20),
-        || {
-            let (code, answer) = doctor(&url);
-            (code == 3 && finding(&answer, "telemetry")["status"] == "red").then_some(answer)
-        },
-    );
+    let answer = await_red(&url, "telemetry");
     assert!(
         finding(&answer, "telemetry")["fix"]
             .as_str()
@@ -422,14 +415,7 @@ fn doctor_turns_red_when_the_weekly_report_cannot_be_written() {
     let daemon =
         Daemon::start("[report]\nevery = \"7d\"\ndir = \"/proc/costmeter-cannot-write-here\"\n");
     let url = format!("http://{}", daemon.addr);
-    let answer = crate::util::wait_for(
-        "the report finding",
-        std::time::Duration::from_secs(20),
-        || {
-            let (code, answer) = doctor(&url);
-            (code == 3 && finding(&answer, "cost report")["status"] == "red").then_some(answer)
-        },
-    );
+    let answer = await_red(&url, "cost report");
     assert!(
         finding(&answer, "cost report")["fix"]
             .as_str()
@@ -495,23 +481,10 @@ fn doctor_turns_red_when_the_store_cannot_take_writes() {
 #[test]
 fn slow_answers_show_progress_on_a_terminal_and_only_there() {
     // A stand-in daemon that takes 1.2 s to answer the report.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for stream in listener.incoming().flatten().take(2) {
-            let mut stream = stream;
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            std::thread::sleep(std::time::Duration::from_millis(1200));
-            let body = r#"{"from":"a","to":"b","total_usd":0,"total_tokens":0,"spend":[],"top_tasks":[],"budgets":[],"failures":[]}"#;
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
+    let url = crate::util::stand_in(
+        std::time::Duration::from_millis(1200),
+        |_| r#"{"from":"a","to":"b","total_usd":0,"total_tokens":0,"spend":[],"top_tasks":[],"budgets":[],"failures":[]}"#,
+    );
     // On a pseudo-terminal (util-linux `script`), progress shows.
     let command = format!("{} report --url {url}", costmeter_bin().display());
     let output = Command::new("script")
@@ -538,32 +511,12 @@ fn slow_answers_show_progress_on_a_terminal_and_only_there() {
 #[test]
 fn doctor_warns_when_the_daemon_clock_is_off() {
     // A stand-in daemon whose clock says 2020.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let url = format!("http://{}", listener.local_addr().expect("addr"));
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for stream in listener.incoming().flatten().take(3) {
-            let mut stream = stream;
-            let mut request = [0u8; 4096];
-            let n = stream.read(&mut request).unwrap_or(0);
-            let path = String::from_utf8_lossy(&request[..n])
-                .split_whitespace()
-                .nth(1)
-                .unwrap_or("/")
-                .to_string();
-            let body = match path.as_str() {
-                "/v1/status" => {
-                    r#"{"version":"0.0.0","now":"2020-01-01T00:00:00Z","checks":[],"report":{"configured":false}}"#
-                }
-                "/v1/budgets" => r#"{"budgets":[]}"#,
-                _ => "",
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
+    let url = crate::util::stand_in(std::time::Duration::ZERO, |path| match path {
+        "/v1/status" => {
+            r#"{"version":"0.0.0","now":"2020-01-01T00:00:00Z","checks":[],"report":{"configured":false}}"#
         }
+        "/v1/budgets" => r#"{"budgets":[]}"#,
+        _ => "",
     });
     let (code, answer) = doctor(&url);
     assert_eq!(code, 0, "a skewed clock is a warning: {answer}");
