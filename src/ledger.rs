@@ -756,10 +756,10 @@ impl Ledger {
 
     fn run_trace(&self, run_id: &str) -> [u8; 16] {
         self.store
-            .run(run_id)
+            .run_trace_id(run_id)
             .ok()
             .flatten()
-            .and_then(|run| run.run.trace_id.and_then(|t| hex_bytes::<16>(&t)))
+            .and_then(|t| hex_bytes::<16>(&t))
             .unwrap_or_else(|| derived_trace_id("run", run_id))
     }
 
@@ -866,13 +866,14 @@ impl Ledger {
         path_hash: Option<&str>,
         event: &Event,
     ) -> Option<SpanRecord> {
-        let task = task_id.and_then(|id| self.store.task(id).ok().flatten());
+        // Only the task's ids: a file write must not cost a cost-record computation.
+        let task = task_id.and_then(|id| self.store.task_trace(id).ok().flatten());
         let task_trace = task
             .as_ref()
-            .and_then(|t| t.cost_record.trace_id.as_deref().and_then(hex_bytes::<16>));
+            .and_then(|(trace, _)| trace.as_deref().and_then(hex_bytes::<16>));
         let run_trace = task
             .as_ref()
-            .and_then(|t| t.run_id.as_deref())
+            .and_then(|(_, run)| run.as_deref())
             .map(|run| self.run_trace(run));
         let seed = format!(
             "{}:{}:{}",

@@ -9,6 +9,9 @@ use serde::Serialize;
 
 use crate::store::{Store, StoreError};
 
+/// A task's (trace id, run id).
+pub type TaskTrace = (Option<String>, Option<String>);
+
 /// Filters of `GET /v1/runs`.
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
@@ -341,6 +344,31 @@ pub fn status_file_text(run_id: &str, tasks: &[TaskDetail]) -> String {
 }
 
 impl Store {
+    /// A task's trace id and run id, without its cost record: what a child span needs.
+    pub fn task_trace(&self, task_id: &str) -> Result<Option<TaskTrace>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT trace_id, run_id FROM tasks WHERE task_id = ?1",
+                [task_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(StoreError::Read)
+    }
+
+    /// A run's trace id, if its events carried one.
+    pub fn run_trace_id(&self, run_id: &str) -> Result<Option<String>, StoreError> {
+        self.conn()
+            .query_row(
+                "SELECT trace_id FROM runs WHERE run_id = ?1",
+                [run_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .map(Option::flatten)
+            .map_err(StoreError::Read)
+    }
+
     /// The tasks of a run (or, for `None`, those of no run), oldest first.
     pub fn tasks_of(&self, run_id: Option<&str>) -> Result<Vec<TaskDetail>, StoreError> {
         let ids: Vec<String> = {
