@@ -592,32 +592,46 @@ async fn report(State(state): State<Arc<AppState>>, Query(query): Query<ReportQu
 
 /// `GET /v1/status`: is costmeter working, what has the agent spent, where do budgets stand.
 async fn status(State(state): State<Arc<AppState>>) -> Response {
-    match status_json(&state).await {
-        Ok(status) => axum::Json(status).into_response(),
+    match overview(&state).await {
+        Ok((day, week, budgets)) => {
+            axum::Json(status_json(&state, &day, &week, &budgets)).into_response()
+        }
         Err(response) => response,
     }
 }
 
+/// The 24-hour and 7-day reports and the budgets, which the status and the page both show.
+async fn overview(
+    state: &AppState,
+) -> Result<
+    (
+        crate::report::Report,
+        crate::report::Report,
+        Vec<BudgetStatus>,
+    ),
+    Response,
+> {
+    let day = ask(state, |reply| LedgerQuery::Report(86_400_000, reply)).await?;
+    let week = ask(state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await?;
+    let budgets = budget_statuses(state).await?;
+    Ok((day, week, budgets))
+}
+
 /// `GET /`: the status page.
 async fn page(State(state): State<Arc<AppState>>) -> Response {
-    let status = match status_json(&state).await {
-        Ok(status) => status,
+    let (day, week, budget_list) = match overview(&state).await {
+        Ok(overview) => overview,
         Err(response) => return response,
     };
-    let budgets = match budget_statuses(&state).await {
-        Ok(budgets) => json!({ "budgets": budgets }),
-        Err(response) => return response,
-    };
-    let day = ask(&state, |reply| LedgerQuery::Report(86_400_000, reply)).await;
-    let week = ask(&state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await;
+    let status = status_json(&state, &day, &week, &budget_list);
+    let budgets = json!({ "budgets": budget_list });
     let filter = RunFilter {
         limit: 10,
         ..RunFilter::default()
     };
-    let runs = ask(&state, |reply| LedgerQuery::Runs(filter, reply)).await;
-    let (day, week, runs) = match (day, week, runs) {
-        (Ok(day), Ok(week), Ok(runs)) => (day, week, runs),
-        (Err(response), ..) | (_, Err(response), _) | (.., Err(response)) => return response,
+    let runs = match ask(&state, |reply| LedgerQuery::Runs(filter, reply)).await {
+        Ok(runs) => runs,
+        Err(response) => return response,
     };
     let exposition = render(state.metrics.registry(), Format::PrometheusText);
     let html = crate::page::render(
@@ -662,10 +676,12 @@ fn target_figures(exposition: &str) -> Vec<(String, f64, f64, f64)> {
     figures
 }
 
-async fn status_json(state: &AppState) -> Result<serde_json::Value, Response> {
-    let day = ask(state, |reply| LedgerQuery::Report(86_400_000, reply)).await?;
-    let week = ask(state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await?;
-    let budgets = budget_statuses(state).await?;
+fn status_json(
+    state: &AppState,
+    day: &crate::report::Report,
+    week: &crate::report::Report,
+    budgets: &[BudgetStatus],
+) -> serde_json::Value {
     let checks = state.health.checks();
     let report = state.health.report();
     let uptime = state.started.elapsed().map_or(0.0, |d| d.as_secs_f64());
@@ -679,7 +695,7 @@ async fn status_json(state: &AppState) -> Result<serde_json::Value, Response> {
     if budgets.is_empty() {
         hints.push("no budgets configured: add [budgets] or [[budget]] to the config to warn and stop at a limit");
     }
-    Ok(json!({
+    json!({
         "version": env!("CARGO_PKG_VERSION"),
         "now": jiff::Timestamp::now().to_string(),
         "started": started,
@@ -698,5 +714,5 @@ async fn status_json(state: &AppState) -> Result<serde_json::Value, Response> {
             "last_error": report.2,
         },
         "hints": hints,
-    }))
+    })
 }
