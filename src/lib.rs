@@ -15,6 +15,7 @@ pub mod ingest;
 pub mod ledger;
 pub mod metrics;
 pub mod notify;
+pub mod otlp;
 pub mod page;
 pub mod pricing;
 pub mod report;
