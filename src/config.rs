@@ -53,7 +53,19 @@ pub struct Config {
     pub status_file: Option<PathBuf>,
     /// `[report]`: how often the weekly cost report is written, and where.
     pub report: Option<ReportConfig>,
+    /// `[otlp]`: how the OTLP receiver attributes usage.
+    pub otlp: OtlpConfig,
 }
+
+/// `[otlp]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpConfig {
+    /// The agent of OTLP usage that names none (no `gen_ai.agent.name`, no `service.name`).
+    pub default_agent: String,
+}
+
+/// Agent label of OTLP usage that names no agent and no service.
+pub const DEFAULT_OTLP_AGENT: &str = "otlp";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReportConfig {
@@ -191,6 +203,9 @@ impl Default for Config {
             telemetry: telemetry_from_env(None, None, crate::telemetry::Mode::Strict),
             status_file: None,
             report: None,
+            otlp: OtlpConfig {
+                default_agent: DEFAULT_OTLP_AGENT.to_string(),
+            },
             enforcement: EnforcementConfig {
                 signal: 15,
                 signal_name: "SIGTERM".into(),
@@ -280,6 +295,14 @@ struct RawConfig {
     #[serde(default)]
     status_file: RawStatusFile,
     report: Option<RawReport>,
+    #[serde(default)]
+    otlp: RawOtlp,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOtlp {
+    default_agent: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -686,6 +709,29 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         PathBuf::from(p.get_ref())
     });
 
+    let otlp = OtlpConfig {
+        default_agent: match raw.otlp.default_agent {
+            None => defaults.otlp.default_agent.clone(),
+            Some(agent) => {
+                let value = agent.get_ref();
+                if value.trim().is_empty()
+                    || value.chars().any(char::is_control)
+                    || value.chars().count() > crate::ingest::event::MAX_LABEL_CHARS
+                {
+                    locator.report(
+                        agent.span(),
+                        format!(
+                            "otlp.default_agent: must be 1 to {} characters without control characters",
+                            crate::ingest::event::MAX_LABEL_CHARS
+                        ),
+                    );
+                    defaults.otlp.default_agent.clone()
+                } else {
+                    value.clone()
+                }
+            }
+        },
+    };
     Config {
         source: None,
         server: ServerConfig {
@@ -708,6 +754,7 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         telemetry,
         status_file,
         report,
+        otlp,
     }
 }
 

@@ -281,6 +281,9 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
         token,
         max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
         targets: config.targets.iter().map(|t| t.name.clone()).collect(),
+        otlp: crate::otlp::Defaults {
+            agent: config.otlp.default_agent.clone(),
+        },
     });
     let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -57,6 +57,11 @@ pub enum LedgerInput {
         rejected: Vec<&'static str>,
         reply: oneshot::Sender<Result<Vec<bool>, String>>,
     },
+    /// One OTLP export request, mapped; cumulative streams become deltas here.
+    Otlp {
+        mapped: crate::otlp::Mapped,
+        reply: oneshot::Sender<Result<OtlpAnswer, String>>,
+    },
     Reading(TargetReading),
     /// A target was removed from the config: its gauges go.
     TargetRemoved(String),
@@ -69,6 +74,16 @@ pub enum LedgerInput {
     Enforced(KillReport),
     /// A read of runs and tasks; the ledger holds the store's only connection.
     Query(Query),
+}
+
+/// What became of one OTLP request's usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpAnswer {
+    pub accepted: usize,
+    /// Usage already counted: resent, or reported by another signal of the same agent.
+    pub duplicates: usize,
+    /// Each refused item, with why.
+    pub rejected: Vec<String>,
 }
 
 /// Reads answered from the store.
@@ -144,6 +159,8 @@ pub struct Ledger {
     last_report: Option<Instant>,
     /// Recent budget transitions, to become span events on the spans open at the time.
     recent_transitions: VecDeque<(i64, String, String, String)>,
+    /// Cumulative OTLP streams and which signal family meters each agent instance.
+    otlp: crate::otlp::OtlpState,
 }
 
 /// Targets a budget without its own target scope stops: every configured target but the
@@ -228,7 +245,9 @@ impl Ledger {
             report: config.report.clone(),
             last_report: None,
             recent_transitions: VecDeque::new(),
+            otlp: crate::otlp::OtlpState::default(),
         };
+        ledger.otlp = ledger.store.otlp_state()?;
         if ledger.report.is_some() {
             ledger.health.set_report(None);
         }
@@ -353,6 +372,9 @@ impl Ledger {
         let mut requests = Vec::new();
         let mut priced: Vec<PricedEvent> = Vec::new();
         let mut readings = Vec::new();
+        let mut otlp_rows = Vec::new();
+        let mut otlp_undo = Vec::new();
+        let mut otlp_requests = Vec::new();
         for input in batch {
             match input {
                 LedgerInput::Events {
@@ -377,6 +399,35 @@ impl Ledger {
                         });
                     }
                     requests.push((start..priced.len(), reply));
+                }
+                LedgerInput::Otlp { mapped, reply } => {
+                    let resolved = self.otlp.resolve(mapped, received);
+                    for _ in &resolved.rejected {
+                        self.count_event(crate::otlp::SOURCE, "llm_usage", "rejected");
+                    }
+                    for _ in 0..resolved.duplicates {
+                        self.count_event(crate::otlp::SOURCE, "llm_usage", "duplicate");
+                    }
+                    let start = priced.len();
+                    for event in resolved.events {
+                        let cost = match &event.body {
+                            EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
+                            _ => None,
+                        };
+                        priced.push(PricedEvent {
+                            event,
+                            source: crate::otlp::SOURCE,
+                            cost,
+                        });
+                    }
+                    otlp_rows.extend(resolved.rows);
+                    otlp_undo.push(resolved.undo);
+                    otlp_requests.push((
+                        start..priced.len(),
+                        resolved.duplicates,
+                        resolved.rejected,
+                        reply,
+                    ));
                 }
                 LedgerInput::Reading(reading) => readings.push(reading),
                 LedgerInput::TargetRemoved(name) => self.metrics.forget_target(&name),
@@ -409,11 +460,14 @@ impl Ledger {
             })
             .collect();
 
-        let outcome: Result<Vec<bool>, String> = if priced.is_empty() && rows.is_empty() {
+        let outcome: Result<Vec<bool>, String> = if priced.is_empty()
+            && rows.is_empty()
+            && otlp_rows.is_empty()
+        {
             // Only rejections were reported: they are counted; say so.
             Ok(Vec::new())
         } else {
-            match self.store.commit(&priced, &rows, received) {
+            match self.store.commit(&priced, &rows, &otlp_rows, received) {
                 Ok(fresh) => {
                     self.health.set_store(Ok(()));
                     for (event, is_new) in priced.iter().zip(&fresh) {
@@ -432,6 +486,9 @@ impl Ledger {
                 Err(failure) => {
                     error!(error = %failure, "store write failed; events answered 503, nothing counted");
                     self.health.set_store(Err(failure.to_string()));
+                    for undo in otlp_undo.into_iter().rev() {
+                        self.otlp.rollback(undo);
+                    }
                     Err(failure.to_string())
                 }
             }
@@ -453,6 +510,18 @@ impl Ledger {
                     .map(|fresh| fresh.get(range).map(<[bool]>::to_vec).unwrap_or_default())
                     .map_err(Clone::clone),
             );
+        }
+        for (range, duplicates, rejected, reply) in otlp_requests {
+            let answer = outcome.as_ref().map_err(Clone::clone).map(|fresh| {
+                let fresh = fresh.get(range).unwrap_or_default();
+                let accepted = fresh.iter().filter(|new| **new).count();
+                OtlpAnswer {
+                    accepted,
+                    duplicates: duplicates + fresh.len() - accepted,
+                    rejected,
+                }
+            });
+            let _ = reply.send(answer);
         }
         self.compact_if_due();
         self.report_if_due(received);
@@ -1215,6 +1284,7 @@ impl Ledger {
         }
         self.last_compaction = Some(Instant::now());
         let cutoff = now_ms() - i64::try_from(self.retention.as_millis()).unwrap_or(i64::MAX);
+        self.otlp.prune(cutoff);
         match self.store.compact(cutoff) {
             Ok(0) => {}
             Ok(rows) => info!(rows, "old rows folded into daily rollups"),

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, params};
 
 use crate::ingest::{Event, EventBody};
+use crate::otlp::mapping::Family;
+use crate::otlp::streams::{Claim, OtlpState, StateRow, StreamState};
 use crate::pricing::Cost;
 
 /// Marks a database as costmeter's (`PRAGMA application_id`), so a foreign file is refused.
@@ -73,6 +75,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE enforcement_actions (
         ts_ms INTEGER NOT NULL, target TEXT NOT NULL, reason TEXT NOT NULL, signal TEXT NOT NULL,
         signalled INTEGER NOT NULL, killed INTEGER NOT NULL, refused TEXT NOT NULL, dry_run INTEGER NOT NULL
+    );",
+    // 3: the OTLP receiver's memory: the last point of each cumulative stream, and which
+    // signal family meters each agent instance.
+    "CREATE TABLE otlp_streams (
+        stream TEXT PRIMARY KEY, start_ns INTEGER NOT NULL, time_ns INTEGER NOT NULL,
+        value REAL NOT NULL, seen_ms INTEGER NOT NULL
+    );
+    CREATE TABLE otlp_claims (
+        owner TEXT PRIMARY KEY, family TEXT NOT NULL, last_ms INTEGER NOT NULL
     );",
 ];
 
@@ -262,6 +273,7 @@ impl Store {
         &mut self,
         events: &[PricedEvent],
         resources: &[ResourceRow],
+        otlp: &[StateRow],
         received_ms: i64,
     ) -> Result<Vec<bool>, StoreError> {
         let tx = self.conn.transaction().map_err(StoreError::Write)?;
@@ -346,9 +358,57 @@ impl Store {
                         .map_err(StoreError::Write)?;
                 }
             }
+            write_otlp_state(&tx, otlp)?;
         }
         tx.commit().map_err(StoreError::Write)?;
         Ok(fresh)
+    }
+
+    /// The OTLP receiver's memory, as last committed.
+    pub fn otlp_state(&self) -> Result<OtlpState, StoreError> {
+        let mut streams = HashMap::new();
+        let mut statement = self
+            .conn
+            .prepare("SELECT stream, start_ns, time_ns, value, seen_ms FROM otlp_streams")
+            .map_err(StoreError::Read)?;
+        let rows = statement
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    StreamState {
+                        start_ns: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                        time_ns: u64::try_from(r.get::<_, i64>(2)?).unwrap_or(0),
+                        value: r.get(3)?,
+                        seen_ms: r.get(4)?,
+                    },
+                ))
+            })
+            .map_err(StoreError::Read)?;
+        for row in rows {
+            let (key, state) = row.map_err(StoreError::Read)?;
+            streams.insert(key, state);
+        }
+        let mut claims = HashMap::new();
+        let mut statement = self
+            .conn
+            .prepare("SELECT owner, family, last_ms FROM otlp_claims")
+            .map_err(StoreError::Read)?;
+        let rows = statement
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .map_err(StoreError::Read)?;
+        for row in rows {
+            let (owner, family, last_ms) = row.map_err(StoreError::Read)?;
+            if let Some(family) = Family::from_label(&family) {
+                claims.insert(owner, Claim { family, last_ms });
+            }
+        }
+        Ok(OtlpState::new(streams, claims))
     }
 
     /// Saved accounting baselines: target → (selector description, serialized baseline).
@@ -539,6 +599,10 @@ impl Store {
             .map_err(StoreError::Write)?;
         let folded_samples = tx
             .execute("DELETE FROM resource_samples WHERE ts_ms < ?1", [cutoff_ms])
+            .map_err(StoreError::Write)?;
+        tx.execute("DELETE FROM otlp_streams WHERE seen_ms < ?1", [cutoff_ms])
+            .map_err(StoreError::Write)?;
+        tx.execute("DELETE FROM otlp_claims WHERE last_ms < ?1", [cutoff_ms])
             .map_err(StoreError::Write)?;
         tx.commit().map_err(StoreError::Write)?;
         Ok(folded_events + folded_samples)
@@ -842,6 +906,39 @@ fn write_run_or_task(tx: &rusqlite::Transaction<'_>, event: &Event) -> Result<()
     Ok(())
 }
 
+/// Upserts the OTLP receiver's changed streams and claims.
+fn write_otlp_state(tx: &rusqlite::Transaction<'_>, rows: &[StateRow]) -> Result<(), StoreError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut stream = tx
+        .prepare_cached(
+            "INSERT INTO otlp_streams (stream, start_ns, time_ns, value, seen_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(stream) DO UPDATE SET start_ns = excluded.start_ns, time_ns = excluded.time_ns,
+                value = excluded.value, seen_ms = excluded.seen_ms",
+        )
+        .map_err(StoreError::Write)?;
+    let mut claim = tx
+        .prepare_cached(
+            "INSERT INTO otlp_claims (owner, family, last_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(owner) DO UPDATE SET family = excluded.family, last_ms = excluded.last_ms",
+        )
+        .map_err(StoreError::Write)?;
+    for row in rows {
+        match row {
+            StateRow::Stream(key, state) => stream.execute(params![
+                key,
+                to_i64(state.start_ns),
+                to_i64(state.time_ns),
+                state.value,
+                state.seen_ms
+            ]),
+            StateRow::Claim(owner, c) => claim.execute(params![owner, c.family.label(), c.last_ms]),
+        }
+        .map_err(StoreError::Write)?;
+    }
+    Ok(())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -870,14 +967,21 @@ mod tests {
         let mut store = Store::open(&path).expect("open");
         assert_eq!(
             store
-                .commit(&[usage("e1", 10), usage("e1", 10), usage("e2", 5)], &[], 0)
+                .commit(
+                    &[usage("e1", 10), usage("e1", 10), usage("e2", 5)],
+                    &[],
+                    &[],
+                    0
+                )
                 .expect("commit"),
             vec![true, false, true]
         );
         drop(store);
         let mut store = Store::open(&path).expect("reopen");
         assert_eq!(
-            store.commit(&[usage("e2", 5)], &[], 0).expect("commit"),
+            store
+                .commit(&[usage("e2", 5)], &[], &[], 0)
+                .expect("commit"),
             vec![false]
         );
         let totals = store.totals().expect("totals");
@@ -905,6 +1009,7 @@ mod tests {
                     peak_rss_bytes: 4,
                     baseline: None,
                 }],
+                &[],
                 0,
             )
             .expect("commit");

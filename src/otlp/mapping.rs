@@ -377,8 +377,10 @@ fn metric_family(name: &str) -> Option<Family> {
 /// What a point adds to, from its metric and its token-type attribute.
 fn parts_of(metric: &str, token_type: Option<&str>) -> Option<&'static [Part]> {
     use Part::*;
+    if metric == "claude_code.cost.usage" {
+        return Some(&[Usd]);
+    }
     Some(match (metric, token_type?) {
-        ("claude_code.cost.usage", _) => &[Usd],
         ("gen_ai.client.token.usage", "input" | "prompt") => &[Input],
         ("gen_ai.client.token.usage", "output" | "completion") => &[Output],
         // Claude Code counts input without the cache, as the Anthropic API does; costmeter's
@@ -860,11 +862,14 @@ mod tests {
                     .iter()
                     .filter(|(m, _, _)| *m == metric)
                     .map(|(_, kind, v)| NumberDataPoint {
-                        attributes: vec![
-                            s("type", kind),
-                            s("model", "claude-sonnet-4-5"),
-                            s("session.id", "s-1"),
-                        ],
+                        attributes: [
+                            Some(s("model", "claude-sonnet-4-5")),
+                            Some(s("session.id", "s-1")),
+                            (!kind.is_empty()).then(|| s("type", kind)),
+                        ]
+                        .into_iter()
+                        .flatten()
+                        .collect(),
                         time_unix_nano: 1_790_000_000_000_000_000,
                         value: Some(number_data_point::Value::AsDouble(*v)),
                         ..Default::default()
@@ -897,10 +902,16 @@ mod tests {
                 ("claude_code.token.usage", "cacheCreation", 50.0),
                 ("claude_code.token.usage", "output", 20.0),
                 ("claude_code.token.usage", "bogus", 1.0),
+                ("claude_code.cost.usage", "", 0.5),
             ]),
             &defaults(),
         );
-        assert_eq!(mapped.points.len(), 4);
+        assert_eq!(mapped.points.len(), 5);
+        assert_eq!(
+            mapped.points[4].parts,
+            &[Part::Usd],
+            "cost points carry no type"
+        );
         assert_eq!(mapped.rejected.len(), 1, "an unknown token type is named");
         assert!(mapped.rejected[0].contains("'bogus'"));
         let cache_read = &mapped.points[1];
@@ -910,7 +921,7 @@ mod tests {
         assert!(!cache_read.cumulative);
         let streams: std::collections::HashSet<_> =
             mapped.points.iter().map(|p| p.stream.clone()).collect();
-        assert_eq!(streams.len(), 4, "each token type is its own stream");
+        assert_eq!(streams.len(), 5, "each token type is its own stream");
     }
 
     #[test]

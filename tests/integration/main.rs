@@ -9,6 +9,7 @@ mod cli;
 mod events;
 mod exposition;
 mod ops;
+mod otlp;
 mod page;
 mod runs;
 mod sampler;

@@ -176,6 +176,29 @@ impl Daemon {
         )
     }
 
+    /// POST with any headers; returns status, content type and the raw body.
+    pub fn post_raw(
+        &self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> (u16, String, Vec<u8>) {
+        let mut request = self.http.post(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut response = request.send(body).expect("HTTP request reaches the daemon");
+        let status = response.status().as_u16();
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let body = response.body_mut().read_to_vec().unwrap_or_default();
+        (status, content_type, body)
+    }
+
     /// POST events as JSON, expecting a 202.
     #[track_caller]
     pub fn post_events(&self, events: &serde_json::Value) -> serde_json::Value {
@@ -514,4 +537,58 @@ pub fn proc_comm(pid: i32) -> Option<String> {
 
 pub fn write(path: &Path, text: &str) {
     std::fs::write(path, text).expect("write file");
+}
+
+/// Versions of the official OpenTelemetry Python packages the OTLP tests drive costmeter with.
+const OTEL_PYTHON_PACKAGES: &[&str] = &[
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-exporter-otlp-proto-http==1.45.2",
+];
+
+/// A Python with the official OpenTelemetry SDK and OTLP/HTTP exporter, installed from PyPI
+/// into a virtualenv under the target dir the first time a test asks. `None` (the test then
+/// skips) when that cannot be done here, unless `COSTMETER_REQUIRE_TOOLS` is set.
+pub fn otel_python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("otel-venv");
+            let python = venv.join("bin/python");
+            let marker = venv.join(format!("installed-{}", OTEL_PYTHON_PACKAGES.join("+")));
+            if marker.exists() {
+                return Some(python);
+            }
+            let made = require_tool("python3", "apt-get install python3 python3-venv")
+                .map(|python3| {
+                    Command::new(python3)
+                        .args(["-m", "venv"])
+                        .arg(&venv)
+                        .status()
+                        .is_ok_and(|s| s.success())
+                        && Command::new(&python)
+                            .args([
+                                "-m",
+                                "pip",
+                                "install",
+                                "--quiet",
+                                "--disable-pip-version-check",
+                            ])
+                            .args(OTEL_PYTHON_PACKAGES)
+                            .status()
+                            .is_ok_and(|s| s.success())
+                })
+                .unwrap_or(false);
+            if !made {
+                assert!(
+                    std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
+                    "could not install {OTEL_PYTHON_PACKAGES:?} from PyPI into {}",
+                    venv.display()
+                );
+                eprintln!("skipped: the OpenTelemetry Python SDK could not be installed");
+                return None;
+            }
+            std::fs::write(&marker, "").ok();
+            Some(python)
+        })
+        .clone()
 }

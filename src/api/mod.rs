@@ -21,6 +21,8 @@ use crate::metrics::Metrics;
 use crate::metrics::exposition::{Format, render};
 use crate::runs::RunFilter;
 
+mod otlp;
+
 /// What every handler may read.
 pub struct AppState {
     pub metrics: Arc<Metrics>,
@@ -35,6 +37,8 @@ pub struct AppState {
     pub started: std::time::SystemTime,
     /// Asks the daemon's main loop to reload the config file.
     pub reload: tokio::sync::mpsc::Sender<oneshot::Sender<Result<String, String>>>,
+    /// How OTLP usage that names no agent is attributed.
+    pub otlp: crate::otlp::Defaults,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -54,6 +58,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/tasks/{id}", get(task))
+        .route("/v1/otlp/v1/traces", post(otlp::traces))
+        .route("/v1/otlp/v1/metrics", post(otlp::metrics))
+        .route("/v1/otlp/v1/logs", post(otlp::logs))
+        // A stock exporter given only the base URL appends the signal path itself.
+        .route("/v1/traces", post(otlp::traces))
+        .route("/v1/metrics", post(otlp::metrics))
+        .route("/v1/logs", post(otlp::logs))
         .with_state(state)
 }
 
@@ -101,7 +112,7 @@ async fn post_events(
     let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(_) => {
-            count_rejected(&state, vec!["unknown"]).await;
+            count_rejected(&state, "http", vec!["unknown"]).await;
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
@@ -117,7 +128,7 @@ async fn post_events(
     let items = match ingest::split_body(&bytes, content_type) {
         Ok(items) => items,
         Err(problem) => {
-            count_rejected(&state, vec!["unknown"]).await;
+            count_rejected(&state, "http", vec!["unknown"]).await;
             let status = match problem {
                 BodyError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 _ => StatusCode::BAD_REQUEST,
@@ -145,7 +156,7 @@ async fn post_events(
         }
     }
     if events.is_empty() {
-        count_rejected(&state, rejected_types).await;
+        count_rejected(&state, "http", rejected_types).await;
         return (
             StatusCode::BAD_REQUEST,
             axum::Json(json!({ "accepted": 0, "duplicates": 0, "rejected": rejected })),
@@ -191,12 +202,12 @@ async fn post_events(
 }
 
 /// Tells the ledger about events rejected before reaching it, so `events_total` counts them.
-async fn count_rejected(state: &AppState, types: Vec<&'static str>) {
+async fn count_rejected(state: &AppState, source: &'static str, types: Vec<&'static str>) {
     let (reply, _) = oneshot::channel();
     let _ = state
         .ledger
         .send(LedgerInput::Events {
-            source: "http",
+            source,
             events: Vec::new(),
             rejected: types,
             reply,

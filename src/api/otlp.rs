@@ -1,0 +1,188 @@
+//! OTLP/HTTP receivers: `/v1/otlp/v1/{traces,metrics,logs}` and the bare `/v1/{…}` paths.
+//! Answers follow the OTLP/HTTP specification: 200 with an optional partial success, 400 for a
+//! body that cannot be decoded (not retried by exporters), 503 when the store refused the
+//! batch (retried), each in the request's own encoding.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use tokio::sync::oneshot;
+
+use super::{AppState, authorized, count_rejected};
+use crate::ledger::LedgerInput;
+use crate::otlp::decode::{self, DecodeError, Encoding, Signal};
+use crate::otlp::{Mapped, SOURCE, mapping};
+
+/// gRPC status codes, which OTLP/HTTP error bodies carry.
+const INVALID_ARGUMENT: i32 = 3;
+const RESOURCE_EXHAUSTED: i32 = 8;
+const UNAVAILABLE: i32 = 14;
+const UNAUTHENTICATED: i32 = 16;
+
+/// Most rejection messages quoted in one partial success.
+const QUOTED_REJECTIONS: usize = 5;
+
+pub async fn traces(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    receive(state, headers, body, Signal::Traces).await
+}
+
+pub async fn metrics(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    receive(state, headers, body, Signal::Metrics).await
+}
+
+pub async fn logs(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    receive(state, headers, body, Signal::Logs).await
+}
+
+fn answer(status: StatusCode, encoding: Encoding, body: Vec<u8>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, encoding.content_type())],
+        body,
+    )
+        .into_response()
+}
+
+fn failure(status: StatusCode, encoding: Encoding, code: i32, message: &str) -> Response {
+    answer(
+        status,
+        encoding,
+        decode::error_body(encoding, code, message),
+    )
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Decodes and maps one request; the error is the status to answer with.
+fn map_body(
+    body: &[u8],
+    encoding: Encoding,
+    signal: Signal,
+    defaults: &mapping::Defaults,
+) -> Result<Mapped, DecodeError> {
+    let now = jiff::Timestamp::now().as_millisecond();
+    Ok(match signal {
+        Signal::Traces => mapping::spans(
+            &decode::decode::<ExportTraceServiceRequest>(body, encoding)?,
+            defaults,
+            now,
+        ),
+        Signal::Metrics => mapping::metrics(
+            &decode::decode::<ExportMetricsServiceRequest>(body, encoding)?,
+            defaults,
+        ),
+        Signal::Logs => mapping::logs(
+            &decode::decode::<ExportLogsServiceRequest>(body, encoding)?,
+            defaults,
+            now,
+        ),
+    })
+}
+
+fn status_of(problem: &DecodeError) -> (StatusCode, i32) {
+    match problem {
+        DecodeError::UnsupportedMediaType(_) | DecodeError::UnsupportedEncoding(_) => {
+            (StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT)
+        }
+        DecodeError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED),
+        _ => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT),
+    }
+}
+
+async fn receive(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+    signal: Signal,
+) -> Response {
+    let encoding = match decode::encoding_of(header_str(&headers, header::CONTENT_TYPE)) {
+        Ok(encoding) => encoding,
+        Err(problem) => {
+            count_rejected(&state, SOURCE, vec!["unknown"]).await;
+            return failure(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                Encoding::Json,
+                INVALID_ARGUMENT,
+                &problem.to_string(),
+            );
+        }
+    };
+    if !authorized(&state, &headers) {
+        return failure(
+            StatusCode::UNAUTHORIZED,
+            encoding,
+            UNAUTHENTICATED,
+            "missing or wrong bearer token: set OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer <token from server.token_file>\"",
+        );
+    }
+    let limit = state.max_body_bytes;
+    let decoded = match axum::body::to_bytes(body, limit).await {
+        Ok(bytes) => {
+            decode::decompress(bytes, header_str(&headers, header::CONTENT_ENCODING), limit)
+                .and_then(|bytes| map_body(&bytes, encoding, signal, &state.otlp))
+        }
+        Err(_) => Err(DecodeError::TooLarge { limit }),
+    };
+    let mapped = match decoded {
+        Ok(mapped) => mapped,
+        Err(problem) => {
+            count_rejected(&state, SOURCE, vec!["unknown"]).await;
+            let (status, code) = status_of(&problem);
+            return failure(status, encoding, code, &problem.to_string());
+        }
+    };
+    if mapped.records.is_empty() && mapped.points.is_empty() && mapped.rejected.is_empty() {
+        // Nothing here meters anything (plain spans, other metrics): no trip to the ledger.
+        return answer(
+            StatusCode::OK,
+            encoding,
+            decode::success_body(signal, encoding, 0, ""),
+        );
+    }
+    let (reply, answered) = oneshot::channel();
+    let outcome = match state.ledger.send(LedgerInput::Otlp { mapped, reply }).await {
+        Ok(()) => answered
+            .await
+            .unwrap_or_else(|_| Err("the ledger stopped".to_string())),
+        Err(_) => Err("the ledger stopped".to_string()),
+    };
+    match outcome {
+        Ok(result) => {
+            let mut message = result
+                .rejected
+                .iter()
+                .take(QUOTED_REJECTIONS)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ");
+            if result.rejected.len() > QUOTED_REJECTIONS {
+                message.push_str(&format!(
+                    "; and {} more",
+                    result.rejected.len() - QUOTED_REJECTIONS
+                ));
+            }
+            let rejected = u64::try_from(result.rejected.len()).unwrap_or(u64::MAX);
+            answer(
+                StatusCode::OK,
+                encoding,
+                decode::success_body(signal, encoding, rejected, &message),
+            )
+        }
+        Err(problem) => failure(
+            StatusCode::SERVICE_UNAVAILABLE,
+            encoding,
+            UNAVAILABLE,
+            &format!(
+                "the store cannot take writes ({problem}); nothing from this request was recorded, the exporter should retry"
+            ),
+        ),
+    }
+}

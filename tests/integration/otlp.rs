@@ -1,0 +1,467 @@
+//! The OTLP receiver end to end: the official OpenTelemetry Python SDK and exporter against a
+//! live daemon, a Claude Code-shaped metrics and logs export tripping a budget, cumulative
+//! streams across a restart, and malformed bodies.
+
+use std::io::Write;
+use std::process::Command;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric,
+    number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use serde_json::{Value, json};
+
+use crate::util::{Daemon, otel_python};
+
+const SETTLE: Duration = Duration::from_secs(20);
+/// `costmeter exec`'s exit status when a budget stopped the command.
+const EXIT_BUDGET_KILLED: i32 = 86;
+
+fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+fn series(daemon: &Daemon, name: &str, labels: &[(&str, &str)]) -> f64 {
+    daemon.scrape().value(name, labels).unwrap_or(0.0)
+}
+
+fn tokens(daemon: &Daemon, agent: &str, model: &str, kind: &str) -> f64 {
+    series(
+        daemon,
+        "haios_tokens_total",
+        &[("agent", agent), ("model", model), ("kind", kind)],
+    )
+}
+
+fn otlp_events(daemon: &Daemon, kind: &str, result: &str) -> f64 {
+    series(
+        daemon,
+        "haios_events_total",
+        &[("source", "otlp"), ("type", kind), ("result", result)],
+    )
+}
+
+/// Runs the GenAI-instrumented Python agent in `mode` against the daemon.
+fn run_python_agent(daemon: &Daemon, mode: &str) -> bool {
+    let Some(python) = otel_python() else {
+        return false;
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp/genai_agent.py");
+    let output = Command::new(python)
+        .arg(script)
+        .arg(mode)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", daemon.url("/v1/otlp"))
+        .env("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip")
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("exported"),
+        "the Python agent failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    true
+}
+
+#[test]
+fn the_python_sdk_s_genai_spans_and_histogram_meter_exact_totals_once() {
+    let daemon = Daemon::start("");
+    if !run_python_agent(&daemon, "spans+histogram") {
+        return;
+    }
+    let agent = "py-agent-spans+histogram";
+    // Three calls: 6,000 input of which 500 cache reads, 600 output (tests/otlp/genai_agent.py).
+    assert_eq!(tokens(&daemon, agent, "gpt-4o", "input"), 5_500.0);
+    assert_eq!(tokens(&daemon, agent, "gpt-4o", "cache_read"), 500.0);
+    assert_eq!(tokens(&daemon, agent, "gpt-4o", "output"), 600.0);
+    // gpt-4o: $2.50 input, $1.25 cache read, $10 output per million tokens.
+    let usd = series(
+        &daemon,
+        "haios_usd_spend_total",
+        &[("agent", agent), ("model", "gpt-4o")],
+    );
+    assert!(
+        (usd - (5_500.0 * 2.5 + 500.0 * 1.25 + 600.0 * 10.0) / 1e6).abs() < 1e-9,
+        "{usd}"
+    );
+    assert_eq!(otlp_events(&daemon, "llm_usage", "accepted"), 3.0);
+    assert!(
+        otlp_events(&daemon, "llm_usage", "duplicate") >= 2.0,
+        "the histogram's points were the spans' usage again and counted as duplicates"
+    );
+}
+
+#[test]
+fn a_cumulative_histogram_exported_twice_counts_once() {
+    let daemon = Daemon::start("");
+    if !run_python_agent(&daemon, "histogram-twice") {
+        return;
+    }
+    let agent = "py-agent-histogram-twice";
+    assert_eq!(tokens(&daemon, agent, "gpt-4o", "input"), 6_000.0);
+    assert_eq!(tokens(&daemon, agent, "gpt-4o", "output"), 600.0);
+    let usd = series(
+        &daemon,
+        "haios_usd_spend_total",
+        &[("agent", agent), ("model", "gpt-4o")],
+    );
+    assert!(
+        (usd - (6_000.0 * 2.5 + 600.0 * 10.0) / 1e6).abs() < 1e-9,
+        "{usd}"
+    );
+}
+
+fn kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// One Claude Code metrics export (delta temporality, its default) for a session: token
+/// counts by type and the cost it computed, as its monitoring docs name them.
+fn claude_code_metrics(session: &str, tokens: [(&str, i64); 4], cost: f64) -> Vec<u8> {
+    let now = now_ns();
+    let point = |kind: Option<&str>, value: number_data_point::Value| NumberDataPoint {
+        attributes: [
+            Some(kv("session.id", session)),
+            Some(kv("model", "claude-sonnet-4-5-20250929")),
+            Some(kv("terminal.type", "xterm")),
+            kind.map(|k| kv("type", k)),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+        start_time_unix_nano: now - 60_000_000_000,
+        time_unix_nano: now,
+        value: Some(value),
+        ..Default::default()
+    };
+    let sum = |name: &str, unit: &str, points: Vec<NumberDataPoint>| Metric {
+        name: name.to_string(),
+        unit: unit.to_string(),
+        data: Some(metric::Data::Sum(Sum {
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            is_monotonic: true,
+            data_points: points,
+        })),
+        ..Default::default()
+    };
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(Resource {
+                attributes: vec![
+                    kv("service.name", "claude-code"),
+                    kv("service.version", "2.0.0"),
+                ],
+                ..Default::default()
+            }),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![
+                    sum(
+                        "claude_code.token.usage",
+                        "tokens",
+                        tokens
+                            .iter()
+                            .map(|(kind, n)| point(Some(kind), number_data_point::Value::AsInt(*n)))
+                            .collect(),
+                    ),
+                    sum(
+                        "claude_code.cost.usage",
+                        "USD",
+                        vec![point(None, number_data_point::Value::AsDouble(cost))],
+                    ),
+                    sum(
+                        "claude_code.session.count",
+                        "count",
+                        vec![point(None, number_data_point::Value::AsInt(1))],
+                    ),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// One Claude Code `api_request` log event in OTLP/JSON, as `http/json` exporters send it.
+fn claude_code_api_request(session: &str, tokens: [i64; 4], cost: &str) -> Vec<u8> {
+    let attribute = |k: &str, v: String| json!({"key": k, "value": {"stringValue": v}});
+    let [input, output, cache_read, cache_creation] = tokens;
+    json!({"resourceLogs": [{
+        "resource": {"attributes": [attribute("service.name", "claude-code".into())]},
+        "scopeLogs": [{
+            "scope": {"name": "com.anthropic.claude_code.events", "version": "2.0.0"},
+            "logRecords": [{
+                "timeUnixNano": now_ns().to_string(),
+                "body": {"stringValue": "claude_code.api_request"},
+                "attributes": [
+                    attribute("event.name", "api_request".into()),
+                    attribute("session.id", session.into()),
+                    attribute("model", "claude-sonnet-4-5-20250929".into()),
+                    attribute("cost_usd", cost.into()),
+                    attribute("duration_ms", "5120".into()),
+                    attribute("input_tokens", input.to_string()),
+                    attribute("output_tokens", output.to_string()),
+                    attribute("cache_read_tokens", cache_read.to_string()),
+                    attribute("cache_creation_tokens", cache_creation.to_string()),
+                ]
+            }]
+        }]
+    }]})
+    .to_string()
+    .into_bytes()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    encoder.write_all(bytes).expect("gzip");
+    encoder.finish().expect("gzip")
+}
+
+fn post_protobuf_gzip(daemon: &Daemon, path: &str, body: &[u8]) -> u16 {
+    let (status, _, _) = daemon.post_raw(
+        path,
+        &[
+            ("Content-Type", "application/x-protobuf"),
+            ("Content-Encoding", "gzip"),
+        ],
+        &gzip(body),
+    );
+    status
+}
+
+fn post_json(daemon: &Daemon, path: &str, body: &[u8]) -> (u16, Value) {
+    let (status, _, answer) = daemon.post_raw(path, &[("Content-Type", "application/json")], body);
+    (
+        status,
+        serde_json::from_slice(&answer).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn a_claude_code_export_moves_spend_and_trips_the_usd_budget() {
+    let mut daemon = Daemon::builder()
+        .config("[budgets]\nusd = 0.05\n[enforcement]\ngrace = \"5s\"\n")
+        .exec(&["sh", "-c", "while :; do sleep 0.05; done"])
+        .start();
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    let model = "claude-sonnet-4-5-20250929";
+    // Session 1 over metrics: Claude Code's cost for these tokens at list price is
+    // 2,000×$3 + 1,000×$15 + 10,000×$0.30 + 1,000×$3.75 per million = $0.02775.
+    let first = claude_code_metrics(
+        "s-1",
+        [
+            ("input", 2_000),
+            ("output", 1_000),
+            ("cacheRead", 10_000),
+            ("cacheCreation", 1_000),
+        ],
+        0.02775,
+    );
+    assert_eq!(post_protobuf_gzip(&daemon, "/v1/metrics", &first), 200);
+    assert_eq!(tokens(&daemon, "claude-code", model, "input"), 2_000.0);
+    assert_eq!(
+        tokens(&daemon, "claude-code", model, "cache_read"),
+        10_000.0
+    );
+    assert_eq!(
+        tokens(&daemon, "claude-code", model, "cache_write"),
+        1_000.0
+    );
+    assert_eq!(tokens(&daemon, "claude-code", model, "output"), 1_000.0);
+    let spend = |d: &Daemon| {
+        series(
+            d,
+            "haios_usd_spend_total",
+            &[("agent", "claude-code"), ("model", model)],
+        )
+    };
+    assert!(
+        (spend(&daemon) - 0.02775).abs() < 1e-12,
+        "the agent's own cost is exact"
+    );
+
+    // The same request as a log event of the same session: already metered by its metrics.
+    let (status, answer) = post_json(
+        &daemon,
+        "/v1/logs",
+        &claude_code_api_request("s-1", [2_000, 1_000, 10_000, 1_000], "0.02775"),
+    );
+    assert_eq!((status, answer), (200, json!({})));
+    assert!((spend(&daemon) - 0.02775).abs() < 1e-12, "counted once");
+    assert_eq!(otlp_events(&daemon, "llm_usage", "duplicate"), 1.0);
+
+    // Session 2 exports only logs: they meter it.
+    let (status, _) = post_json(
+        &daemon,
+        "/v1/otlp/v1/logs",
+        &claude_code_api_request("s-2", [100, 200, 0, 0], "0.01"),
+    );
+    assert_eq!(status, 200);
+    assert!((spend(&daemon) - 0.03775).abs() < 1e-12);
+    assert_eq!(
+        series(
+            &daemon,
+            "haios_budget_state",
+            &[("budget", "lifetime-usd"), ("resource", "usd")]
+        ),
+        0.0
+    );
+
+    // The next metrics export of session 1 crosses $0.05.
+    let second = claude_code_metrics(
+        "s-1",
+        [
+            ("input", 1_000),
+            ("output", 500),
+            ("cacheRead", 0),
+            ("cacheCreation", 0),
+        ],
+        0.015,
+    );
+    assert_eq!(
+        post_protobuf_gzip(&daemon, "/v1/otlp/v1/metrics", &second),
+        200
+    );
+    let status = daemon.wait_exit(SETTLE);
+    assert_eq!(status.code(), Some(EXIT_BUDGET_KILLED));
+    assert_eq!(daemon.log_count("\"event\":\"BUDGET_EXCEEDED\""), 1);
+}
+
+/// A `gen_ai.client.token.usage` histogram point in OTLP/JSON, cumulative.
+fn cumulative_histogram(start_ns: u64, time_ns: u64, sum: u64) -> Vec<u8> {
+    json!({"resourceMetrics": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "restarting"}}]},
+        "scopeMetrics": [{"metrics": [{
+            "name": "gen_ai.client.token.usage",
+            "histogram": {
+                "aggregationTemporality": 2,
+                "dataPoints": [{
+                    "startTimeUnixNano": start_ns.to_string(),
+                    "timeUnixNano": time_ns.to_string(),
+                    "count": "1",
+                    "sum": sum,
+                    "attributes": [
+                        {"key": "gen_ai.token.type", "value": {"stringValue": "input"}},
+                        {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o-mini"}}
+                    ]
+                }]
+            }
+        }]}]
+    }]})
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn cumulative_streams_survive_a_costmeter_restart_and_detect_exporter_restarts() {
+    let daemon = Daemon::start("");
+    let start = now_ns();
+    let post = |d: &Daemon, body: Vec<u8>| {
+        let (status, answer) = post_json(d, "/v1/otlp/v1/metrics", &body);
+        assert_eq!(status, 200, "{answer}");
+    };
+    post(&daemon, cumulative_histogram(start, start + 1_000, 100));
+    assert_eq!(tokens(&daemon, "restarting", "gpt-4o-mini", "input"), 100.0);
+    let daemon = daemon.restart(libc::SIGKILL);
+    post(&daemon, cumulative_histogram(start, start + 2_000, 150));
+    assert_eq!(
+        tokens(&daemon, "restarting", "gpt-4o-mini", "input"),
+        150.0,
+        "the running sum continued from 100, remembered across the restart"
+    );
+    // The exporter restarted: a new start time, a sum from zero.
+    post(
+        &daemon,
+        cumulative_histogram(start + 5_000, start + 6_000, 20),
+    );
+    assert_eq!(tokens(&daemon, "restarting", "gpt-4o-mini", "input"), 170.0);
+}
+
+#[test]
+fn malformed_otlp_bodies_get_400_with_a_message_and_the_daemon_carries_on() {
+    let daemon = Daemon::start("");
+    let (status, content_type, body) = daemon.post_raw(
+        "/v1/traces",
+        &[("Content-Type", "application/x-protobuf")],
+        &[0x0a, 0xff, 0xff, 0xff, 0x0f, 0x01],
+    );
+    assert_eq!(status, 400);
+    assert_eq!(content_type, "application/x-protobuf");
+    let message = String::from_utf8_lossy(&body);
+    assert!(
+        message.contains("not a valid OTLP protobuf ExportTraceServiceRequest"),
+        "{message}"
+    );
+
+    let (status, answer) = post_json(&daemon, "/v1/otlp/v1/metrics", b"{\"resourceMetrics\": [");
+    assert_eq!(status, 400);
+    assert!(
+        answer["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("not a valid OTLP JSON ExportMetricsServiceRequest")),
+        "{answer}"
+    );
+    let (status, answer) = post_json(&daemon, "/v1/logs", b"{\"resourceLogs\": 5}");
+    assert_eq!(status, 400, "{answer}");
+
+    let (status, _, _) = daemon.post_raw(
+        "/v1/traces",
+        &[
+            ("Content-Type", "application/json"),
+            ("Content-Encoding", "gzip"),
+        ],
+        b"not gzip at all",
+    );
+    assert_eq!(status, 400);
+    let (status, _, body) =
+        daemon.post_raw("/v1/traces", &[("Content-Type", "text/plain")], b"hello");
+    assert_eq!(status, 415);
+    assert!(String::from_utf8_lossy(&body).contains("application/x-protobuf"));
+
+    // A span whose cache reads exceed its input (Anthropic-style exclusive counts) is refused
+    // alone, in a partial success that names the rule; the request's other span counts.
+    let span = |id: &str, input: u64, cache: u64| {
+        json!({
+            "traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": id, "name": "chat",
+            "endTimeUnixNano": now_ns().to_string(),
+            "attributes": [
+                {"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o"}},
+                {"key": "gen_ai.usage.input_tokens", "value": {"intValue": input.to_string()}},
+                {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "7"}},
+                {"key": "gen_ai.usage.cache_read.input_tokens", "value": {"intValue": cache.to_string()}}
+            ]
+        })
+    };
+    let body = json!({"resourceSpans": [{
+        "resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "json-agent"}}]},
+        "scopeSpans": [{"spans": [span("00f067aa0ba902b7", 100, 500), span("00f067aa0ba902b8", 100, 40)]}]
+    }]});
+    let (status, answer) = post_json(&daemon, "/v1/traces", body.to_string().as_bytes());
+    assert_eq!(status, 200);
+    assert_eq!(answer["partialSuccess"]["rejectedSpans"], "1", "{answer}");
+    assert!(
+        answer["partialSuccess"]["errorMessage"]
+            .as_str()
+            .is_some_and(|m| m.contains("span 00f067aa0ba902b7") && m.contains("cache")),
+        "{answer}"
+    );
+    assert_eq!(tokens(&daemon, "json-agent", "gpt-4o", "cache_read"), 40.0);
+    assert_eq!(otlp_events(&daemon, "unknown", "rejected"), 5.0);
+    assert_eq!(otlp_events(&daemon, "llm_usage", "rejected"), 1.0);
+    assert_eq!(daemon.get("/healthz", None).0, 200);
+}
