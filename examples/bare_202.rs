@@ -1,5 +1,6 @@
-//! The ceiling for the ingestion benchmark: an axum server on the same runtime settings as
-//! costmeter whose `POST /v1/events` reads the body and answers 202 without doing anything.
+//! The ceiling for the ingestion benchmarks: an axum server on the same runtime settings as
+//! costmeter whose `POST /v1/events` reads the body and answers 202, and whose
+//! `POST /v1/traces` reads the body and answers an empty OTLP success, doing nothing else.
 //!
 //! `cargo run --release --example bare_202 -- 127.0.0.1:18100`
 
@@ -30,6 +31,16 @@ fn main() -> std::io::Result<()> {
                         "{{\"accepted\":{},\"duplicates\":0,\"rejected\":[]}}",
                         usize::from(!body.is_empty())
                     ),
+                )
+            }),
+        )
+        .route(
+            "/v1/traces",
+            post(|body: Bytes| async move {
+                (
+                    StatusCode::OK,
+                    [("content-type", "application/x-protobuf")],
+                    if body.is_empty() { "x" } else { "" },
                 )
             }),
         );
