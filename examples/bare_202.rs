@@ -22,28 +22,29 @@ fn main() -> std::io::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let app = Router::new().route(
-            "/v1/events",
-            post(|body: Bytes| async move {
-                (
-                    StatusCode::ACCEPTED,
-                    format!(
-                        "{{\"accepted\":{},\"duplicates\":0,\"rejected\":[]}}",
-                        usize::from(!body.is_empty())
-                    ),
-                )
-            }),
-        )
-        .route(
-            "/v1/traces",
-            post(|body: Bytes| async move {
-                (
-                    StatusCode::OK,
-                    [("content-type", "application/x-protobuf")],
-                    if body.is_empty() { "x" } else { "" },
-                )
-            }),
-        );
+        let app = Router::new()
+            .route(
+                "/v1/events",
+                post(|body: Bytes| async move {
+                    (
+                        StatusCode::ACCEPTED,
+                        format!(
+                            "{{\"accepted\":{},\"duplicates\":0,\"rejected\":[]}}",
+                            usize::from(!body.is_empty())
+                        ),
+                    )
+                }),
+            )
+            .route(
+                "/v1/traces",
+                post(|body: Bytes| async move {
+                    (
+                        StatusCode::OK,
+                        [("content-type", "application/x-protobuf")],
+                        if body.is_empty() { "x" } else { "" },
+                    )
+                }),
+            );
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         axum::serve(listener, app).await
     })

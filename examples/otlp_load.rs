@@ -34,13 +34,34 @@ fn request(batch: usize) -> ExportTraceServiceRequest {
         start_time_unix_nano: now,
         end_time_unix_nano: now + 1_000_000 + i as u64,
         attributes: vec![
-            attribute("gen_ai.operation.name", any_value::Value::StringValue("chat".into())),
-            attribute("gen_ai.provider.name", any_value::Value::StringValue("openai".into())),
-            attribute("gen_ai.request.model", any_value::Value::StringValue("gpt-4o".into())),
-            attribute("gen_ai.response.model", any_value::Value::StringValue("gpt-4o".into())),
-            attribute("gen_ai.usage.input_tokens", any_value::Value::IntValue(1200)),
-            attribute("gen_ai.usage.output_tokens", any_value::Value::IntValue(300)),
-            attribute("gen_ai.usage.cache_read.input_tokens", any_value::Value::IntValue(200)),
+            attribute(
+                "gen_ai.operation.name",
+                any_value::Value::StringValue("chat".into()),
+            ),
+            attribute(
+                "gen_ai.provider.name",
+                any_value::Value::StringValue("openai".into()),
+            ),
+            attribute(
+                "gen_ai.request.model",
+                any_value::Value::StringValue("gpt-4o".into()),
+            ),
+            attribute(
+                "gen_ai.response.model",
+                any_value::Value::StringValue("gpt-4o".into()),
+            ),
+            attribute(
+                "gen_ai.usage.input_tokens",
+                any_value::Value::IntValue(1200),
+            ),
+            attribute(
+                "gen_ai.usage.output_tokens",
+                any_value::Value::IntValue(300),
+            ),
+            attribute(
+                "gen_ai.usage.cache_read.input_tokens",
+                any_value::Value::IntValue(200),
+            ),
         ],
         ..Default::default()
     };
@@ -64,7 +85,10 @@ fn request(batch: usize) -> ExportTraceServiceRequest {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).cloned().unwrap_or_else(|| "http://127.0.0.1:18000/v1/traces".into());
+    let url = args
+        .get(1)
+        .cloned()
+        .unwrap_or_else(|| "http://127.0.0.1:18000/v1/traces".into());
     let seconds: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(10);
     let threads: u64 = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(4);
     let batch: usize = args.get(4).and_then(|s| s.parse().ok()).unwrap_or(512);
