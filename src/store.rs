@@ -112,6 +112,10 @@ pub enum StoreError {
     )]
     Foreign { path: PathBuf, found: i32 },
     #[error(
+        "'{path}' is not a readable SQLite database ({detail}): corrupt, or not a database at all. costmeter left it untouched; move it away (keep it if its history matters) to start a fresh store there, or point [store] path at a new file"
+    )]
+    Unreadable { path: PathBuf, detail: String },
+    #[error(
         "the store '{path}' has schema version {found}, newer than this costmeter knows ({known}); upgrade costmeter"
     )]
     TooNew {
@@ -193,10 +197,18 @@ impl Store {
             source,
         };
         let conn = Connection::open(path).map_err(open_error)?;
-        // A non-SQLite file fails here, on the first read.
+        // A non-SQLite or damaged file fails here, on the first read.
         let application_id: i32 = conn
             .query_row("PRAGMA application_id", [], |r| r.get(0))
-            .map_err(open_error)?;
+            .map_err(|e| match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) => {
+                    StoreError::Unreadable {
+                        path: path.to_path_buf(),
+                        detail: e.to_string(),
+                    }
+                }
+                _ => open_error(e),
+            })?;
         let version: i64 = conn
             .query_row("PRAGMA user_version", [], |r| r.get(0))
             .map_err(open_error)?;

@@ -8,6 +8,7 @@ mod budgets;
 mod cli;
 mod events;
 mod exposition;
+mod faults;
 mod ops;
 mod otlp;
 mod page;
