@@ -171,14 +171,40 @@ pub fn read_pid_file(path: &Path) -> Result<i32, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read pid file '{}': {error}", path.display()))?;
     let trimmed = text.trim();
-    match trimmed.parse::<i32>() {
-        Ok(pid) if pid > 1 => Ok(pid),
-        _ => Err(format!(
-            "pid file '{}' holds '{}', not a process id above 1",
-            path.display(),
-            trimmed.chars().take(40).collect::<String>()
-        )),
+    let pid = match trimmed.parse::<i32>() {
+        Ok(pid) if pid > 1 => pid,
+        _ => {
+            return Err(format!(
+                "pid file '{}' holds '{}', not a process id above 1",
+                path.display(),
+                trimmed.chars().take(40).collect::<String>()
+            ));
+        }
+    };
+    check_pid_file_owner(path, pid)?;
+    Ok(pid)
+}
+
+/// A pid file written by an unprivileged user may only name that user's processes (root's
+/// may name any): otherwise anyone who can write the file could have costmeter meter, and
+/// soft-kill, someone else's process. The rule systemd applies to `PIDFile=`.
+fn check_pid_file_owner(path: &Path, pid: i32) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let file_owner = std::fs::metadata(path)
+        .map_err(|error| format!("cannot stat pid file '{}': {error}", path.display()))?
+        .uid();
+    let Ok(process) = std::fs::metadata(format!("/proc/{pid}")) else {
+        // Gone or never there: the caller finds no process and says so.
+        return Ok(());
+    };
+    if file_owner == 0 || file_owner == process.uid() {
+        return Ok(());
     }
+    Err(format!(
+        "pid file '{}' (owned by uid {file_owner}) names pid {pid}, a process of uid {}: refused as an unrelated process, neither metered nor signalled; fix the pid file or have the agent's user write it",
+        path.display(),
+        process.uid()
+    ))
 }
 
 #[cfg(test)]

@@ -195,3 +195,198 @@ fn a_corrupt_or_foreign_store_is_refused_at_start_and_left_untouched() {
     );
     assert_eq!(std::fs::read(&foreign).expect("read"), before);
 }
+
+/// A webhook receiver that takes each request and never answers. Reports when a request
+/// arrived, and whether its connection is still open.
+fn hanging_webhook() -> (
+    String,
+    std::sync::mpsc::Receiver<()>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
+    let (arrived, arrivals) = std::sync::mpsc::channel();
+    let closed = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let closed_count = closed.clone();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let arrived = arrived.clone();
+            let closed = closed_count.clone();
+            std::thread::spawn(move || {
+                let mut buffer = [0u8; 4096];
+                let mut told = false;
+                // Read until the client gives up; never write a byte back.
+                while let Ok(n) = stream.read(&mut buffer) {
+                    if n == 0 {
+                        break;
+                    }
+                    if !told {
+                        told = true;
+                        let _ = arrived.send(());
+                    }
+                }
+                closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    (url, arrivals, closed)
+}
+
+#[test]
+fn a_webhook_that_never_answers_does_not_delay_ingestion() {
+    let (url, arrivals, closed) = hanging_webhook();
+    let daemon = Daemon::start(&format!(
+        "[[budget]]\nname = \"usd\"\nresource = \"usd\"\nlimit = 0.001\non_exceed = \"alert\"\n\n[enforcement]\nwebhook = \"{url}\"\n"
+    ));
+    // $0.0035 of gpt-4o crosses the limit: the transition goes to the webhook.
+    daemon.post_events(&usage("cross"));
+    arrivals
+        .recv_timeout(SETTLE)
+        .expect("the webhook was called");
+    // The webhook holds its connection open without answering; ingestion goes on meanwhile.
+    for n in 0..200 {
+        let answer = daemon.post_events(&usage(&format!("more-{n}")));
+        assert_eq!(answer["accepted"], 1);
+    }
+    assert_eq!(
+        closed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "every event was answered while the webhook call was still hanging"
+    );
+    assert_eq!(
+        daemon.scrape().value(
+            "haios_events_total",
+            &[
+                ("source", "http"),
+                ("type", "llm_usage"),
+                ("result", "accepted")
+            ]
+        ),
+        Some(201.0)
+    );
+}
+
+/// A process owned by `uid`, for pid files that must not be trusted.
+fn sleeper_as(uid: u32) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    Command::new("sleep")
+        .arg("300")
+        .uid(uid)
+        .spawn()
+        .expect("spawn sleep")
+}
+
+#[test]
+fn a_pid_file_naming_another_user_s_process_is_refused_and_never_signalled() {
+    // Only root can hand files and processes to other users.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to create processes and files of two users");
+        return;
+    }
+    let dir = scratch_dir();
+    let mut victim = sleeper_as(0);
+    let pid_file = dir.path().join("agent.pid");
+    std::fs::write(&pid_file, format!("{}\n", victim.id())).expect("pid file");
+    // The pid file belongs to "nobody", the process it names to root.
+    std::os::unix::fs::chown(&pid_file, Some(65_534), Some(65_534)).expect("chown");
+    let daemon = Daemon::start(&format!(
+        "[[target]]\nname = \"agent\"\npid_file = \"{}\"\nsample_interval = \"20ms\"\n\n\
+         [budgets]\ntokens = 10\n[enforcement]\ngrace = \"200ms\"\n",
+        pid_file.display()
+    ));
+    wait_for("the refusal in the log", SETTLE, || {
+        (daemon.log_count("refused as an unrelated process") > 0).then_some(())
+    });
+    assert_eq!(
+        daemon
+            .scrape()
+            .value("haios_target_up", &[("target", "agent")]),
+        Some(0.0),
+        "not metered"
+    );
+    // The budget fires; the process the pid file names is left alone.
+    daemon.post_events(&usage("over"));
+    wait_for("the soft-kill to be reported", SETTLE, || {
+        (daemon.log_count("soft-kill: signal sent") > 0).then_some(())
+    });
+    assert!(
+        victim.try_wait().expect("wait").is_none(),
+        "the other user's process is still alive"
+    );
+    victim.kill().ok();
+    victim.wait().ok();
+
+    // The same pid file owned by the process's user is trusted.
+    let mut own = sleeper_as(65_534);
+    std::fs::write(&pid_file, format!("{}\n", own.id())).expect("pid file");
+    std::os::unix::fs::chown(&pid_file, Some(65_534), Some(65_534)).expect("chown");
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    own.kill().ok();
+    own.wait().ok();
+}
+
+#[test]
+fn a_target_whose_processes_die_while_it_is_stopped_is_handled() {
+    let dir = scratch_dir();
+    let pid_file = dir.path().join("agent.pid");
+    let child_file = dir.path().join("child.pid");
+    // A root that churns out short-lived children (some die between the scan and their
+    // signal) and leaves on SIGTERM, and a child that ignores SIGTERM until SIGKILL.
+    let mut agent = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "trap 'exit 0' TERM; (trap '' TERM; exec sleep 300) & echo $! > {}; while :; do true & true & sleep 0.001; done",
+            child_file.display()
+        ))
+        .spawn()
+        .expect("spawn agent");
+    std::fs::write(&pid_file, format!("{}\n", agent.id())).expect("pid file");
+    let daemon = Daemon::start(&format!(
+        "[[target]]\nname = \"agent\"\npid_file = \"{}\"\nsample_interval = \"20ms\"\n\n\
+         [budgets]\ntokens = 10\n[enforcement]\ngrace = \"300ms\"\n",
+        pid_file.display()
+    ));
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    let child: i32 = wait_for("the child's pid", SETTLE, || {
+        std::fs::read_to_string(&child_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    });
+    daemon.post_events(&usage("over"));
+    let status = wait_for("the agent to go", SETTLE, || {
+        agent.try_wait().ok().flatten()
+    });
+    assert!(status.success() || status.code().is_none(), "{status}");
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 0.0
+    });
+    // The SIGTERM-proof child was SIGKILLed after the grace; the daemon carries on.
+    wait_for("the SIGTERM-proof child to be gone", SETTLE, || {
+        let state = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+        let state = state
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .split_whitespace()
+            .next();
+        matches!(state, None | Some("Z") | Some("X")).then_some(())
+    });
+    assert_eq!(daemon.get("/healthz", None).0, 200);
+    assert!(
+        daemon
+            .scrape()
+            .value(
+                "haios_soft_kills_total",
+                &[("target", "agent"), ("signal", "SIGTERM")]
+            )
+            .is_some_and(|v| v >= 1.0)
+    );
+}
