@@ -122,7 +122,17 @@ pub struct ServerConfig {
     pub token_file: Option<PathBuf>,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: u64,
+    /// Connections open at once, and how long a client may take over headers and body.
+    pub limits: crate::server::Limits,
 }
+
+/// Connections served at once by default: far above what scrapers and agents need, far below
+/// the file descriptors a process gets.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Default time to send a request's headers; also how long an idle connection stays open.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time to send a request's body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MetricsConfig {
@@ -188,6 +198,11 @@ impl Default for Config {
                     .expect("the default listen address parses"),
                 token_file: None,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                limits: crate::server::Limits {
+                    max_connections: DEFAULT_MAX_CONNECTIONS,
+                    header_timeout: DEFAULT_HEADER_TIMEOUT,
+                    body_timeout: DEFAULT_BODY_TIMEOUT,
+                },
             },
             metrics: MetricsConfig {
                 namespace: DEFAULT_NAMESPACE.to_string(),
@@ -375,6 +390,9 @@ struct RawServer {
     /// Listening beyond loopback without a token must be asked for by name.
     allow_unauthenticated_remote: Option<bool>,
     max_body_bytes: Option<Spanned<i64>>,
+    max_connections: Option<Spanned<i64>>,
+    header_timeout: Option<Spanned<String>>,
+    body_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -589,6 +607,39 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
             u64::try_from(value).unwrap_or(DEFAULT_MAX_BODY_BYTES)
         }
     };
+    let max_connections = match &raw.server.max_connections {
+        None => defaults.server.limits.max_connections,
+        Some(max) => {
+            let value = *max.get_ref();
+            if !(16..=65_536).contains(&value) {
+                locator.report(
+                    max.span(),
+                    format!("server.max_connections: {value} must be between 16 and 65536"),
+                );
+            }
+            usize::try_from(value)
+                .ok()
+                .filter(|v| (16..=65_536).contains(v))
+                .unwrap_or(defaults.server.limits.max_connections)
+        }
+    };
+    let limits = crate::server::Limits {
+        max_connections,
+        header_timeout: locator.duration(
+            raw.server.header_timeout.as_ref(),
+            "server.header_timeout",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            defaults.server.limits.header_timeout,
+        ),
+        body_timeout: locator.duration(
+            raw.server.body_timeout.as_ref(),
+            "server.body_timeout",
+            Duration::from_millis(100),
+            Duration::from_secs(3600),
+            defaults.server.limits.body_timeout,
+        ),
+    };
 
     let store_path = raw.store.path.as_ref().map_or_else(
         || PathBuf::from(DEFAULT_STORE_PATH),
@@ -738,6 +789,7 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
             listen,
             token_file,
             max_body_bytes,
+            limits,
         },
         store: StoreConfig {
             path: store_path,

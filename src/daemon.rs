@@ -287,13 +287,10 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
     });
     let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
+    let limits = config.server.limits;
+    let server = tokio::spawn(crate::server::serve(listener, app, limits, async {
+        let _ = stop_rx.await;
+    }));
 
     let mut signals = Signals::install()?;
     let mut running = config;

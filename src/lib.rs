@@ -21,5 +21,6 @@ pub mod pricing;
 pub mod report;
 pub mod runs;
 pub mod sampler;
+pub mod server;
 pub mod store;
 pub mod telemetry;

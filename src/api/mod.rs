@@ -109,17 +109,11 @@ async fn post_events(
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let bytes = match axum::body::to_bytes(body, state.max_body_bytes).await {
+    let bytes = match crate::server::read_body(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(_) => {
+        Err(problem) => {
             count_rejected(&state, "http", vec!["unknown"]).await;
-            return error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!(
-                    "body exceeds {} bytes (server.max_body_bytes); split it into smaller batches",
-                    state.max_body_bytes
-                ),
-            );
+            return body_problem(problem, state.max_body_bytes);
         }
     };
     let content_type = headers
@@ -197,6 +191,27 @@ async fn post_events(
             format!(
                 "the store cannot take writes ({problem}); nothing from this request was recorded, retry later"
             ),
+        ),
+    }
+}
+
+/// The answer to a body that could not be read.
+fn body_problem(problem: crate::server::BodyProblem, limit: usize) -> Response {
+    use crate::server::BodyProblem;
+    match problem {
+        BodyProblem::TooLarge => error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "body exceeds {limit} bytes (server.max_body_bytes); split it into smaller batches"
+            ),
+        ),
+        BodyProblem::TimedOut => error(
+            StatusCode::REQUEST_TIMEOUT,
+            "the body did not arrive within server.body_timeout; nothing was recorded, send it again",
+        ),
+        BodyProblem::Broken(why) => error(
+            StatusCode::BAD_REQUEST,
+            format!("the body could not be read ({why}); nothing was recorded"),
         ),
     }
 }

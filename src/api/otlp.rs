@@ -18,6 +18,7 @@ use super::{AppState, authorized, count_rejected};
 use crate::ledger::LedgerInput;
 use crate::otlp::decode::{self, DecodeError, Encoding, Signal};
 use crate::otlp::{Mapped, SOURCE, mapping};
+use crate::server::BodyProblem;
 
 /// gRPC status codes, which OTLP/HTTP error bodies carry.
 const INVALID_ARGUMENT: i32 = 3;
@@ -124,12 +125,22 @@ async fn receive(
         );
     }
     let limit = state.max_body_bytes;
-    let decoded = match axum::body::to_bytes(body, limit).await {
+    let decoded = match crate::server::read_body(body, limit).await {
         Ok(bytes) => {
             decode::decompress(bytes, header_str(&headers, header::CONTENT_ENCODING), limit)
                 .and_then(|bytes| map_body(&bytes, encoding, signal, &state.otlp))
         }
-        Err(_) => Err(DecodeError::TooLarge { limit }),
+        Err(BodyProblem::TooLarge) => Err(DecodeError::TooLarge { limit }),
+        Err(BodyProblem::TimedOut) => {
+            count_rejected(&state, SOURCE, vec!["unknown"]).await;
+            return failure(
+                StatusCode::REQUEST_TIMEOUT,
+                encoding,
+                UNAVAILABLE,
+                "the body did not arrive within server.body_timeout; nothing was recorded",
+            );
+        }
+        Err(BodyProblem::Broken(why)) => Err(DecodeError::Unreadable(why)),
     };
     let mapped = match decoded {
         Ok(mapped) => mapped,

@@ -40,6 +40,8 @@ pub enum DecodeError {
     UnsupportedMediaType(String),
     #[error("content encoding '{0}' is not accepted; send gzip or no Content-Encoding")]
     UnsupportedEncoding(String),
+    #[error("the body could not be read: {0}")]
+    Unreadable(String),
     #[error("body is not valid gzip: {0}")]
     Gzip(String),
     #[error(

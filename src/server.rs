@@ -1,0 +1,123 @@
+//! The HTTP listener, hardened against slow and hostile clients: a cap on open connections,
+//! a deadline for each request's headers (which also closes idle keep-alive connections) and
+//! one for its body. `axum::serve` has neither, so the accept loop is our own.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::timeout::RequestBodyDeadlineLayer;
+use tracing::{debug, warn};
+
+/// Limits on what clients may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections open at once; beyond it new ones wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Time a client has to send a request's headers, counted from when the server starts
+    /// waiting for them: a connection that sends nothing is closed after it.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's whole body, from when its headers arrived.
+    pub body_timeout: Duration,
+}
+
+/// How long open connections get to finish when the daemon stops.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// Serves `app` until `shutdown` resolves, then lets open requests finish (up to [`DRAIN`]).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = app.layer(RequestBodyDeadlineLayer::new(limits.body_timeout));
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_timeout)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+    let mut warned_full = false;
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(%error, "accept failed; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        if slots.available_permits() == 0 && !warned_full {
+            warned_full = true;
+            warn!(
+                max_connections = limits.max_connections,
+                "connection cap reached; further clients wait until a connection closes"
+            );
+        } else if slots.available_permits() > limits.max_connections / 2 {
+            warned_full = false;
+        }
+        let _ = stream.set_nodelay(true);
+        let connection =
+            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                debug!(%peer, %error, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(DRAIN, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("open connections did not finish within {DRAIN:?}; closing them");
+    }
+    Ok(())
+}
+
+/// Why a request body could not be read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BodyProblem {
+    TooLarge,
+    TimedOut,
+    Broken(String),
+}
+
+/// Reads a whole request body, at most `limit` bytes, telling a slow client from a big one.
+pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::Bytes, BodyProblem> {
+    axum::body::to_bytes(body, limit).await.map_err(|error| {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(current) = cause {
+            if current.is::<tower_http::timeout::TimeoutError>() {
+                return BodyProblem::TimedOut;
+            }
+            if current.to_string().contains("length limit exceeded") {
+                return BodyProblem::TooLarge;
+            }
+            cause = current.source();
+        }
+        BodyProblem::Broken(error.to_string())
+    })
+}
