@@ -264,6 +264,17 @@ struct Tally {
     state: Option<State>,
 }
 
+/// Adds `amount` to the bucket starting at `start`, keeping buckets ordered oldest first.
+fn add_to_bucket(buckets: &mut VecDeque<(i64, f64)>, start: i64, amount: f64) {
+    match buckets.iter_mut().rev().find(|(at, _)| *at == start) {
+        Some(slot) => slot.1 += amount,
+        None => {
+            let at = buckets.partition_point(|(at, _)| *at < start);
+            buckets.insert(at, (start, amount));
+        }
+    }
+}
+
 /// All budgets and their running totals.
 #[derive(Debug, Clone)]
 pub struct Budgets {
@@ -340,23 +351,13 @@ impl Budgets {
                         continue;
                     }
                     let width = (length_ms / ROLLING_BUCKETS).max(1000);
-                    let bucket = ts - ts.rem_euclid(width);
-                    match tally
-                        .buckets
-                        .iter_mut()
-                        .rev()
-                        .find(|(start, _)| *start == bucket)
-                    {
-                        Some(slot) => slot.1 += charge.amount,
-                        None => {
-                            let at = tally.buckets.partition_point(|(start, _)| *start < bucket);
-                            tally.buckets.insert(at, (bucket, charge.amount));
-                        }
-                    }
+                    add_to_bucket(&mut tally.buckets, ts - ts.rem_euclid(width), charge.amount);
                 }
             }
+            // Per second, so the burn-rate history holds at most 300 entries whatever the
+            // event rate (one entry per charge grew to tens of MiB under load).
             if ts >= now_ms - BURN_RATE_SPAN_MS {
-                tally.recent.push_back((ts, charge.amount));
+                add_to_bucket(&mut tally.recent, ts - ts.rem_euclid(1000), charge.amount);
             }
         }
     }
@@ -668,5 +669,20 @@ mod tests {
             .expect("spending");
         // $1 in the last five minutes, $9 left: 45 minutes at that pace.
         assert!((projected - 2700.0).abs() < 1.0, "{projected}");
+    }
+
+    #[test]
+    fn the_burn_rate_history_stays_small_whatever_the_event_rate() {
+        let mut budgets = Budgets::new(vec![spec("b", Resource::Usd, 1e9, Window::Lifetime)], NOW);
+        for i in 0..100_000 {
+            budgets.charge(&usd(0.001, NOW - 120_000 + i % 3_000), NOW);
+        }
+        assert_eq!(budgets.tallies[0].recent.len(), 3, "one entry per second");
+        budgets.evaluate(NOW);
+        let projected = budgets.status(NOW)[0]
+            .projected_exhaustion_seconds
+            .expect("spending");
+        // $100 in the last five minutes: a third of a dollar a second.
+        assert!((projected - (1e9 - 100.0) * 3.0).abs() < 1e3, "{projected}");
     }
 }

@@ -33,7 +33,7 @@ pub struct Identity {
 pub type IdentityBook = Arc<RwLock<HashMap<String, Vec<Identity>>>>;
 
 /// An order to stop a target.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KillOrder {
     pub target: String,
     /// Why: a budget name or an alert name.

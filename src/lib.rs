@@ -4,6 +4,7 @@
 //! [`daemon`] wires them for `costmeter run`; `main.rs` only parses arguments and maps errors to
 //! exit codes. See ARCHITECTURE.md for the map.
 
+pub mod alerts;
 pub mod api;
 pub mod budget;
 pub mod cli;

@@ -14,7 +14,6 @@ use tokio::sync::oneshot;
 
 use crate::budget::{BudgetStatus, State as BudgetState};
 use crate::daemon::Health;
-use crate::enforce::KillOrder;
 use crate::ingest::{self, BodyError, event};
 use crate::ledger::{LedgerInput, LedgerSender, Query as LedgerQuery};
 use crate::metrics::Metrics;
@@ -349,22 +348,6 @@ async fn budgets_check(
         .into_response()
 }
 
-/// Alertmanager's webhook payload (version 4); fields costmeter does not use are ignored.
-#[derive(Debug, serde::Deserialize)]
-struct AlertmanagerPayload {
-    #[serde(default)]
-    alerts: Vec<AlertmanagerAlert>,
-}
-
-#[derive(Debug, serde::Deserialize)]
-struct AlertmanagerAlert {
-    status: String,
-    #[serde(default)]
-    labels: std::collections::HashMap<String, String>,
-    #[serde(default)]
-    fingerprint: Option<String>,
-}
-
 /// `POST /v1/alerts`: a firing alert labelled `costmeter_action="soft_kill"` and
 /// `target="…"` stops that target if it is one of this sidecar's. This is how fleet-wide
 /// budgets work: Prometheus sums every sidecar, the rule fires, Alertmanager tells each one.
@@ -376,41 +359,16 @@ async fn alerts(
     if !authorized(&state, &headers) {
         return unauthorized();
     }
-    let payload: AlertmanagerPayload = match serde_json::from_slice(&body) {
-        Ok(payload) => payload,
-        Err(problem) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                format!("not an Alertmanager webhook payload (version 4): {problem}"),
-            );
-        }
+    let decisions = match crate::alerts::decide(&body, &state.targets) {
+        Ok(decisions) => decisions,
+        Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
     };
     let mut actions = Vec::new();
     let mut ignored = Vec::new();
-    for alert in payload.alerts {
-        let name = alert
-            .labels
-            .get("alertname")
-            .cloned()
-            .unwrap_or_else(|| "unnamed alert".into());
-        let wants_kill =
-            alert.labels.get("costmeter_action").map(String::as_str) == Some("soft_kill");
-        let target = alert.labels.get("target").cloned();
-        let why_not = match (&alert.status[..], wants_kill, &target) {
-            ("firing", true, Some(target)) if state.targets.contains(target) => None,
-            ("firing", true, Some(target)) => {
-                Some(format!("target '{target}' is not one of this sidecar's"))
-            }
-            ("firing", true, None) => Some("no target label".to_string()),
-            ("firing", false, _) => Some("no costmeter_action=\"soft_kill\" label".to_string()),
-            _ => Some(format!("status is {}", alert.status)),
-        };
-        match (why_not, target) {
-            (None, Some(target)) => {
-                let order = KillOrder {
-                    target: target.clone(),
-                    reason: format!("alert '{name}'"),
-                };
+    for decision in decisions {
+        match decision.action {
+            Ok(order) => {
+                let target = order.target.clone();
                 if state
                     .ledger
                     .send(LedgerInput::Enforce(order))
@@ -419,11 +377,11 @@ async fn alerts(
                 {
                     return error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped");
                 }
-                actions.push(json!({"alert": name, "target": target, "action": "soft_kill", "fingerprint": alert.fingerprint}));
+                actions.push(json!({"alert": decision.alert, "target": target, "action": "soft_kill", "fingerprint": decision.fingerprint}));
             }
-            (reason, target) => {
-                ignored.push(json!({"alert": name, "target": target, "reason": reason}))
-            }
+            Err(reason) => ignored.push(
+                json!({"alert": decision.alert, "target": decision.target, "reason": reason}),
+            ),
         }
     }
     axum::Json(json!({ "actions": actions, "ignored": ignored })).into_response()
