@@ -29,8 +29,40 @@ pub struct Identity {
     pub start: u64,
 }
 
-/// The roots each target had when the sampler discovered them, published for the enforcer.
-pub type IdentityBook = Arc<RwLock<HashMap<String, Vec<Identity>>>>;
+/// What the sampler last saw of each target, published for the enforcer.
+pub type IdentityBook = Arc<RwLock<Book>>;
+
+/// Each target's roots as discovered, and every process of its tree at the last sample.
+#[derive(Debug, Default)]
+pub struct Book {
+    roots: HashMap<String, Vec<Identity>>,
+    /// A root that exits on the polite signal orphans its children, which then leave the
+    /// tree a fresh scan finds; the last sample still knows them.
+    members: HashMap<String, Vec<Identity>>,
+}
+
+impl Book {
+    pub fn get(&self, target: &str) -> Option<&Vec<Identity>> {
+        self.roots.get(target)
+    }
+
+    pub fn insert(&mut self, target: String, roots: Vec<Identity>) {
+        self.roots.insert(target, roots);
+    }
+
+    pub fn set_members(&mut self, target: &str, members: Vec<Identity>) {
+        match self.members.get_mut(target) {
+            Some(slot) => *slot = members,
+            None => {
+                self.members.insert(target.to_string(), members);
+            }
+        }
+    }
+
+    pub fn members(&self, target: &str) -> &[Identity] {
+        self.members.get(target).map_or(&[], Vec::as_slice)
+    }
+}
 
 /// An order to stop a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -225,14 +257,32 @@ impl Enforcer {
                         None => {}
                     }
                 }
-                table
+                let mut members: Vec<Identity> = table
                     .tree(&roots, target.children)
                     .into_iter()
                     .map(|row| Identity {
                         pid: row.pid,
                         start: row.start,
                     })
-                    .collect()
+                    .collect();
+                if target.children {
+                    // Members of the last sample that were orphaned since, if still the same
+                    // processes (same start time).
+                    let seen: HashSet<i32> = members.iter().map(|m| m.pid).collect();
+                    let sampled: Vec<Identity> = self
+                        .book
+                        .read()
+                        .map(|book| book.members(&target.name).to_vec())
+                        .unwrap_or_default();
+                    members.extend(sampled.into_iter().filter(|m| {
+                        !seen.contains(&m.pid)
+                            && table
+                                .rows
+                                .get(&m.pid)
+                                .is_some_and(|row| row.start == m.start)
+                    }));
+                }
+                members
             }
         };
         members.retain(|m| {

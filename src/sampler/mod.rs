@@ -267,6 +267,18 @@ fn sample_target(
                 Ok(roots) => {
                     let exec = matches!(selector, Selector::ExecChildren);
                     let members = table.tree(&roots, state.config.children);
+                    if let Ok(mut book) = book.write() {
+                        book.set_members(
+                            &name,
+                            members
+                                .iter()
+                                .map(|row| crate::enforce::Identity {
+                                    pid: row.pid,
+                                    start: row.start,
+                                })
+                                .collect(),
+                        );
+                    }
                     let mut observed = proc::observe(&members);
                     for process in &mut observed {
                         if !state.config.children {
