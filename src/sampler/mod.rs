@@ -267,7 +267,11 @@ fn sample_target(
                 Ok(roots) => {
                     let exec = matches!(selector, Selector::ExecChildren);
                     let members = table.tree(&roots, state.config.children);
-                    if let Ok(mut book) = book.write() {
+                    // An empty tree (the root just died) keeps the last one: its orphans are
+                    // what the enforcer still needs to find.
+                    if !members.is_empty()
+                        && let Ok(mut book) = book.write()
+                    {
                         book.set_members(
                             &name,
                             members
