@@ -92,6 +92,7 @@ fn a_full_disk_answers_503_keeps_serving_metrics_and_recovers_by_itself() {
     }
     let (status, answer) = refused.expect("a full disk refuses writes");
     assert_eq!(status, 503, "{answer}");
+    eprintln!("full disk answer: {answer}");
     let message = answer["error"].as_str().unwrap_or_default();
     assert!(
         message.contains("the store cannot take writes") && message.contains("retry"),
