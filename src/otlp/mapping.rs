@@ -23,7 +23,7 @@ use crate::ingest::event;
 /// Which signal and convention a usage figure came from. One family meters an owner (an agent
 /// instance) at a time, so a usage reported twice — as spans and as a histogram, as metrics and
 /// as log events — is counted once.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Family {
     Spans,
     GenAiMetric,
@@ -34,6 +34,15 @@ pub enum Family {
 }
 
 impl Family {
+    pub const ALL: [Family; 6] = [
+        Family::Spans,
+        Family::GenAiMetric,
+        Family::ClaudeCodeMetrics,
+        Family::ClaudeCodeLogs,
+        Family::GeminiCliMetrics,
+        Family::GeminiCliLogs,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Family::Spans => "gen_ai_spans",
@@ -46,16 +55,7 @@ impl Family {
     }
 
     pub fn from_label(label: &str) -> Option<Family> {
-        [
-            Family::Spans,
-            Family::GenAiMetric,
-            Family::ClaudeCodeMetrics,
-            Family::ClaudeCodeLogs,
-            Family::GeminiCliMetrics,
-            Family::GeminiCliLogs,
-        ]
-        .into_iter()
-        .find(|f| f.label() == label)
+        Family::ALL.into_iter().find(|f| f.label() == label)
     }
 }
 
@@ -400,6 +400,25 @@ fn parts_of(metric: &str, token_type: Option<&str>) -> Option<&'static [Part]> {
     })
 }
 
+/// A metric point before mapping: attributes, start, time, value or why none, cumulative.
+type Raw<'p> = (&'p [KeyValue], u64, u64, Result<f64, String>, bool);
+
+/// A histogram point's tokens are its sum.
+fn histogram_point(
+    attributes: &[KeyValue],
+    (start_ns, time_ns): (u64, u64),
+    sum: Option<f64>,
+    cumulative: bool,
+) -> Raw<'_> {
+    (
+        attributes,
+        start_ns,
+        time_ns,
+        sum.ok_or_else(|| "histogram point has no sum".to_string()),
+        cumulative,
+    )
+}
+
 /// Token and cost metric points, per stream; cumulative ones become deltas in the ledger.
 pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Mapped {
     let mut mapped = Mapped::default();
@@ -416,8 +435,6 @@ pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Ma
                 let Some(family) = metric_family(&metric.name) else {
                     continue;
                 };
-                // (attributes, start, time, value or why not, temporality)
-                type Raw<'p> = (&'p [KeyValue], u64, u64, Result<f64, String>, bool);
                 let raw: Vec<Raw<'_>> = match &metric.data {
                     Some(metric::Data::Sum(sum)) => sum
                         .data_points
@@ -441,12 +458,10 @@ pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Ma
                         .data_points
                         .iter()
                         .map(|p| {
-                            (
-                                &p.attributes[..],
-                                p.start_time_unix_nano,
-                                p.time_unix_nano,
-                                p.sum
-                                    .ok_or_else(|| "histogram point has no sum".to_string()),
+                            histogram_point(
+                                &p.attributes,
+                                (p.start_time_unix_nano, p.time_unix_nano),
+                                p.sum,
                                 histogram.aggregation_temporality == cumulative,
                             )
                         })
@@ -455,12 +470,10 @@ pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Ma
                         .data_points
                         .iter()
                         .map(|p| {
-                            (
-                                &p.attributes[..],
-                                p.start_time_unix_nano,
-                                p.time_unix_nano,
-                                p.sum
-                                    .ok_or_else(|| "histogram point has no sum".to_string()),
+                            histogram_point(
+                                &p.attributes,
+                                (p.start_time_unix_nano, p.time_unix_nano),
+                                p.sum,
                                 histogram.aggregation_temporality == cumulative,
                             )
                         })

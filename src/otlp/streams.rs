@@ -64,7 +64,7 @@ pub struct OtlpState {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct GroupKey {
     owner: String,
-    family: u8,
+    family: Family,
     labels: UsageLabels,
     time_ns: u64,
 }
@@ -165,7 +165,7 @@ impl OtlpState {
             }
             let key = GroupKey {
                 owner: point.owner,
-                family: point.family as u8,
+                family: point.family,
                 labels: point.labels,
                 time_ns: point.time_ns,
             };
@@ -182,9 +182,8 @@ impl OtlpState {
             if totals.iter().all(|v| *v == 0.0) {
                 continue;
             }
-            let family = family_of(key.family);
             match mapping::metric_event(
-                family,
+                key.family,
                 &key.labels,
                 key.time_ns,
                 &totals,
@@ -219,20 +218,6 @@ impl OtlpState {
         self.streams.retain(|_, s| s.seen_ms >= cutoff_ms);
         self.claims.retain(|_, c| c.last_ms >= cutoff_ms);
     }
-}
-
-fn family_of(index: u8) -> Family {
-    [
-        Family::Spans,
-        Family::GenAiMetric,
-        Family::ClaudeCodeMetrics,
-        Family::ClaudeCodeLogs,
-        Family::GeminiCliMetrics,
-        Family::GeminiCliLogs,
-    ]
-    .into_iter()
-    .find(|f| *f as u8 == index)
-    .unwrap_or(Family::Spans)
 }
 
 #[cfg(test)]

@@ -49,6 +49,14 @@ fn otlp_events(daemon: &Daemon, kind: &str, result: &str) -> f64 {
     )
 }
 
+fn gpt_4o_spend(daemon: &Daemon, agent: &str) -> f64 {
+    series(
+        daemon,
+        "haios_usd_spend_total",
+        &[("agent", agent), ("model", "gpt-4o")],
+    )
+}
+
 /// Runs the GenAI-instrumented Python agent in `mode` against the daemon.
 fn run_python_agent(daemon: &Daemon, mode: &str) -> bool {
     let Some(python) = otel_python() else {
@@ -82,11 +90,7 @@ fn the_python_sdk_s_genai_spans_and_histogram_meter_exact_totals_once() {
     assert_eq!(tokens(&daemon, agent, "gpt-4o", "cache_read"), 500.0);
     assert_eq!(tokens(&daemon, agent, "gpt-4o", "output"), 600.0);
     // gpt-4o: $2.50 input, $1.25 cache read, $10 output per million tokens.
-    let usd = series(
-        &daemon,
-        "haios_usd_spend_total",
-        &[("agent", agent), ("model", "gpt-4o")],
-    );
+    let usd = gpt_4o_spend(&daemon, agent);
     assert!(
         (usd - (5_500.0 * 2.5 + 500.0 * 1.25 + 600.0 * 10.0) / 1e6).abs() < 1e-9,
         "{usd}"
@@ -107,11 +111,7 @@ fn a_cumulative_histogram_exported_twice_counts_once() {
     let agent = "py-agent-histogram-twice";
     assert_eq!(tokens(&daemon, agent, "gpt-4o", "input"), 6_000.0);
     assert_eq!(tokens(&daemon, agent, "gpt-4o", "output"), 600.0);
-    let usd = series(
-        &daemon,
-        "haios_usd_spend_total",
-        &[("agent", agent), ("model", "gpt-4o")],
-    );
+    let usd = gpt_4o_spend(&daemon, agent);
     assert!(
         (usd - (6_000.0 * 2.5 + 600.0 * 10.0) / 1e6).abs() < 1e-9,
         "{usd}"

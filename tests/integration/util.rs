@@ -12,6 +12,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// A response's `Content-Type`, empty when absent.
+fn content_type_of<B>(response: &ureq::http::Response<B>) -> String {
+    response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Path of the binary under test, built by cargo for this test run.
 pub fn costmeter_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_costmeter"))
@@ -137,12 +147,7 @@ impl Daemon {
         }
         let mut response = request.call().expect("HTTP request reaches the daemon");
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let content_type = content_type_of(&response);
         let body = response.body_mut().read_to_string().expect("body is text");
         (status, content_type, body)
     }
@@ -189,12 +194,7 @@ impl Daemon {
         }
         let mut response = request.send(body).expect("HTTP request reaches the daemon");
         let status = response.status().as_u16();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+        let content_type = content_type_of(&response);
         let body = response.body_mut().read_to_vec().unwrap_or_default();
         (status, content_type, body)
     }
