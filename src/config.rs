@@ -62,6 +62,8 @@ pub struct Config {
 pub struct OtlpConfig {
     /// The agent of OTLP usage that names none (no `gen_ai.agent.name`, no `service.name`).
     pub default_agent: String,
+    /// Where the OTLP/gRPC receiver listens; off when `None`.
+    pub grpc_listen: Option<SocketAddr>,
 }
 
 /// Agent label of OTLP usage that names no agent and no service.
@@ -220,6 +222,7 @@ impl Default for Config {
             report: None,
             otlp: OtlpConfig {
                 default_agent: DEFAULT_OTLP_AGENT.to_string(),
+                grpc_listen: None,
             },
             enforcement: EnforcementConfig {
                 signal: 15,
@@ -318,6 +321,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawOtlp {
     default_agent: Option<Spanned<String>>,
+    grpc_listen: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -782,6 +786,30 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
                 }
             }
         },
+        grpc_listen: raw.otlp.grpc_listen.as_ref().and_then(|listen| {
+            match listen.get_ref().parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() || token_file.is_some() || raw.server.allow_unauthenticated_remote == Some(true) => Some(addr),
+                Ok(addr) => {
+                    locator.report(
+                        listen.span(),
+                        format!(
+                            "otlp.grpc_listen: {addr} is reachable from other hosts; set server.token_file, or server.allow_unauthenticated_remote = true if something else guards it"
+                        ),
+                    );
+                    None
+                }
+                Err(_) => {
+                    locator.report(
+                        listen.span(),
+                        format!(
+                            "otlp.grpc_listen: '{}' is not an address and port such as \"127.0.0.1:4317\"",
+                            listen.get_ref()
+                        ),
+                    );
+                    None
+                }
+            }
+        }),
     };
     Config {
         source: None,

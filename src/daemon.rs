@@ -27,6 +27,14 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "cannot listen for OTLP/gRPC on {addr}: {source} (is a collector already on that port? set [otlp] grpc_listen)"
+    )]
+    BindGrpc {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot start the sampler thread: {0}")]
     Sampler(#[source] std::io::Error),
     #[error("cannot install a signal handler: {0}")]
@@ -262,6 +270,36 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
             source,
         })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
+    let grpc = match config.otlp.grpc_listen {
+        None => None,
+        Some(addr) => {
+            let grpc_listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| DaemonError::BindGrpc { addr, source })?;
+            let grpc_addr = grpc_listener.local_addr().map_err(DaemonError::Serve)?;
+            let receiver = crate::otlp::grpc::Receiver {
+                ledger: ledger_tx.clone(),
+                defaults: crate::otlp::Defaults {
+                    agent: config.otlp.default_agent.clone(),
+                },
+                token: token.clone(),
+            };
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let max = usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX);
+            let timeout = config.server.limits.body_timeout;
+            let task = tokio::spawn(crate::otlp::grpc::serve(
+                grpc_listener,
+                receiver,
+                max,
+                timeout,
+                async {
+                    let _ = stopped.await;
+                },
+            ));
+            info!(addr = %grpc_addr, "listening for OTLP/gRPC");
+            Some((stop, task))
+        }
+    };
     let sampler = start_sampler(&config, &baselines, book, ledger_tx.clone())?;
     info!(
         addr = %local,
@@ -355,6 +393,14 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
     };
 
     let _ = stop_tx.send(());
+    if let Some((stop, task)) = grpc {
+        let _ = stop.send(());
+        match task.await {
+            Ok(Err(error)) => warn!(%error, "the OTLP/gRPC receiver ended with an error"),
+            Err(error) => warn!(%error, "the OTLP/gRPC receiver panicked"),
+            Ok(Ok(())) => {}
+        }
+    }
     let served = server.await;
     drop(sampler);
     drop(enforcer);

@@ -12,10 +12,8 @@ use axum::response::{IntoResponse, Response};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use tokio::sync::oneshot;
 
 use super::{AppState, authorized, count_rejected};
-use crate::ledger::LedgerInput;
 use crate::otlp::decode::{self, DecodeError, Encoding, Signal};
 use crate::otlp::{Mapped, SOURCE, mapping};
 use crate::server::BodyProblem;
@@ -25,9 +23,6 @@ const INVALID_ARGUMENT: i32 = 3;
 const RESOURCE_EXHAUSTED: i32 = 8;
 const UNAVAILABLE: i32 = 14;
 const UNAUTHENTICATED: i32 = 16;
-
-/// Most rejection messages quoted in one partial success.
-const QUOTED_REJECTIONS: usize = 5;
 
 pub async fn traces(state: State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     receive(state, headers, body, Signal::Traces).await
@@ -158,29 +153,9 @@ async fn receive(
             decode::success_body(signal, encoding, 0, ""),
         );
     }
-    let (reply, answered) = oneshot::channel();
-    let outcome = match state.ledger.send(LedgerInput::Otlp { mapped, reply }).await {
-        Ok(()) => answered
-            .await
-            .unwrap_or_else(|_| Err("the ledger stopped".to_string())),
-        Err(_) => Err("the ledger stopped".to_string()),
-    };
-    match outcome {
+    match crate::otlp::submit(&state.ledger, mapped).await {
         Ok(result) => {
-            let mut message = result
-                .rejected
-                .iter()
-                .take(QUOTED_REJECTIONS)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ");
-            if result.rejected.len() > QUOTED_REJECTIONS {
-                message.push_str(&format!(
-                    "; and {} more",
-                    result.rejected.len() - QUOTED_REJECTIONS
-                ));
-            }
-            let rejected = u64::try_from(result.rejected.len()).unwrap_or(u64::MAX);
+            let (rejected, message) = crate::otlp::partial_success(&result);
             answer(
                 StatusCode::OK,
                 encoding,

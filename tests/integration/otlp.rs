@@ -465,3 +465,80 @@ fn malformed_otlp_bodies_get_400_with_a_message_and_the_daemon_carries_on() {
     assert_eq!(otlp_events(&daemon, "llm_usage", "rejected"), 1.0);
     assert_eq!(daemon.get("/healthz", None).0, 200);
 }
+
+#[test]
+fn the_grpc_receiver_meters_gzip_exports_and_counts_a_resend_once() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+    let port = crate::util::free_port();
+    let daemon = Daemon::start(&format!("[otlp]\ngrpc_listen = \"127.0.0.1:{port}\"\n"));
+    crate::util::wait_for("the gRPC receiver", SETTLE, || {
+        (daemon.log_count("listening for OTLP/gRPC") > 0).then_some(())
+    });
+    let int = |key: &str, value: i64| KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    };
+    let span = |id: u8| Span {
+        trace_id: vec![7; 16],
+        span_id: vec![id; 8],
+        name: "chat".into(),
+        end_time_unix_nano: now_ns(),
+        attributes: vec![
+            kv("gen_ai.request.model", "gpt-4o-mini"),
+            int("gen_ai.usage.input_tokens", 1_000),
+            int("gen_ai.usage.output_tokens", 200),
+        ],
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "grpc-agent")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span(1), span(2)],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connects")
+            .send_compressed(tonic::codec::CompressionEncoding::Gzip);
+        for _ in 0..2 {
+            let answer = client
+                .export(request.clone())
+                .await
+                .expect("exported")
+                .into_inner();
+            assert_eq!(answer.partial_success, None);
+        }
+    });
+    assert_eq!(
+        tokens(&daemon, "grpc-agent", "gpt-4o-mini", "input"),
+        2_000.0
+    );
+    assert_eq!(
+        tokens(&daemon, "grpc-agent", "gpt-4o-mini", "output"),
+        400.0
+    );
+    assert_eq!(otlp_events(&daemon, "llm_usage", "accepted"), 2.0);
+    assert_eq!(
+        otlp_events(&daemon, "llm_usage", "duplicate"),
+        2.0,
+        "the resend"
+    );
+}

@@ -1,0 +1,179 @@
+//! The OTLP/gRPC receiver, on its own port (`[otlp] grpc_listen`, off by default), for agents
+//! whose exporter speaks only gRPC or defaults to it (Claude Code's examples use port 4317).
+//! Same mapping, same ledger, same answers as OTLP/HTTP: partial successes for refused items,
+//! UNAVAILABLE (retried by exporters) when the store cannot write.
+
+use std::future::Future;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsPartialSuccess, ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsPartialSuccess, ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use tokio::net::TcpListener;
+use tonic::codec::CompressionEncoding;
+use tonic::{Request, Response, Status};
+
+use super::{Defaults, Mapped, mapping};
+use crate::ledger::LedgerSender;
+
+/// What the three services share.
+#[derive(Clone)]
+pub struct Receiver {
+    pub ledger: LedgerSender,
+    pub defaults: Defaults,
+    /// Bearer token exporters must send (`authorization` metadata), when configured.
+    pub token: Option<String>,
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Receiver {
+    fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.token else {
+            return Ok(());
+        };
+        let given = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        let difference = given
+            .bytes()
+            .zip(expected.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        if given.len() == expected.len() && difference == 0 {
+            Ok(())
+        } else {
+            Err(Status::unauthenticated(
+                "missing or wrong bearer token: set OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer <token from server.token_file>\"",
+            ))
+        }
+    }
+
+    /// Submits what a request mapped to; `(rejected, message)` for the partial success.
+    async fn submit(&self, mapped: Mapped) -> Result<(i64, String), Status> {
+        if mapped.records.is_empty() && mapped.points.is_empty() && mapped.rejected.is_empty() {
+            return Ok((0, String::new()));
+        }
+        let answer = super::submit(&self.ledger, mapped).await.map_err(|problem| {
+            Status::unavailable(format!(
+                "the store cannot take writes ({problem}); nothing from this request was recorded, retry later"
+            ))
+        })?;
+        let (rejected, message) = super::partial_success(&answer);
+        Ok((i64::try_from(rejected).unwrap_or(i64::MAX), message))
+    }
+}
+
+fn partial<P>(rejected: i64, message: String, make: impl FnOnce(i64, String) -> P) -> Option<P> {
+    (rejected > 0 || !message.is_empty()).then(|| make(rejected, message))
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        self.check_token(&request)?;
+        let mapped = mapping::spans(request.get_ref(), &self.defaults, now_ms());
+        let (rejected, message) = self.submit(mapped).await?;
+        Ok(Response::new(ExportTraceServiceResponse {
+            partial_success: partial(rejected, message, |rejected_spans, error_message| {
+                ExportTracePartialSuccess {
+                    rejected_spans,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.check_token(&request)?;
+        let mapped = mapping::metrics(request.get_ref(), &self.defaults);
+        let (rejected, message) = self.submit(mapped).await?;
+        Ok(Response::new(ExportMetricsServiceResponse {
+            partial_success: partial(rejected, message, |rejected_data_points, error_message| {
+                ExportMetricsPartialSuccess {
+                    rejected_data_points,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Receiver {
+    async fn export(
+        &self,
+        request: Request<ExportLogsServiceRequest>,
+    ) -> Result<Response<ExportLogsServiceResponse>, Status> {
+        self.check_token(&request)?;
+        let mapped = mapping::logs(request.get_ref(), &self.defaults, now_ms());
+        let (rejected, message) = self.submit(mapped).await?;
+        Ok(Response::new(ExportLogsServiceResponse {
+            partial_success: partial(rejected, message, |rejected_log_records, error_message| {
+                ExportLogsPartialSuccess {
+                    rejected_log_records,
+                    error_message,
+                }
+            }),
+        }))
+    }
+}
+
+/// Serves the three OTLP services on `listener` until `shutdown` resolves. Messages larger
+/// than `max_message_bytes` (decompressed) are refused; a call gets `timeout` to finish.
+pub async fn serve(
+    listener: TcpListener,
+    receiver: Receiver,
+    max_message_bytes: usize,
+    timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), tonic::transport::Error> {
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    tonic::transport::Server::builder()
+        .timeout(timeout)
+        .add_service(
+            TraceServiceServer::new(receiver.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max_message_bytes),
+        )
+        .add_service(
+            MetricsServiceServer::new(receiver.clone())
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max_message_bytes),
+        )
+        .add_service(
+            LogsServiceServer::new(receiver)
+                .accept_compressed(CompressionEncoding::Gzip)
+                .max_decoding_message_size(max_message_bytes),
+        )
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
