@@ -121,3 +121,34 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
         BodyProblem::Broken(error.to_string())
     })
 }
+
+/// Whether an `Authorization` value carries the expected bearer token, compared in time
+/// independent of where it differs. Always true when no token is expected.
+pub fn bearer_matches(expected: Option<&str>, authorization: Option<&str>) -> bool {
+    let Some(expected) = expected else {
+        return true;
+    };
+    let given = authorization
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let difference = given
+        .bytes()
+        .zip(expected.bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    given.len() == expected.len() && difference == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_matches;
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        assert!(bearer_matches(None, None));
+        assert!(bearer_matches(Some("s3cret"), Some("Bearer s3cret")));
+        assert!(!bearer_matches(Some("s3cret"), Some("Bearer s3cre")));
+        assert!(!bearer_matches(Some("s3cret"), Some("Bearer s3cret2")));
+        assert!(!bearer_matches(Some("s3cret"), Some("s3cret")));
+        assert!(!bearer_matches(Some("s3cret"), None));
+    }
+}

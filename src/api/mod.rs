@@ -72,22 +72,14 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// Whether a write carries the configured bearer token (compared in time independent of
-/// where it differs). Always true when no token is configured.
+/// Whether a write carries the configured bearer token. Always true when none is configured.
 fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(expected) = &state.token else {
-        return true;
-    };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let difference = given
-        .bytes()
-        .zip(expected.bytes())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    given.len() == expected.len() && difference == 0
+    crate::server::bearer_matches(
+        state.token.as_deref(),
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
 }
 
 fn unauthorized() -> Response {

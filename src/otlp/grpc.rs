@@ -46,20 +46,11 @@ fn now_ms() -> i64 {
 
 impl Receiver {
     fn check_token<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = &self.token else {
-            return Ok(());
-        };
         let given = request
             .metadata()
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        let difference = given
-            .bytes()
-            .zip(expected.bytes())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-        if given.len() == expected.len() && difference == 0 {
+            .and_then(|v| v.to_str().ok());
+        if crate::server::bearer_matches(self.token.as_deref(), given) {
             Ok(())
         } else {
             Err(Status::unauthenticated(
