@@ -85,10 +85,6 @@ impl OtlpState {
         OtlpState { streams, claims }
     }
 
-    pub fn stream_count(&self) -> usize {
-        self.streams.len()
-    }
-
     /// Whether `family` meters `owner` now; claims the owner when nobody does, or when the
     /// claiming family has been silent for [`CLAIM_LAPSE_MS`].
     fn admit(&mut self, owner: &str, family: Family, now_ms: i64, out: &mut Resolved) -> bool {
