@@ -564,40 +564,18 @@ impl Config {
 
 fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
     let defaults = Config::default();
-    let listen_span = raw.server.listen.as_ref().map_or(0..0, Spanned::span);
-    let listen = match raw.server.listen {
-        None => defaults.server.listen,
-        Some(listen) => match listen.get_ref().parse::<SocketAddr>() {
-            Ok(addr) => addr,
-            Err(_) => {
-                locator.report(
-                    listen.span(),
-                    format!(
-                        "server.listen: '{}' is not an address and port such as \"127.0.0.1:8000\"",
-                        listen.get_ref()
-                    ),
-                );
-                defaults.server.listen
-            }
-        },
-    };
-
     let token_file = raw
         .server
         .token_file
         .as_ref()
         .map(|t| PathBuf::from(t.get_ref()));
-    if !listen.ip().is_loopback()
-        && token_file.is_none()
-        && raw.server.allow_unauthenticated_remote != Some(true)
-    {
-        locator.report(
-            listen_span,
-            format!(
-                "server.listen: {listen} is reachable from other hosts; set server.token_file, or server.allow_unauthenticated_remote = true if something else guards it"
-            ),
-        );
-    }
+    let guarded = token_file.is_some() || raw.server.allow_unauthenticated_remote == Some(true);
+    let listen = raw
+        .server
+        .listen
+        .as_ref()
+        .and_then(|l| listen_address(locator, l, "server.listen", "127.0.0.1:8000", guarded))
+        .unwrap_or(defaults.server.listen);
     let max_body_bytes = match raw.server.max_body_bytes {
         None => DEFAULT_MAX_BODY_BYTES,
         Some(max) => {
@@ -786,29 +764,8 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
                 }
             }
         },
-        grpc_listen: raw.otlp.grpc_listen.as_ref().and_then(|listen| {
-            match listen.get_ref().parse::<SocketAddr>() {
-                Ok(addr) if addr.ip().is_loopback() || token_file.is_some() || raw.server.allow_unauthenticated_remote == Some(true) => Some(addr),
-                Ok(addr) => {
-                    locator.report(
-                        listen.span(),
-                        format!(
-                            "otlp.grpc_listen: {addr} is reachable from other hosts; set server.token_file, or server.allow_unauthenticated_remote = true if something else guards it"
-                        ),
-                    );
-                    None
-                }
-                Err(_) => {
-                    locator.report(
-                        listen.span(),
-                        format!(
-                            "otlp.grpc_listen: '{}' is not an address and port such as \"127.0.0.1:4317\"",
-                            listen.get_ref()
-                        ),
-                    );
-                    None
-                }
-            }
+        grpc_listen: raw.otlp.grpc_listen.as_ref().and_then(|l| {
+            listen_address(locator, l, "otlp.grpc_listen", "127.0.0.1:4317", guarded)
         }),
     };
     Config {
@@ -835,6 +792,39 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         status_file,
         report,
         otlp,
+    }
+}
+
+/// Parses a listen address. Beyond loopback it must be `guarded` (a token, or the explicit
+/// opt-out), or anyone on the network could write usage and order kills.
+fn listen_address(
+    locator: &mut Locator<'_>,
+    raw: &Spanned<String>,
+    field: &str,
+    example: &str,
+    guarded: bool,
+) -> Option<SocketAddr> {
+    match raw.get_ref().parse::<SocketAddr>() {
+        Err(_) => {
+            locator.report(
+                raw.span(),
+                format!(
+                    "{field}: '{}' is not an address and port such as \"{example}\"",
+                    raw.get_ref()
+                ),
+            );
+            None
+        }
+        Ok(addr) if !addr.ip().is_loopback() && !guarded => {
+            locator.report(
+                raw.span(),
+                format!(
+                    "{field}: {addr} is reachable from other hosts; set server.token_file, or server.allow_unauthenticated_remote = true if something else guards it"
+                ),
+            );
+            None
+        }
+        Ok(addr) => Some(addr),
     }
 }
 
