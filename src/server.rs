@@ -113,7 +113,7 @@ pub async fn read_body(body: axum::body::Body, limit: usize) -> Result<bytes::By
             if current.is::<tower_http::timeout::TimeoutError>() {
                 return BodyProblem::TimedOut;
             }
-            if current.to_string().contains("length limit exceeded") {
+            if current.is::<http_body_util::LengthLimitError>() {
                 return BodyProblem::TooLarge;
             }
             cause = current.source();
