@@ -402,12 +402,19 @@ impl Ledger {
                 }
                 LedgerInput::Otlp { mapped, reply } => {
                     let resolved = self.otlp.resolve(mapped, received);
-                    for _ in &resolved.rejected {
-                        self.count_event(crate::otlp::SOURCE, "llm_usage", "rejected");
-                    }
-                    for _ in 0..resolved.duplicates {
-                        self.count_event(crate::otlp::SOURCE, "llm_usage", "duplicate");
-                    }
+                    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+                    self.count_events(
+                        crate::otlp::SOURCE,
+                        "llm_usage",
+                        "rejected",
+                        count(resolved.rejected.len()),
+                    );
+                    self.count_events(
+                        crate::otlp::SOURCE,
+                        "llm_usage",
+                        "duplicate",
+                        count(resolved.duplicates),
+                    );
                     let start = priced.len();
                     for event in resolved.events {
                         let cost = match &event.body {
@@ -575,6 +582,19 @@ impl Ledger {
         event_type: &'static str,
         result: &'static str,
     ) {
+        self.count_events(source, event_type, result, 1);
+    }
+
+    fn count_events(
+        &mut self,
+        source: &'static str,
+        event_type: &'static str,
+        result: &'static str,
+        n: u64,
+    ) {
+        if n == 0 {
+            return;
+        }
         let metrics = &self.metrics;
         self.event_counters
             .entry((source, event_type, result))
@@ -588,7 +608,7 @@ impl Ledger {
                     })
                     .clone()
             })
-            .inc();
+            .inc_by(n);
     }
 
     /// The token and USD series of one agent and model, from the cache when possible.

@@ -743,6 +743,19 @@ mod tests {
         })
     }
 
+    fn logs_request(service: &str, log_records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: resource(vec![s("service.name", service)]),
+                scope_logs: vec![ScopeLogs {
+                    log_records,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+    }
+
     fn usage(event: &Event) -> &crate::ingest::LlmUsage {
         match &event.body {
             crate::ingest::EventBody::LlmUsage(u) => u,
@@ -958,16 +971,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let request = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource: resource(vec![s("service.name", "claude-code")]),
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![record, LogRecord::default()],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
+        let request = logs_request("claude-code", vec![record, LogRecord::default()]);
         let mapped = logs(&request, &defaults(), 0);
         assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);
         assert_eq!(mapped.records.len(), 1);
@@ -1000,16 +1004,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let request = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource: resource(vec![s("service.name", "gemini-cli")]),
-                scope_logs: vec![ScopeLogs {
-                    log_records: vec![record],
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }],
-        };
+        let request = logs_request("gemini-cli", vec![record]);
         let mapped = logs(&request, &defaults(), 0);
         let u = usage(&mapped.records[0].event);
         assert_eq!(
