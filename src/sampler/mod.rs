@@ -267,9 +267,11 @@ fn sample_target(
                 Ok(roots) => {
                     let exec = matches!(selector, Selector::ExecChildren);
                     let members = table.tree(&roots, state.config.children);
-                    // An empty tree (the root just died) keeps the last one: its orphans are
-                    // what the enforcer still needs to find.
-                    if !members.is_empty()
+                    // Only trees the enforcer walks are published. An empty tree (the root
+                    // just died) keeps the last one: its orphans are what the enforcer still
+                    // needs to find.
+                    if state.config.children
+                        && !members.is_empty()
                         && let Ok(mut book) = book.write()
                     {
                         book.set_members(
