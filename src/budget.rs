@@ -244,6 +244,70 @@ pub struct BudgetStatus {
     pub projected_exhaustion_seconds: Option<f64>,
 }
 
+impl BudgetStatus {
+    /// At or past the limit now. For memory that is the current RSS, so a memory budget stops
+    /// holding once its target is gone; every other resource holds until its window resets.
+    pub fn is_exceeded(&self) -> bool {
+        self.ratio >= 1.0
+    }
+
+    /// The budget in one line for a person: what was used of what, and when that changes.
+    pub fn describe_excess(&self) -> String {
+        let amount = |value: f64| match self.resource {
+            Resource::Usd => format!("${value:.2}"),
+            Resource::Tokens => format!("{value:.0} tokens"),
+            Resource::CpuSeconds => format!("{value:.1} CPU seconds"),
+            Resource::MemBytes | Resource::DiskBytes => {
+                bytesize::ByteSize::b(value.max(0.0) as u64).to_string()
+            }
+        };
+        let resets = match (&self.window_end, self.window.as_str()) {
+            (Some(end), _) => format!("the {} window resets at {end}", self.window),
+            (None, "lifetime") => "a lifetime budget does not reset: raise its limit".to_string(),
+            (None, window) => format!("rolling {window}: it frees up as usage ages out"),
+        };
+        format!(
+            "budget '{}' is exceeded: {} used of {}; {resets}",
+            self.name,
+            amount(self.used),
+            amount(self.limit)
+        )
+    }
+}
+
+/// A target that an exceeded hard budget keeps stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    pub target: String,
+    /// The first exceeded budget that holds it.
+    pub budget: String,
+}
+
+/// Which targets the exceeded `soft_kill` budgets hold: a budget scoped to a target holds that
+/// target; any other holds every one of `enforceable`. Exceeded is a state, not an event: while
+/// a hold stands, the target's processes are stopped whenever they (re)appear.
+pub fn holds(statuses: &[BudgetStatus], enforceable: &[String]) -> Vec<Hold> {
+    let mut holds: Vec<Hold> = Vec::new();
+    for status in statuses
+        .iter()
+        .filter(|s| s.on_exceed == OnExceed::SoftKill && s.is_exceeded())
+    {
+        let targets: Vec<&String> = match &status.target {
+            Some(target) => vec![target],
+            None => enforceable.iter().collect(),
+        };
+        for target in targets {
+            if !holds.iter().any(|h| &h.target == target) {
+                holds.push(Hold {
+                    target: target.clone(),
+                    budget: status.name.clone(),
+                });
+            }
+        }
+    }
+    holds
+}
+
 /// How far back the burn rate looks.
 const BURN_RATE_SPAN_MS: i64 = 5 * 60 * 1000;
 /// Buckets a rolling window is cut into.
@@ -528,6 +592,96 @@ mod tests {
 
     fn kinds(transitions: &[Transition]) -> Vec<TransitionKind> {
         transitions.iter().map(|t| t.kind).collect()
+    }
+
+    #[test]
+    fn exceeded_hard_budgets_hold_their_targets_and_soft_ones_do_not() {
+        let mut cpu = spec("cpu", Resource::CpuSeconds, 1.0, Window::Lifetime);
+        cpu.scope = Scope::Target("builder".into());
+        let mut soft = spec("soft", Resource::Usd, 1.0, Window::Lifetime);
+        soft.on_exceed = OnExceed::Alert;
+        let hard = spec("hard", Resource::Usd, 5.0, Window::Lifetime);
+        let mut budgets = Budgets::new(vec![cpu, soft, hard], NOW);
+        let enforceable = vec!["agent".to_string(), "builder".to_string()];
+        budgets.charge(&usd(2.0, NOW), NOW);
+        budgets.evaluate(NOW);
+        assert!(
+            holds(&budgets.status(NOW), &enforceable).is_empty(),
+            "only the soft budget is over"
+        );
+        budgets.charge(
+            &Charge {
+                resource: Resource::CpuSeconds,
+                amount: 3.0,
+                ts_ms: NOW,
+                agent: None,
+                target: Some("builder"),
+            },
+            NOW,
+        );
+        budgets.evaluate(NOW);
+        let held = holds(&budgets.status(NOW), &enforceable);
+        assert_eq!(
+            held,
+            vec![Hold {
+                target: "builder".into(),
+                budget: "cpu".into()
+            }]
+        );
+        budgets.charge(&usd(4.0, NOW), NOW);
+        // No transition is pending, yet the state holds: it is read, not announced.
+        budgets.evaluate(NOW);
+        assert!(budgets.evaluate(NOW).is_empty());
+        let targets: Vec<String> = holds(&budgets.status(NOW), &enforceable)
+            .into_iter()
+            .map(|h| h.target)
+            .collect();
+        assert_eq!(targets, vec!["builder".to_string(), "agent".to_string()]);
+    }
+
+    #[test]
+    fn a_hold_ends_with_its_window() {
+        let mut budgets = Budgets::new(vec![spec("daily", Resource::Usd, 1.0, Window::Day)], NOW);
+        let enforceable = vec!["agent".to_string()];
+        budgets.charge(&usd(2.0, NOW), NOW);
+        budgets.evaluate(NOW);
+        assert_eq!(holds(&budgets.status(NOW), &enforceable).len(), 1);
+        let tomorrow = NOW + DAY;
+        budgets.evaluate(tomorrow);
+        assert!(holds(&budgets.status(tomorrow), &enforceable).is_empty());
+    }
+
+    #[test]
+    fn an_excess_is_described_with_its_amounts_and_reset() {
+        let mut budgets = Budgets::new(
+            vec![
+                spec("tokens", Resource::Tokens, 100_000.0, Window::Lifetime),
+                spec("daily", Resource::Usd, 1.0, Window::Day),
+            ],
+            NOW,
+        );
+        for (resource, amount) in [(Resource::Tokens, 343_628.0), (Resource::Usd, 1.5)] {
+            budgets.charge(
+                &Charge {
+                    resource,
+                    amount,
+                    ts_ms: NOW,
+                    agent: None,
+                    target: None,
+                },
+                NOW,
+            );
+        }
+        budgets.evaluate(NOW);
+        let status = budgets.status(NOW);
+        assert_eq!(
+            status[0].describe_excess(),
+            "budget 'tokens' is exceeded: 343628 tokens used of 100000 tokens; a lifetime budget does not reset: raise its limit"
+        );
+        assert_eq!(
+            status[1].describe_excess(),
+            "budget 'daily' is exceeded: $1.50 used of $1.00; the day window resets at 2026-11-24T00:00:00Z"
+        );
     }
 
     #[test]

@@ -225,6 +225,26 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
     let health = Arc::new(Health::default());
     let token = read_token(&config)?;
     let (ledger, baselines) = Ledger::open(&config, metrics.clone(), health.clone())?;
+    if let Some(command) = &command {
+        // Relaunch guard: a command started into an exhausted budget would only be stopped
+        // again; a supervisor gets the same answer every time.
+        let holding = ledger.holding(&command.target);
+        if !holding.is_empty() {
+            let program = command
+                .argv
+                .first()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for status in &holding {
+                let line = status.describe_excess();
+                error!(event = "BUDGET_EXCEEDED", budget = %status.name, command = %program, "{line}; the command is not started");
+                eprintln!(
+                    "costmeter: {line}; '{program}' was not started (exit status {EXIT_BUDGET_KILLED})"
+                );
+            }
+            return Ok(EXIT_BUDGET_KILLED);
+        }
+    }
     let book = IdentityBook::default();
     let export_health = Arc::new(ExportHealth::default());
     let telemetry = crate::telemetry::spawn(&config.telemetry, export_health.clone())

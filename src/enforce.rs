@@ -285,6 +285,9 @@ impl Enforcer {
                 members
             }
         };
+        // An exited, unreaped child is no process to stop: signalling it "succeeds" and would
+        // be recorded as a SIGKILL of a survivor.
+        members.retain(|m| table.rows.get(&m.pid).is_none_or(|row| !row.zombie));
         members.retain(|m| {
             let keep = !self.protected.contains(&m.pid);
             if !keep {
@@ -358,10 +361,31 @@ impl Enforcer {
         signal_all(rest, &mut handles, &mut report);
         info!(target_name = %order.target, reason = %order.reason, signal = %self.config.signal_name, signalled = report.signalled, "soft-kill: signal sent");
 
-        let survivors = wait_for_exit(handles, self.config.grace);
-        // Descendants born during the grace get SIGKILL too, through fresh, checked pidfds.
-        let mut last_round: Vec<Handle> = survivors;
-        let known: HashSet<i32> = last_round.iter().map(|h| h.identity.pid).collect();
+        // Until the grace is over, processes that join the tree meanwhile get the polite
+        // signal too, and the rest of the grace; then SIGKILL for whatever is left, including
+        // anything born in the last moments.
+        let deadline = Instant::now() + self.config.grace;
+        let mut known: HashSet<i32> = handles.iter().map(|h| h.identity.pid).collect();
+        loop {
+            handles = wait_for_exit(handles, deadline, LATE_COMER_SCAN);
+            if polite == Signal::KILL || Instant::now() >= deadline {
+                break;
+            }
+            let late: Vec<Identity> = self
+                .members(target, &mut Vec::new())
+                .into_iter()
+                .filter(|m| known.insert(m.pid))
+                .collect();
+            if handles.is_empty() && late.is_empty() {
+                break;
+            }
+            let before = report.signalled;
+            signal_all(late, &mut handles, &mut report);
+            if report.signalled > before {
+                info!(target_name = %order.target, late = report.signalled - before, "soft-kill: processes that joined the tree got the signal and the rest of the grace");
+            }
+        }
+        let mut last_round: Vec<Handle> = handles;
         if polite != Signal::KILL {
             for member in self.members(target, &mut Vec::new()) {
                 if !known.contains(&member.pid)
@@ -386,9 +410,13 @@ impl Enforcer {
     }
 }
 
-/// Waits until every process has exited or the grace is over; returns those still running.
-fn wait_for_exit(mut handles: Vec<Handle>, grace: Duration) -> Vec<Handle> {
-    let deadline = Instant::now() + grace;
+/// How often the tree is scanned for late-comers while the grace runs.
+const LATE_COMER_SCAN: Duration = Duration::from_millis(50);
+
+/// Waits until every process has exited, `deadline` passed or `slice` went by; returns those
+/// still running.
+fn wait_for_exit(mut handles: Vec<Handle>, deadline: Instant, slice: Duration) -> Vec<Handle> {
+    let deadline = deadline.min(Instant::now() + slice);
     while !handles.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {

@@ -5,7 +5,7 @@
 //! transaction (group commit), and only then moves the metrics and answers the senders. So a
 //! 2xx always means "on disk", and there is one place to read when a number looks wrong.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +18,7 @@ use tracing::{error, info, warn};
 use serde_json::json;
 
 use crate::budget::{
-    BudgetStatus, Budgets, Charge, OnExceed, Resource, Scope, State, TransitionKind,
+    BudgetStatus, Budgets, Charge, OnExceed, Resource, Scope, State, TransitionKind, holds,
 };
 use crate::config::Config;
 use crate::daemon::Health;
@@ -152,6 +152,14 @@ pub struct Ledger {
     /// Names of the targets a budget without a target scope stops.
     enforceable_targets: Vec<String>,
     enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,
+    /// Targets with a kill order the enforcer has not reported on yet: one at a time each.
+    kills_in_flight: HashSet<String>,
+    /// Targets a reading showed alive since their last kill order: while an exceeded budget
+    /// holds them, each such sighting is stopped again.
+    seen_alive: HashSet<String>,
+    /// `[enforcement] dry_run`, and the held targets a dry run already told about.
+    dry_run: bool,
+    dry_run_told: HashSet<String>,
     webhook: Option<Webhook>,
     telemetry: Option<Telemetry>,
     status_file: Option<std::path::PathBuf>,
@@ -239,6 +247,10 @@ impl Ledger {
             budgets: Budgets::new(config.budgets.clone(), now_ms()),
             enforceable_targets: enforceable(config),
             enforcer: None,
+            kills_in_flight: HashSet::new(),
+            seen_alive: HashSet::new(),
+            dry_run: config.enforcement.dry_run,
+            dry_run_told: HashSet::new(),
             webhook: None,
             telemetry: None,
             status_file: config.status_file.clone(),
@@ -445,7 +457,12 @@ impl Ledger {
                     let _ = reply.send(self.budgets.status(received));
                 }
                 LedgerInput::Enforce(order) => self.order_kill(order),
-                LedgerInput::Enforced(report) => self.record_enforcement(&report, received),
+                LedgerInput::Enforced(report) => {
+                    // Sightings from before the report are of processes it just stopped.
+                    self.kills_in_flight.remove(&report.target);
+                    self.seen_alive.remove(&report.target);
+                    self.record_enforcement(&report, received);
+                }
                 LedgerInput::Query(query) => self.answer(query),
             }
         }
@@ -503,6 +520,9 @@ impl Ledger {
         // Resource gauges and counters move even when the store failed: the deltas are then
         // counted again from the stored baseline after a restart, never lost.
         for reading in &readings {
+            if reading.up && reading.processes > 0 {
+                self.seen_alive.insert(reading.target.clone());
+            }
             self.metrics.record_target(reading);
             self.health.mark_sampled();
             self.charge_reading(reading, received);
@@ -1158,7 +1178,46 @@ impl Ledger {
                 warn!(error = %failure, budget = %spec.name, "cannot record the budget state; it may be announced again after a restart");
             }
         }
+        self.enforce_holds(&statuses);
         self.publish_budget_series(&statuses);
+    }
+
+    /// Exceeded is a state: every target an exceeded hard budget holds is stopped again
+    /// whenever a reading shows it alive — a new session, a restarted agent, a late child —
+    /// after a restart of costmeter too, since the state is rebuilt from the store.
+    fn enforce_holds(&mut self, statuses: &[BudgetStatus]) {
+        let held = holds(statuses, &self.enforceable_targets);
+        // A dry run says once per hold what it would do, not at every sample.
+        self.dry_run_told
+            .retain(|target| held.iter().any(|h| &h.target == target));
+        for hold in held {
+            if self.kills_in_flight.contains(&hold.target)
+                || !self.seen_alive.contains(&hold.target)
+                || (self.dry_run && !self.dry_run_told.insert(hold.target.clone()))
+            {
+                continue;
+            }
+            self.health.set_budget_kill(&hold.budget);
+            self.order_kill(KillOrder {
+                target: hold.target,
+                reason: format!("budget '{}' exceeded", hold.budget),
+            });
+        }
+    }
+
+    /// The exceeded hard budgets that hold `target` now, read from the store at start: what
+    /// `costmeter exec` checks before it starts its command.
+    pub fn holding(&self, target: &str) -> Vec<BudgetStatus> {
+        let me = [target.to_string()];
+        self.budgets
+            .status(now_ms())
+            .into_iter()
+            .filter(|s| {
+                holds(std::slice::from_ref(s), &me)
+                    .iter()
+                    .any(|h| h.target == target)
+            })
+            .collect()
     }
 
     fn publish_budget_series(&self, statuses: &[BudgetStatus]) {
@@ -1200,11 +1259,19 @@ impl Ledger {
     }
 
     fn order_kill(&mut self, order: KillOrder) {
+        if self.kills_in_flight.contains(&order.target) {
+            info!(target_name = %order.target, reason = %order.reason, "soft-kill already under way for this target");
+            return;
+        }
         match &self.enforcer {
             Some(enforcer) => {
                 warn!(target_name = %order.target, reason = %order.reason, "soft-kill ordered");
+                let target = order.target.clone();
                 if enforcer.send(EnforcerInput::Kill(order)).is_err() {
                     error!("the enforcer stopped; no process was signalled");
+                } else {
+                    self.seen_alive.remove(&target);
+                    self.kills_in_flight.insert(target);
                 }
             }
             None => {
@@ -1214,6 +1281,11 @@ impl Ledger {
     }
 
     fn record_enforcement(&mut self, report: &KillReport, now: i64) {
+        if report.signalled + report.killed == 0 && report.refused.is_empty() {
+            // The target was already gone: nothing was done, nothing to record.
+            info!(target_name = %report.target, reason = %report.reason, "soft-kill found no process to stop");
+            return;
+        }
         if !report.dry_run && report.signalled + report.killed > 0 {
             let m = &self.metrics;
             let target = m.cap.admit("target", &report.target);

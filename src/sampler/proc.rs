@@ -18,6 +18,8 @@ pub struct ProcRow {
     pub reaped_ticks: u64,
     pub rss_bytes: u64,
     pub comm: String,
+    /// Exited, not yet reaped: it runs nothing and cannot be stopped.
+    pub zombie: bool,
 }
 
 /// A snapshot of every process on the host, taken once and shared by all targets due together.
@@ -107,6 +109,7 @@ fn read_row(process: &Process) -> Option<ProcRow> {
         own_ticks: stat.utime + stat.stime,
         reaped_ticks: u64::try_from(stat.cutime.max(0) + stat.cstime.max(0)).unwrap_or(0),
         rss_bytes: stat.rss.saturating_mul(procfs::page_size()),
+        zombie: stat.state == 'Z',
         comm: stat.comm,
     })
 }
@@ -220,6 +223,7 @@ mod tests {
             reaped_ticks: 0,
             rss_bytes: 0,
             comm: String::new(),
+            zombie: false,
         }
     }
 

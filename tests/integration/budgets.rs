@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Workload, scratch_dir, wait_for};
+use crate::util::{Daemon, Workload, alive, scratch_dir, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(20);
 /// The exit status `costmeter exec` leaves with when a budget stopped the command.
@@ -18,16 +18,6 @@ const EXIT_BUDGET_KILLED: i32 = 86;
 fn usage(id: &str, agent: &str, tokens: u64, cost: f64) -> Value {
     json!({"type": "llm_usage", "event_id": id, "agent": agent, "model": "gpt-5",
            "input_tokens": tokens, "output_tokens": 0, "cost_usd": cost})
-}
-
-fn alive(pid: i32) -> bool {
-    // A zombie is dead for our purpose: it runs nothing.
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        !stat
-            .rsplit(')')
-            .next()
-            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
-    })
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod cli;
 mod events;
 mod exposition;
 mod faults;
+mod holds;
 mod hostile;
 mod ops;
 mod otlp;

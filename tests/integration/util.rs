@@ -513,6 +513,16 @@ impl Drop for Workload {
     }
 }
 
+/// Whether `pid` runs. A zombie is dead for this purpose: it runs nothing.
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
 /// The kernel's CPU figure for a live process and its reaped children, from /proc/PID/stat.
 pub fn proc_cpu_seconds(pid: i32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
