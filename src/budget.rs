@@ -441,8 +441,8 @@ impl Budgets {
 
     fn used(spec: &BudgetSpec, tally: &Tally) -> f64 {
         match (spec.resource, spec.window) {
-            (Resource::MemBytes, _) => tally.memory.values().sum(),
-            (_, Window::Rolling(_)) => tally.buckets.iter().map(|(_, v)| v).sum(),
+            (Resource::MemBytes, _) => tally.memory.values().fold(0.0, |sum, v| sum + v),
+            (_, Window::Rolling(_)) => tally.buckets.iter().fold(0.0, |sum, (_, v)| sum + v),
             _ => tally.used,
         }
     }
@@ -521,7 +521,7 @@ impl Budgets {
                 let remaining = (spec.limit - used).max(0.0);
                 // Spend over the whole five minutes, like a Prometheus rate: one burst is not
                 // taken for a sustained pace.
-                let rate_per_s = tally.recent.iter().map(|(_, v)| v).sum::<f64>()
+                let rate_per_s = tally.recent.iter().fold(0.0, |sum, (_, v)| sum + v)
                     / (BURN_RATE_SPAN_MS as f64 / 1000.0);
                 let projected =
                     (spec.resource != Resource::MemBytes && rate_per_s > 0.0 && remaining > 0.0)

@@ -361,6 +361,14 @@ pub fn diagnose(client: &Client, namespace: &str) -> Vec<Finding> {
             if ok { "" } else { fix },
         ));
     }
+    for problem in status["problems"].as_array().into_iter().flatten() {
+        findings.push(finding(
+            problem["name"].as_str().unwrap_or("problem"),
+            "red",
+            text(&problem["detail"]),
+            text(&problem["fix"]),
+        ));
+    }
     let metrics = client.get_text("/metrics").unwrap_or_default();
     let scans = [
         LabelScan {

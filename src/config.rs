@@ -28,6 +28,12 @@ pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 pub const MIN_SAMPLE_INTERVAL: Duration = Duration::from_millis(10);
 /// Largest `POST /v1/events` body accepted.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 1024 * 1024;
+/// Largest OTLP request body by default, decompressed: the OpenTelemetry Collector's own
+/// default (20 MiB). Agents batch hundreds of log records with long attributes into one export
+/// (Gemini CLI: 1.5 MB for 26 calls); an exporter drops a batch answered 413.
+pub const DEFAULT_OTLP_MAX_BODY_BYTES: u64 = 20 * 1024 * 1024;
+/// Largest body cap either setting accepts.
+const MAX_BODY_CAP: i64 = 256 * 1024 * 1024;
 /// Where the store lives when the config does not say: the working directory.
 pub const DEFAULT_STORE_PATH: &str = "costmeter.db";
 /// How long raw events and samples are kept before they fold into daily rollups.
@@ -64,6 +70,8 @@ pub struct OtlpConfig {
     pub default_agent: String,
     /// Where the OTLP/gRPC receiver listens; off when `None`.
     pub grpc_listen: Option<SocketAddr>,
+    /// Largest OTLP request (HTTP body or gRPC message), decompressed, in bytes.
+    pub max_body_bytes: u64,
 }
 
 /// Agent label of OTLP usage that names no agent and no service.
@@ -223,6 +231,7 @@ impl Default for Config {
             otlp: OtlpConfig {
                 default_agent: DEFAULT_OTLP_AGENT.to_string(),
                 grpc_listen: None,
+                max_body_bytes: DEFAULT_OTLP_MAX_BODY_BYTES,
             },
             enforcement: EnforcementConfig {
                 signal: 15,
@@ -322,6 +331,7 @@ struct RawConfig {
 struct RawOtlp {
     default_agent: Option<Spanned<String>>,
     grpc_listen: Option<Spanned<String>>,
+    max_body_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -576,19 +586,12 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         .as_ref()
         .and_then(|l| listen_address(locator, l, "server.listen", "127.0.0.1:8000", guarded))
         .unwrap_or(defaults.server.listen);
-    let max_body_bytes = match raw.server.max_body_bytes {
-        None => DEFAULT_MAX_BODY_BYTES,
-        Some(max) => {
-            let value = *max.get_ref();
-            if !(1024..=256 * 1024 * 1024).contains(&value) {
-                locator.report(
-                    max.span(),
-                    format!("server.max_body_bytes: {value} must be between 1024 and 268435456"),
-                );
-            }
-            u64::try_from(value).unwrap_or(DEFAULT_MAX_BODY_BYTES)
-        }
-    };
+    let max_body_bytes = body_cap(
+        locator,
+        raw.server.max_body_bytes.as_ref(),
+        "server.max_body_bytes",
+        DEFAULT_MAX_BODY_BYTES,
+    );
     let max_connections = match &raw.server.max_connections {
         None => defaults.server.limits.max_connections,
         Some(max) => {
@@ -767,6 +770,12 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         grpc_listen: raw.otlp.grpc_listen.as_ref().and_then(|l| {
             listen_address(locator, l, "otlp.grpc_listen", "127.0.0.1:4317", guarded)
         }),
+        max_body_bytes: body_cap(
+            locator,
+            raw.otlp.max_body_bytes.as_ref(),
+            "otlp.max_body_bytes",
+            DEFAULT_OTLP_MAX_BODY_BYTES,
+        ),
     };
     Config {
         source: None,
@@ -793,6 +802,21 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         report,
         otlp,
     }
+}
+
+/// A body cap in bytes, between 1 KiB and 256 MiB.
+fn body_cap(locator: &mut Locator<'_>, raw: Option<&Spanned<i64>>, key: &str, default: u64) -> u64 {
+    let Some(max) = raw else {
+        return default;
+    };
+    let value = *max.get_ref();
+    if !(1024..=MAX_BODY_CAP).contains(&value) {
+        locator.report(
+            max.span(),
+            format!("{key}: {value} must be between 1024 and {MAX_BODY_CAP}"),
+        );
+    }
+    u64::try_from(value).unwrap_or(default)
 }
 
 /// Parses a listen address. Beyond loopback it must be `guarded` (a token, or the explicit

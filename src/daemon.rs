@@ -1,7 +1,6 @@
 //! `costmeter run`: wires sources, ledger and HTTP together and handles signals.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
@@ -11,6 +10,7 @@ use tracing::{error, info, warn};
 use crate::api::{self, AppState};
 use crate::config::{Config, Selector, TargetConfig};
 use crate::enforce::{self, Enforcer, EnforcerInput, IdentityBook};
+use crate::health::Health;
 use crate::ledger::{Ledger, LedgerInput, LedgerSender};
 use crate::metrics::Metrics;
 use crate::notify::Webhook;
@@ -52,121 +52,6 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         reason: String,
     },
-}
-
-/// Readiness facts, set by the parts that know them.
-#[derive(Debug, Default)]
-pub struct Health {
-    sampled: AtomicBool,
-    /// The last store write's failure, if it failed.
-    store_failure: Mutex<Option<String>>,
-    /// The budget whose excess ordered a soft-kill, for `exec`'s exit status.
-    budget_kill: Mutex<Option<String>>,
-    /// The span exporter's health, in strict mode with an endpoint.
-    export: Mutex<Option<Arc<ExportHealth>>>,
-    /// The weekly report's last outcome: (configured, last success in ms, last error).
-    report: Mutex<(bool, Option<i64>, Option<String>)>,
-}
-
-impl Health {
-    pub fn mark_sampled(&self) {
-        self.sampled.store(true, Ordering::Relaxed);
-    }
-
-    /// Records that reports are configured, and each writing's outcome.
-    pub fn set_report(&self, outcome: Option<Result<i64, String>>) {
-        let mut report = self
-            .report
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        report.0 = true;
-        match outcome {
-            Some(Ok(at)) => {
-                report.1 = Some(at);
-                report.2 = None;
-            }
-            Some(Err(error)) => report.2 = Some(error),
-            None => {}
-        }
-    }
-
-    /// (configured, last success in ms, last error) of the weekly report.
-    pub fn report(&self) -> (bool, Option<i64>, Option<String>) {
-        self.report
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn watch_export(&self, export: Arc<ExportHealth>) {
-        *self
-            .export
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(export);
-    }
-
-    pub fn set_budget_kill(&self, budget: &str) {
-        let mut slot = self
-            .budget_kill
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.get_or_insert_with(|| budget.to_string());
-    }
-
-    pub fn budget_kill(&self) -> Option<String> {
-        self.budget_kill
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
-    }
-
-    pub fn set_store(&self, outcome: Result<(), String>) {
-        let mut failure = self
-            .store_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *failure = outcome.err();
-    }
-
-    /// Each readiness check: name, passing, detail.
-    pub fn checks(&self) -> Vec<(&'static str, bool, String)> {
-        let sampled = self.sampled.load(Ordering::Relaxed);
-        let store = self
-            .store_failure
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let sampler_detail = if sampled {
-            "first sample taken"
-        } else {
-            "waiting for the first sample"
-        };
-        let mut checks = vec![
-            ("config", true, "configuration loaded".to_string()),
-            ("sampler", sampled, sampler_detail.to_string()),
-            match store {
-                None => ("store", true, "last write succeeded".to_string()),
-                Some(failure) => ("store", false, failure),
-            },
-        ];
-        let export = self
-            .export
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        if let Some(export) = export {
-            checks.push(if export.working() {
-                ("telemetry", true, "OTLP collector reachable".to_string())
-            } else {
-                (
-                    "telemetry",
-                    false,
-                    "OTLP collector unreachable or the last export failed (mode = \"strict\"); spans are dropped, ingestion goes on".to_string(),
-                )
-            });
-        }
-        checks
-    }
 }
 
 /// Exit status of `costmeter exec` when a budget soft-killed the command.
@@ -290,6 +175,9 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
             source,
         })?;
     let local = listener.local_addr().map_err(DaemonError::Serve)?;
+    let otlp_max = usize::try_from(config.otlp.max_body_bytes).unwrap_or(usize::MAX);
+    // Two of the largest bodies may be decoded at once; more wait their turn.
+    let decode_gate = Arc::new(crate::otlp::DecodeGate::new(otlp_max.saturating_mul(2)));
     let grpc = match config.otlp.grpc_listen {
         None => None,
         Some(addr) => {
@@ -305,7 +193,7 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
                 token: token.clone(),
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let max = usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX);
+            let max = otlp_max;
             let timeout = config.server.limits.body_timeout;
             let task = tokio::spawn(crate::otlp::grpc::serve(
                 grpc_listener,
@@ -342,6 +230,8 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
         otlp: crate::otlp::Defaults {
             agent: config.otlp.default_agent.clone(),
         },
+        otlp_max_body_bytes: otlp_max,
+        decode_gate: decode_gate.clone(),
     });
     let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -21,8 +21,8 @@ use crate::budget::{
     BudgetStatus, Budgets, Charge, OnExceed, Resource, Scope, State, TransitionKind, holds,
 };
 use crate::config::Config;
-use crate::daemon::Health;
 use crate::enforce::{EnforcerInput, KillOrder, KillReport};
+use crate::health::Health;
 use crate::ingest::{Event, EventBody};
 use crate::metrics::{BudgetLabels, SoftKillLabels};
 use crate::metrics::{
@@ -70,6 +70,9 @@ pub enum LedgerInput {
     Budgets(oneshot::Sender<Vec<BudgetStatus>>),
     /// An order from outside (Alertmanager) to stop a local target.
     Enforce(KillOrder),
+    /// A request refused unread for its size: counted, logged, shown by `doctor`; for OTLP,
+    /// its signal's family claims lapse so the same usage through another signal counts.
+    Refused(crate::health::Refusal),
     /// What enforcement did, to count and record.
     Enforced(KillReport),
     /// A read of runs and tasks; the ledger holds the store's only connection.
@@ -457,6 +460,9 @@ impl Ledger {
                     let _ = reply.send(self.budgets.status(received));
                 }
                 LedgerInput::Enforce(order) => self.order_kill(order),
+                LedgerInput::Refused(refusal) => {
+                    otlp_rows.extend(self.refused(refusal, received));
+                }
                 LedgerInput::Enforced(report) => {
                     // Sightings from before the report are of processes it just stopped.
                     self.kills_in_flight.remove(&report.target);
@@ -729,6 +735,7 @@ impl Ledger {
                     });
                     entry.events += 1;
                     entry.tokens += tokens;
+                    self.health.record_unpriced(&usage.model, now);
                     let labels = crate::metrics::ModelLabels {
                         model: m.cap.admit("model", &usage.model),
                     };
@@ -890,7 +897,7 @@ impl Ledger {
                 attributes.push(KeyValue::new(key, value.clone()));
             }
         }
-        let usd: f64 = run.usage.iter().map(|u| u.usd).sum();
+        let usd = run.usage.iter().fold(0.0, |sum, u| sum + u.usd);
         let tokens: u64 = run.usage.iter().map(|u| u.tokens).sum();
         attributes.push(KeyValue::new("cost.usd", usd));
         attributes.push(KeyValue::new(
@@ -1343,6 +1350,20 @@ impl Ledger {
                 );
             }
         }
+    }
+
+    fn refused(&mut self, refusal: crate::health::Refusal, now: i64) -> Vec<crate::otlp::StateRow> {
+        self.metrics
+            .requests_refused_total
+            .get_or_create(&crate::metrics::RefusedLabels {
+                route: refusal.route,
+                reason: refusal.reason,
+            })
+            .inc();
+        warn!(route = refusal.route.label(), bytes = ?refusal.bytes, limit = refusal.limit, setting = refusal.setting, "request body over the limit refused: its sender drops it, and the usage in it is lost; raise {}", refusal.setting);
+        let signal = refusal.signal;
+        self.health.record_refusal(refusal, now);
+        signal.map(|s| self.otlp.release(s)).unwrap_or_default()
     }
 
     fn pricing_status(&self) -> PricingStatus {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod enforce;
+pub mod health;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;

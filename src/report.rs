@@ -136,7 +136,8 @@ impl Store {
         Ok(Report {
             from: iso(from_ms),
             to: iso(to_ms),
-            total_usd: spend.iter().map(|s| s.usd).sum(),
+            // A fold from +0.0: `Sum` for f64 starts at -0.0, which an empty report would show.
+            total_usd: spend.iter().fold(0.0, |sum, s| sum + s.usd),
             total_tokens: spend.iter().map(|s| s.tokens).sum(),
             spend,
             top_tasks,

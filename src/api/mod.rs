@@ -13,7 +13,7 @@ use serde_json::json;
 use tokio::sync::oneshot;
 
 use crate::budget::{BudgetStatus, State as BudgetState};
-use crate::daemon::Health;
+use crate::health::{Health, Refusal, RefusalReason, Route};
 use crate::ingest::{self, BodyError, event};
 use crate::ledger::{LedgerInput, LedgerSender, Query as LedgerQuery};
 use crate::metrics::Metrics;
@@ -38,6 +38,10 @@ pub struct AppState {
     pub reload: tokio::sync::mpsc::Sender<oneshot::Sender<Result<String, String>>>,
     /// How OTLP usage that names no agent is attributed.
     pub otlp: crate::otlp::Defaults,
+    /// `[otlp] max_body_bytes`, decompressed.
+    pub otlp_max_body_bytes: usize,
+    /// Bounds the OTLP bytes decoded at once.
+    pub decode_gate: Arc<crate::otlp::DecodeGate>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -103,6 +107,21 @@ async fn post_events(
     let bytes = match crate::server::read_body(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
         Err(problem) => {
+            if matches!(problem, crate::server::BodyProblem::TooLarge) {
+                let declared = headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok());
+                refuse_oversize(
+                    &state,
+                    Route::events,
+                    declared,
+                    state.max_body_bytes,
+                    "server.max_body_bytes",
+                    None,
+                )
+                .await;
+            }
             count_rejected(&state, "http", vec!["unknown"]).await;
             return body_problem(problem, state.max_body_bytes);
         }
@@ -205,6 +224,26 @@ fn body_problem(problem: crate::server::BodyProblem, limit: usize) -> Response {
             format!("the body could not be read ({why}); nothing was recorded"),
         ),
     }
+}
+
+/// Tells the ledger about a body refused for its size, so it is counted, logged and shown.
+async fn refuse_oversize(
+    state: &AppState,
+    route: Route,
+    bytes: Option<u64>,
+    limit: usize,
+    setting: &'static str,
+    signal: Option<crate::otlp::Signal>,
+) {
+    let refusal = Refusal {
+        route,
+        reason: RefusalReason::body_too_large,
+        bytes,
+        limit: u64::try_from(limit).unwrap_or(u64::MAX),
+        setting,
+        signal,
+    };
+    let _ = state.ledger.send(LedgerInput::Refused(refusal)).await;
 }
 
 /// Tells the ledger about events rejected before reaching it, so `events_total` counts them.
@@ -664,9 +703,15 @@ fn status_json(
     let started = jiff::Timestamp::try_from(state.started)
         .map(|t| t.to_string())
         .unwrap_or_default();
+    let usd_budgets = budgets
+        .iter()
+        .any(|b| b.resource == crate::budget::Resource::Usd);
+    let problems = state
+        .health
+        .problems(jiff::Timestamp::now().as_millisecond(), usd_budgets);
     let mut hints = Vec::new();
     if week.total_tokens == 0 && week.spend.is_empty() {
-        hints.push("no LLM usage reported in the last 7 days: POST llm_usage events to /v1/events (README, \"Reporting usage\")");
+        hints.push("no LLM usage reported in the last 7 days: POST llm_usage events to /v1/events, or point the agent's OpenTelemetry exporter at this daemon (OTEL_EXPORTER_OTLP_ENDPOINT=http://<listen>/v1/otlp; README, \"Reporting usage\" and \"OpenTelemetry (OTLP)\")");
     }
     if budgets.is_empty() {
         hints.push("no budgets configured: add [budgets] or [[budget]] to the config to warn and stop at a limit");
@@ -678,6 +723,7 @@ fn status_json(
         "uptime_seconds": uptime,
         "ready": checks.iter().all(|(_, ok, _)| *ok),
         "checks": checks.iter().map(|(name, ok, detail)| json!({"name": name, "ok": ok, "detail": detail})).collect::<Vec<_>>(),
+        "problems": problems,
         "spend": {
             "last_24h": {"usd": day.total_usd, "tokens": day.total_tokens},
             "last_7d": {"usd": week.total_usd, "tokens": week.total_tokens},

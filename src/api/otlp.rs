@@ -14,6 +14,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::{AppState, authorized, count_rejected};
+use crate::health::Route;
 use crate::otlp::decode::{self, DecodeError, Encoding, Signal};
 use crate::otlp::{Mapped, SOURCE, mapping};
 use crate::server::BodyProblem;
@@ -83,6 +84,52 @@ fn map_body(
     })
 }
 
+fn route_of(signal: Signal) -> Route {
+    match signal {
+        Signal::Traces => Route::otlp_traces,
+        Signal::Metrics => Route::otlp_metrics,
+        Signal::Logs => Route::otlp_logs,
+    }
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse().ok())
+}
+
+/// Bodies at least this large are decoded on the blocking pool, not on an async worker.
+const BLOCKING_DECODE_BYTES: usize = 256 * 1024;
+
+/// Decompresses, decodes and maps a body under the decode gate: the memory that decoding takes
+/// grows with the body, so large bodies wait for each other instead of adding up.
+async fn decode_gated(
+    state: &AppState,
+    bytes: bytes::Bytes,
+    headers: &HeaderMap,
+    encoding: Encoding,
+    signal: Signal,
+) -> Result<Mapped, DecodeError> {
+    let limit = state.otlp_max_body_bytes;
+    let content_encoding = header_str(headers, header::CONTENT_ENCODING).map(str::to_string);
+    // A compressed body's inflated size is unknown until it is inflated: weigh it as the cap.
+    let weight = if content_encoding.is_some() {
+        limit
+    } else {
+        bytes.len()
+    };
+    let _permit = state.decode_gate.acquire(weight).await;
+    let defaults = state.otlp.clone();
+    let work = move || {
+        decode::decompress(bytes, content_encoding.as_deref(), limit)
+            .and_then(|bytes| map_body(&bytes, encoding, signal, &defaults))
+    };
+    if weight < BLOCKING_DECODE_BYTES {
+        return work();
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|join| Err(DecodeError::Unreadable(join.to_string())))
+}
+
 fn status_of(problem: &DecodeError) -> (StatusCode, i32) {
     match problem {
         DecodeError::UnsupportedMediaType(_) | DecodeError::UnsupportedEncoding(_) => {
@@ -119,12 +166,9 @@ async fn receive(
             "missing or wrong bearer token: set OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer <token from server.token_file>\"",
         );
     }
-    let limit = state.max_body_bytes;
+    let limit = state.otlp_max_body_bytes;
     let decoded = match crate::server::read_body(body, limit).await {
-        Ok(bytes) => {
-            decode::decompress(bytes, header_str(&headers, header::CONTENT_ENCODING), limit)
-                .and_then(|bytes| map_body(&bytes, encoding, signal, &state.otlp))
-        }
+        Ok(bytes) => decode_gated(&state, bytes, &headers, encoding, signal).await,
         Err(BodyProblem::TooLarge) => Err(DecodeError::TooLarge { limit }),
         Err(BodyProblem::TimedOut) => {
             count_rejected(&state, SOURCE, vec!["unknown"]).await;
@@ -140,6 +184,17 @@ async fn receive(
     let mapped = match decoded {
         Ok(mapped) => mapped,
         Err(problem) => {
+            if let DecodeError::TooLarge { limit } = problem {
+                super::refuse_oversize(
+                    &state,
+                    route_of(signal),
+                    content_length(&headers),
+                    limit,
+                    "otlp.max_body_bytes",
+                    Some(signal),
+                )
+                .await;
+            }
             count_rejected(&state, SOURCE, vec!["unknown"]).await;
             let (status, code) = status_of(&problem);
             return failure(status, encoding, code, &problem.to_string());

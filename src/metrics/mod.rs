@@ -120,6 +120,13 @@ pub struct EventLabels {
     pub result: String,
 }
 
+/// Why and where a request was refused before it was read; both closed sets.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub route: crate::health::Route,
+    pub reason: crate::health::RefusalReason,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModelLabels {
     pub model: String,
@@ -185,6 +192,7 @@ pub struct Metrics {
     pub soft_kills_total: Family<SoftKillLabels, Counter>,
 
     pub events_total: Family<EventLabels, Counter>,
+    pub requests_refused_total: Family<RefusedLabels, Counter>,
     pub unknown_model_events_total: Family<ModelLabels, Counter>,
     pub unknown_model_tokens_total: Family<ModelLabels, Counter>,
     pub pricing_models: Family<SourceLabels, Gauge>,
@@ -226,6 +234,7 @@ impl Metrics {
             budget_exceeded_total: Family::default(),
             soft_kills_total: Family::default(),
             events_total: Family::default(),
+            requests_refused_total: Family::default(),
             unknown_model_events_total: Family::default(),
             unknown_model_tokens_total: Family::default(),
             pricing_models: Family::default(),
@@ -344,6 +353,11 @@ impl Metrics {
             "events",
             "Ingested events by source, type and result (accepted, duplicate, rejected)",
             Listed(m.events_total.clone()),
+        );
+        r.register(
+            "requests_refused",
+            "Requests refused before their body was read, by route and reason; a refused OTLP batch is dropped by its exporter, so its usage is missing",
+            Listed(m.requests_refused_total.clone()),
         );
         r.register(
             "unknown_model_events",

@@ -45,7 +45,7 @@ pub enum DecodeError {
     #[error("body is not valid gzip: {0}")]
     Gzip(String),
     #[error(
-        "body exceeds {limit} bytes once decompressed (server.max_body_bytes); export smaller batches"
+        "body exceeds {limit} bytes once decompressed (otlp.max_body_bytes): raise it, or export smaller batches"
     )]
     TooLarge { limit: usize },
     #[error("body is not a valid OTLP protobuf {message}: {detail}")]

@@ -138,8 +138,107 @@ impl LogsService for Receiver {
     }
 }
 
+/// Counts the messages tonic refuses for their size before any handler runs (OUT_OF_RANGE,
+/// "decoded message length too large"): the exporter drops such a batch, so the refusal is
+/// told to the ledger like an HTTP 413.
+#[derive(Clone)]
+struct CountOversize<S> {
+    inner: S,
+    ledger: LedgerSender,
+    limit: u64,
+}
+
+#[derive(Clone)]
+struct CountOversizeLayer {
+    ledger: LedgerSender,
+    limit: u64,
+}
+
+impl<S> tower::Layer<S> for CountOversizeLayer {
+    type Service = CountOversize<S>;
+    fn layer(&self, inner: S) -> CountOversize<S> {
+        CountOversize {
+            inner,
+            ledger: self.ledger.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// The signal of a gRPC method path.
+fn signal_of(path: &str) -> Option<super::Signal> {
+    if path.starts_with("/opentelemetry.proto.collector.trace.") {
+        Some(super::Signal::Traces)
+    } else if path.starts_with("/opentelemetry.proto.collector.metrics.") {
+        Some(super::Signal::Metrics)
+    } else if path.starts_with("/opentelemetry.proto.collector.logs.") {
+        Some(super::Signal::Logs)
+    } else {
+        None
+    }
+}
+
+/// The declared size in tonic's refusal: "found N bytes".
+fn declared_size(message: &str) -> Option<u64> {
+    let (_, rest) = message.split_once("found ")?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+impl<S, B, R> tower::Service<axum::http::Request<B>> for CountOversize<S>
+where
+    S: tower::Service<axum::http::Request<B>, Response = axum::http::Response<R>>,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    R: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = std::pin::Pin<
+        Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::http::Request<B>) -> Self::Future {
+        let signal = signal_of(request.uri().path());
+        let ledger = self.ledger.clone();
+        let limit = self.limit;
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            let refusal = response
+                .extensions()
+                .get::<Status>()
+                .filter(|status| {
+                    status.code() == tonic::Code::OutOfRange
+                        && status.message().contains("message length too large")
+                })
+                .map(|status| crate::health::Refusal {
+                    route: crate::health::Route::otlp_grpc,
+                    reason: crate::health::RefusalReason::body_too_large,
+                    bytes: declared_size(status.message()),
+                    limit,
+                    setting: "otlp.max_body_bytes",
+                    signal,
+                });
+            if let Some(refusal) = refusal {
+                let _ = ledger
+                    .send(crate::ledger::LedgerInput::Refused(refusal))
+                    .await;
+            }
+            Ok(response)
+        })
+    }
+}
+
 /// Serves the three OTLP services on `listener` until `shutdown` resolves. Messages larger
-/// than `max_message_bytes` (decompressed) are refused; a call gets `timeout` to finish.
+/// than `max_message_bytes` (decompressed) are refused and counted; a call gets `timeout` to
+/// finish.
 pub async fn serve(
     listener: TcpListener,
     receiver: Receiver,
@@ -148,8 +247,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let counting = CountOversizeLayer {
+        ledger: receiver.ledger.clone(),
+        limit: u64::try_from(max_message_bytes).unwrap_or(u64::MAX),
+    };
     tonic::transport::Server::builder()
         .timeout(timeout)
+        .layer(counting)
         .add_service(
             TraceServiceServer::new(receiver.clone())
                 .accept_compressed(CompressionEncoding::Gzip)

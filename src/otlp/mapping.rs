@@ -57,6 +57,17 @@ impl Family {
     pub fn from_label(label: &str) -> Option<Family> {
         Family::ALL.into_iter().find(|f| f.label() == label)
     }
+
+    /// The OTLP signal that carries this family.
+    pub fn signal(self) -> super::Signal {
+        match self {
+            Family::Spans => super::Signal::Traces,
+            Family::GenAiMetric | Family::ClaudeCodeMetrics | Family::GeminiCliMetrics => {
+                super::Signal::Metrics
+            }
+            Family::ClaudeCodeLogs | Family::GeminiCliLogs => super::Signal::Logs,
+        }
+    }
 }
 
 /// A part of an `llm_usage` event a metric point's value adds to.

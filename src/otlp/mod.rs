@@ -17,6 +17,36 @@ pub mod grpc;
 
 use crate::ledger::{LedgerInput, LedgerSender, OtlpAnswer};
 
+/// Bounds the bytes decoded at once across every OTLP request, HTTP and gRPC: decoding takes
+/// memory in proportion to the body, so a crowd of large exports waits in line instead of
+/// adding up.
+#[derive(Debug)]
+pub struct DecodeGate {
+    permits: tokio::sync::Semaphore,
+    total: u32,
+}
+
+/// Bytes one permit of the gate stands for.
+const GATE_UNIT: usize = 4096;
+
+impl DecodeGate {
+    pub fn new(total_bytes: usize) -> DecodeGate {
+        let total = u32::try_from((total_bytes / GATE_UNIT).max(1)).unwrap_or(u32::MAX >> 4);
+        DecodeGate {
+            permits: tokio::sync::Semaphore::new(total as usize),
+            total,
+        }
+    }
+
+    /// Waits until `bytes` more may be decoded; the permit gives them back when dropped.
+    pub async fn acquire(&self, bytes: usize) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let wanted = u32::try_from(bytes.div_ceil(GATE_UNIT))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total);
+        self.permits.acquire_many(wanted).await.ok()
+    }
+}
+
 /// Hands one mapped request to the ledger and waits for its verdict; the error means nothing
 /// was recorded and the exporter should retry.
 pub async fn submit(ledger: &LedgerSender, mapped: Mapped) -> Result<OtlpAnswer, String> {

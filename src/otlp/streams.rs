@@ -12,6 +12,9 @@ use super::mapping::{self, Family, Mapped, Part, UsageLabels};
 /// may take over (an agent whose log export was switched off is then metered by its metrics).
 pub const CLAIM_LAPSE_MS: i64 = 10 * 60 * 1000;
 
+/// `last_ms` of a claim given up: any family may take the owner at once.
+const LAPSED: i64 = i64::MIN / 2;
+
 /// The last point seen of one cumulative stream.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StreamState {
@@ -209,6 +212,20 @@ impl OtlpState {
         }
     }
 
+    /// A batch of `signal` was refused unread (too large): every claim its families hold
+    /// lapses, so the same usage arriving through another signal is counted rather than taken
+    /// for a duplicate of what was lost. Returns the rows to store.
+    pub fn release(&mut self, signal: super::Signal) -> Vec<StateRow> {
+        let mut rows = Vec::new();
+        for (owner, claim) in &mut self.claims {
+            if claim.family.signal() == signal && claim.last_ms != LAPSED {
+                claim.last_ms = LAPSED;
+                rows.push(StateRow::Claim(owner.clone(), *claim));
+            }
+        }
+        rows
+    }
+
     /// Forgets streams and claims unseen since `cutoff_ms`, as the store does.
     pub fn prune(&mut self, cutoff_ms: i64) {
         self.streams.retain(|_, s| s.seen_ms >= cutoff_ms);
@@ -237,6 +254,33 @@ mod tests {
                 model: "gpt-4o".into(),
                 provider: None,
             },
+        }
+    }
+
+    #[test]
+    fn a_refused_signal_gives_up_its_claims_so_the_twin_counts() {
+        let mut state = OtlpState::default();
+        let mut logs = point("logs-stream", 1, 10, 100.0, false);
+        logs.family = Family::GeminiCliLogs;
+        let metric = point("metric-stream", 1, 10, 100.0, false);
+        let first = state.resolve(mapped_points(vec![logs.clone()]), 1_000);
+        assert_eq!(input_of(&first), vec![100]);
+        let twin = state.resolve(mapped_points(vec![metric.clone()]), 2_000);
+        assert_eq!(twin.duplicates, 1, "the logs family meters the instance");
+        // A logs batch was refused for its size: its usage never arrived.
+        let rows = state.release(super::super::Signal::Logs);
+        assert_eq!(rows.len(), 1);
+        assert!(state.release(super::super::Signal::Traces).is_empty());
+        let mut later = metric;
+        later.time_ns = 20;
+        let counted = state.resolve(mapped_points(vec![later]), 3_000);
+        assert_eq!(input_of(&counted), vec![100], "the metrics twin is counted");
+    }
+
+    fn mapped_points(points: Vec<Point>) -> Mapped {
+        Mapped {
+            points,
+            ..Mapped::default()
         }
     }
 

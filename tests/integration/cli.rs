@@ -190,3 +190,37 @@ fn post_reload_applies_a_good_file_and_explains_a_bad_one() {
         Some(1.0)
     );
 }
+
+/// Every ```toml block of README, as a reader copies it.
+fn readme_toml_blocks() -> Vec<String> {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|part| part.split_once("\n```").map(|(block, _)| block.to_string()))
+        .collect()
+}
+
+#[test]
+fn every_toml_example_in_readme_passes_check_config() {
+    let blocks = readme_toml_blocks();
+    assert!(blocks.len() >= 3, "README has its configuration examples");
+    let dir = crate::util::scratch_dir();
+    for (index, block) in blocks.iter().enumerate() {
+        let path = dir.path().join(format!("readme-{index}.toml"));
+        std::fs::write(&path, block).expect("write block");
+        let output = std::process::Command::new(crate::util::costmeter_bin())
+            .arg("check-config")
+            .arg(&path)
+            .current_dir(dir.path())
+            .output()
+            .expect("run check-config");
+        assert!(
+            output.status.success(),
+            "README's TOML block {index} fails check-config:\n{block}\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}

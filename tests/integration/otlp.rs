@@ -542,3 +542,186 @@ fn the_grpc_receiver_meters_gzip_exports_and_counts_a_resend_once() {
         "the resend"
     );
 }
+
+/// An export of `spans` GenAI spans for `agent`, each with 100 input and 10 output tokens and
+/// a long attribute that is not usage, as agents attach tool output to their spans.
+fn big_trace_export(
+    agent: &str,
+    spans: u16,
+    seed: u8,
+) -> opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let int = |key: &str, value: i64| KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::IntValue(value)),
+        }),
+        ..Default::default()
+    };
+    let filler = "x".repeat(2_500);
+    let spans = (0..spans)
+        .map(|i| {
+            let [hi, lo] = i.to_be_bytes();
+            Span {
+                trace_id: vec![seed; 16],
+                span_id: vec![seed, hi, lo, 1, 2, 3, 4, 5],
+                name: "chat".into(),
+                end_time_unix_nano: now_ns(),
+                attributes: vec![
+                    kv("gen_ai.request.model", "gpt-4o-mini"),
+                    int("gen_ai.usage.input_tokens", 100),
+                    int("gen_ai.usage.output_tokens", 10),
+                    kv("tool.output", &filler),
+                ],
+                ..Default::default()
+            }
+        })
+        .collect();
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", agent)],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn a_multi_mib_export_is_metered_in_full_in_every_encoding() {
+    let daemon = Daemon::start("");
+    for (seed, (agent, content_type, gzipped)) in [
+        ("big-proto", "application/x-protobuf", false),
+        ("big-proto-gzip", "application/x-protobuf", true),
+        ("big-json", "application/json", false),
+        ("big-json-gzip", "application/json", true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let request = big_trace_export(agent, 1_200, u8::try_from(seed + 1).expect("seed"));
+        let body = if content_type == "application/json" {
+            serde_json::to_vec(&request).expect("OTLP/JSON")
+        } else {
+            request.encode_to_vec()
+        };
+        assert!(body.len() > 3_000_000, "{agent}: {} bytes", body.len());
+        let body = if gzipped { gzip(&body) } else { body };
+        let mut headers = vec![("Content-Type", content_type)];
+        if gzipped {
+            headers.push(("Content-Encoding", "gzip"));
+        }
+        let (status, _, answer) = daemon.post_raw("/v1/traces", &headers, &body);
+        assert_eq!(status, 200, "{agent}: {}", String::from_utf8_lossy(&answer));
+        assert_eq!(
+            tokens(&daemon, agent, "gpt-4o-mini", "input"),
+            120_000.0,
+            "{agent}"
+        );
+        assert_eq!(
+            tokens(&daemon, agent, "gpt-4o-mini", "output"),
+            12_000.0,
+            "{agent}"
+        );
+    }
+    assert_eq!(otlp_events(&daemon, "llm_usage", "accepted"), 4_800.0);
+}
+
+#[test]
+fn a_body_over_the_cap_is_counted_logged_red_in_doctor_and_its_twin_counts() {
+    let daemon = Daemon::start("[otlp]\nmax_body_bytes = 65536\n");
+    // Claude Code's log event claims the session for the logs family.
+    let small = claude_code_api_request("s-413", [1000, 100, 0, 0], "0.01");
+    assert_eq!(post_json(&daemon, "/v1/logs", &small).0, 200);
+    // The next logs batch is over the cap: the exporter drops it.
+    let mut large = claude_code_api_request("s-413", [3000, 300, 0, 0], "0.03");
+    large.extend(std::iter::repeat_n(b' ', 70_000));
+    let (status, answer) = post_json(&daemon, "/v1/logs", &large);
+    assert_eq!(status, 413, "{answer}");
+    // Its twin in the metrics signal is counted, not discarded as a duplicate.
+    let metrics = claude_code_metrics(
+        "s-413",
+        [
+            ("input", 3000),
+            ("output", 300),
+            ("cacheRead", 0),
+            ("cacheCreation", 0),
+        ],
+        0.03,
+    );
+    assert_eq!(post_protobuf_gzip(&daemon, "/v1/metrics", &metrics), 200);
+    assert_eq!(otlp_events(&daemon, "llm_usage", "accepted"), 2.0);
+    assert_eq!(otlp_events(&daemon, "llm_usage", "duplicate"), 0.0);
+
+    // /v1/events has its own cap, counted the same way.
+    let (status, _) = daemon.post(
+        "/v1/events",
+        "application/json",
+        &vec![b' '; 2 * 1024 * 1024],
+    );
+    assert_eq!(status, 413);
+    for route in ["otlp_logs", "events"] {
+        daemon.wait_metric(
+            "haios_requests_refused_total",
+            &[("route", route), ("reason", "body_too_large")],
+            SETTLE,
+            |v| v == 1.0,
+        );
+    }
+    assert!(
+        daemon
+            .logs()
+            .iter()
+            .any(|l| l.contains("request body over the limit refused")
+                && l.contains("otlp.max_body_bytes")
+                && l.contains(&format!("{}", large.len()))),
+        "the log names the size and the setting"
+    );
+    let (code, answer) = crate::verbs::doctor(&format!("http://{}", daemon.addr));
+    assert_eq!(code, 3, "{answer}");
+    let refused = crate::verbs::finding(&answer, "refused bodies");
+    assert_eq!(refused["status"], "red", "{answer}");
+    assert!(
+        refused["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("server.max_body_bytes")),
+        "the last refusal was on /v1/events: {answer}"
+    );
+}
+
+#[test]
+fn a_grpc_message_over_the_cap_is_counted() {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+    let port = crate::util::free_port();
+    let daemon = Daemon::start(&format!(
+        "[otlp]\ngrpc_listen = \"127.0.0.1:{port}\"\nmax_body_bytes = 65536\n"
+    ));
+    crate::util::wait_for("the gRPC receiver", SETTLE, || {
+        (daemon.log_count("listening for OTLP/gRPC") > 0).then_some(())
+    });
+    let request = big_trace_export("grpc-big", 100, 9);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let refused = runtime.block_on(async {
+        let mut client = TraceServiceClient::connect(format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("connects");
+        client.export(request).await.expect_err("over the cap")
+    });
+    assert_eq!(refused.code(), tonic::Code::OutOfRange, "{refused:?}");
+    daemon.wait_metric(
+        "haios_requests_refused_total",
+        &[("route", "otlp_grpc"), ("reason", "body_too_large")],
+        SETTLE,
+        |v| v == 1.0,
+    );
+    assert_eq!(tokens(&daemon, "grpc-big", "gpt-4o-mini", "input"), 0.0);
+}

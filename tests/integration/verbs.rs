@@ -238,7 +238,7 @@ fn emit_reports_events_from_the_shell() {
     );
 }
 
-fn doctor(daemon_url: &str) -> (i32, Value) {
+pub(crate) fn doctor(daemon_url: &str) -> (i32, Value) {
     let output = Command::new(costmeter_bin())
         .args(["doctor", "--format", "json", "--url", daemon_url])
         .output()
@@ -259,7 +259,7 @@ fn await_red(url: &str, check: &str) -> Value {
     )
 }
 
-fn finding<'a>(answer: &'a Value, name: &str) -> &'a Value {
+pub(crate) fn finding<'a>(answer: &'a Value, name: &str) -> &'a Value {
     answer["findings"]
         .as_array()
         .and_then(|f| f.iter().find(|f| f["name"] == name))
@@ -309,7 +309,7 @@ fn doctor_turns_red_when_the_span_collector_is_unreachable_in_strict_mode() {
 fn doctor_warns_of_missing_targets_unknown_models_overflow_and_idle_budget_scopes() {
     let daemon = Daemon::start(
         "[metrics]\nmax_label_values = 1\n\n[[target]]\nname = \"ghost\"\npid_file = \"/nonexistent/agent.pid\"\nsample_interval = \"50ms\"\n\n\
-         [[budget]]\nname = \"reviewer-usd\"\nresource = \"usd\"\nlimit = 1.0\nagent = \"reviewer\"\n",
+         [[budget]]\nname = \"reviewer-tokens\"\nresource = \"tokens\"\nlimit = 1000\nagent = \"reviewer\"\n",
     );
     daemon.wait_metric(
         "haios_target_up",
@@ -344,8 +344,49 @@ fn doctor_warns_of_missing_targets_unknown_models_overflow_and_idle_budget_scope
     assert!(
         finding(&answer, "budget scopes")["detail"]
             .as_str()
-            .is_some_and(|d| d.contains("reviewer-usd"))
+            .is_some_and(|d| d.contains("reviewer-tokens"))
     );
+}
+
+#[test]
+fn doctor_is_red_when_usage_is_priced_at_0_under_a_usd_budget() {
+    let daemon = Daemon::start("[budgets]\nusd = 10.0\n");
+    daemon.post_events(&json!(
+        {"type": "llm_usage", "agent": "coder", "model": "no-such-model-9", "input_tokens": 5000, "output_tokens": 500}
+    ));
+    let url = format!("http://{}", daemon.addr);
+    let (code, answer) = doctor(&url);
+    assert_eq!(code, 3, "{answer}");
+    let unpriced = finding(&answer, "unpriced usage");
+    assert_eq!(unpriced["status"], "red", "{answer}");
+    assert!(
+        unpriced["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("no-such-model-9")),
+        "{answer}"
+    );
+    assert!(
+        unpriced["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("[pricing.models.\"no-such-model-9\"]")),
+        "{answer}"
+    );
+    let (_, _, status) = daemon.get("/v1/status", None);
+    let status: Value = serde_json::from_str(&status).expect("status JSON");
+    assert_eq!(status["problems"][0]["name"], "unpriced usage", "{status}");
+}
+
+#[test]
+fn an_empty_ledger_answers_zero_not_negative_zero() {
+    let daemon = Daemon::start("[budgets]\nusd = 10.0\n");
+    for path in ["/v1/status", "/v1/report", "/v1/budgets"] {
+        let (status, _, body) = daemon.get(path, None);
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(
+            !body.contains("-0.0") && !body.contains(":-0"),
+            "{path}: {body}"
+        );
+    }
 }
 
 /// The JSON Schemas printed in README, by name (`<!-- schema: NAME -->` before a json fence).

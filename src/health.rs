@@ -1,0 +1,257 @@
+//! What the daemon's parts know about its health, for `/readyz`, `/v1/status` and `doctor`:
+//! readiness checks, and the problems that are not readiness (usage that cannot be priced under
+//! a USD budget, request bodies refused for their size). Set by the part that knows; read by
+//! the API without asking the ledger.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use prometheus_client::encoding::EncodeLabelValue;
+use serde::Serialize;
+
+use crate::telemetry::ExportHealth;
+
+/// Readiness facts, set by the parts that know them.
+#[derive(Debug, Default)]
+pub struct Health {
+    sampled: AtomicBool,
+    /// The last store write's failure, if it failed.
+    store_failure: Mutex<Option<String>>,
+    /// The budget whose excess ordered a soft-kill, for `exec`'s exit status.
+    budget_kill: Mutex<Option<String>>,
+    /// The span exporter's health, in strict mode with an endpoint.
+    export: Mutex<Option<Arc<ExportHealth>>>,
+    /// The weekly report's last outcome: (configured, last success in ms, last error).
+    report: Mutex<(bool, Option<i64>, Option<String>)>,
+    /// Bodies refused for their size since start, and the last one with when.
+    refused: Mutex<(u64, Option<(i64, Refusal)>)>,
+    /// Usage priced at 0 for want of a price since start, and the last model with when.
+    unpriced: Mutex<(u64, Option<(i64, String)>)>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// How long a problem stays on `/v1/status` (and red in `doctor`) after it was last seen.
+pub const PROBLEM_SHOWN_MS: i64 = 24 * 3_600_000;
+
+/// A route whose requests can be refused before they are read. A closed set: a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    events,
+    otlp_traces,
+    otlp_metrics,
+    otlp_logs,
+    otlp_grpc,
+    alerts,
+}
+
+impl Route {
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::events => "events",
+            Route::otlp_traces => "otlp_traces",
+            Route::otlp_metrics => "otlp_metrics",
+            Route::otlp_logs => "otlp_logs",
+            Route::otlp_grpc => "otlp_grpc",
+            Route::alerts => "alerts",
+        }
+    }
+}
+
+/// Why a request was refused before it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    body_too_large,
+}
+
+/// A request body refused for its size: the sender drops it, so what it reported is lost
+/// unless someone raises the setting.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Refusal {
+    pub route: Route,
+    pub reason: RefusalReason,
+    /// The body's size when the sender said it (Content-Length, gRPC length prefix); else it
+    /// is only known to be over `limit`.
+    pub bytes: Option<u64>,
+    pub limit: u64,
+    /// The setting that raises the limit.
+    pub setting: &'static str,
+    /// For OTLP, the signal whose batch was lost.
+    #[serde(skip)]
+    pub signal: Option<crate::otlp::Signal>,
+}
+
+/// A condition `/v1/status` reports and `doctor` shows red: not a readiness failure (the
+/// daemon works), but numbers that are wrong until someone acts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Problem {
+    pub name: &'static str,
+    pub detail: String,
+    pub fix: String,
+}
+
+fn iso(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+impl Health {
+    pub fn mark_sampled(&self) {
+        self.sampled.store(true, Ordering::Relaxed);
+    }
+
+    /// Records that reports are configured, and each writing's outcome.
+    pub fn set_report(&self, outcome: Option<Result<i64, String>>) {
+        let mut report = self
+            .report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        report.0 = true;
+        match outcome {
+            Some(Ok(at)) => {
+                report.1 = Some(at);
+                report.2 = None;
+            }
+            Some(Err(error)) => report.2 = Some(error),
+            None => {}
+        }
+    }
+
+    /// (configured, last success in ms, last error) of the weekly report.
+    pub fn report(&self) -> (bool, Option<i64>, Option<String>) {
+        self.report
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn watch_export(&self, export: Arc<ExportHealth>) {
+        *self
+            .export
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(export);
+    }
+
+    pub fn set_budget_kill(&self, budget: &str) {
+        let mut slot = self
+            .budget_kill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.get_or_insert_with(|| budget.to_string());
+    }
+
+    pub fn budget_kill(&self) -> Option<String> {
+        self.budget_kill
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_store(&self, outcome: Result<(), String>) {
+        let mut failure = self
+            .store_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *failure = outcome.err();
+    }
+
+    pub fn record_refusal(&self, refusal: Refusal, now_ms: i64) {
+        let mut refused = lock(&self.refused);
+        refused.0 += 1;
+        refused.1 = Some((now_ms, refusal));
+    }
+
+    pub fn record_unpriced(&self, model: &str, now_ms: i64) {
+        let mut unpriced = lock(&self.unpriced);
+        unpriced.0 += 1;
+        unpriced.1 = Some((now_ms, model.to_string()));
+    }
+
+    /// What is wrong with the numbers now. Pure in its inputs: the clock and whether any USD
+    /// budget is configured are passed in.
+    pub fn problems(&self, now_ms: i64, usd_budgets: bool) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let recent = |at: i64| now_ms - at <= PROBLEM_SHOWN_MS;
+        let (count, last) = lock(&self.refused).clone();
+        if let Some((at, refusal)) = last.filter(|(at, _)| recent(*at)) {
+            let size = refusal.bytes.map_or_else(
+                || format!("over {} bytes", refusal.limit),
+                |b| format!("{b} bytes"),
+            );
+            problems.push(Problem {
+                name: "refused bodies",
+                detail: format!(
+                    "{count} request bod{} refused for size since start, the last at {} on {}: {size}, the limit is {} bytes ({}); senders drop refused batches, so their usage is missing",
+                    if count == 1 { "y" } else { "ies" },
+                    iso(at),
+                    refusal.route.label(),
+                    refusal.limit,
+                    refusal.setting,
+                ),
+                fix: format!("raise {} and reload or restart costmeter", refusal.setting),
+            });
+        }
+        let (count, last) = lock(&self.unpriced).clone();
+        if usd_budgets && let Some((at, model)) = last.filter(|(at, _)| recent(*at)) {
+            problems.push(Problem {
+                name: "unpriced usage",
+                detail: format!(
+                    "{count} usage event{} priced at 0 since start (last: model '{model}' at {}) while USD budgets are configured: they cannot see that spend",
+                    if count == 1 { "" } else { "s" },
+                    iso(at),
+                ),
+                fix: format!(
+                    "add [pricing.models.\"{model}\"] or a [pricing] manifest that lists it (costmeter pricing status lists every unpriced model)"
+                ),
+            });
+        }
+        problems
+    }
+
+    /// Each readiness check: name, passing, detail.
+    pub fn checks(&self) -> Vec<(&'static str, bool, String)> {
+        let sampled = self.sampled.load(Ordering::Relaxed);
+        let store = self
+            .store_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let sampler_detail = if sampled {
+            "first sample taken"
+        } else {
+            "waiting for the first sample"
+        };
+        let mut checks = vec![
+            ("config", true, "configuration loaded".to_string()),
+            ("sampler", sampled, sampler_detail.to_string()),
+            match store {
+                None => ("store", true, "last write succeeded".to_string()),
+                Some(failure) => ("store", false, failure),
+            },
+        ];
+        let export = self
+            .export
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        if let Some(export) = export {
+            checks.push(if export.working() {
+                ("telemetry", true, "OTLP collector reachable".to_string())
+            } else {
+                (
+                    "telemetry",
+                    false,
+                    "OTLP collector unreachable or the last export failed (mode = \"strict\"); spans are dropped, ingestion goes on".to_string(),
+                )
+            });
+        }
+        checks
+    }
+}
