@@ -255,3 +255,61 @@ impl Health {
         checks
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_428_000_000;
+
+    fn refusal() -> Refusal {
+        Refusal {
+            route: Route::otlp_logs,
+            reason: RefusalReason::body_too_large,
+            bytes: Some(1_500_000),
+            limit: 1_048_576,
+            setting: "otlp.max_body_bytes",
+            signal: None,
+        }
+    }
+
+    #[test]
+    fn a_refused_body_is_a_problem_for_a_day() {
+        let health = Health::default();
+        assert!(health.problems(NOW, true).is_empty());
+        health.record_refusal(refusal(), NOW);
+        health.record_refusal(refusal(), NOW);
+        let problems = health.problems(NOW + 1000, false);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].name, "refused bodies");
+        assert!(
+            problems[0].detail.contains("2 request bodies")
+                && problems[0].detail.contains("1500000 bytes"),
+            "{:?}",
+            problems[0]
+        );
+        assert_eq!(
+            problems[0].fix,
+            "raise otlp.max_body_bytes and reload or restart costmeter"
+        );
+        assert!(
+            health
+                .problems(NOW + PROBLEM_SHOWN_MS + 1, false)
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn unpriced_usage_is_a_problem_only_under_a_usd_budget() {
+        let health = Health::default();
+        health.record_unpriced("claude-opus-4-8", NOW);
+        assert!(health.problems(NOW, false).is_empty());
+        let problems = health.problems(NOW, true);
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0]
+                .fix
+                .contains("[pricing.models.\"claude-opus-4-8\"]")
+        );
+    }
+}
