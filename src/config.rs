@@ -134,6 +134,9 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     /// Connections open at once, and how long a client may take over headers and body.
     pub limits: crate::server::Limits,
+    /// Names besides IP literals and `localhost` that a request's `Host` may carry (DNS
+    /// rebinding defence), lower case, without port.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Connections served at once by default: far above what scrapers and agents need, far below
@@ -213,6 +216,7 @@ impl Default for Config {
                     header_timeout: DEFAULT_HEADER_TIMEOUT,
                     body_timeout: DEFAULT_BODY_TIMEOUT,
                 },
+                allowed_hosts: Vec::new(),
             },
             metrics: MetricsConfig {
                 namespace: DEFAULT_NAMESPACE.to_string(),
@@ -407,6 +411,7 @@ struct RawServer {
     max_connections: Option<Spanned<i64>>,
     header_timeout: Option<Spanned<String>>,
     body_timeout: Option<Spanned<String>>,
+    allowed_hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -608,6 +613,26 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
                 .unwrap_or(defaults.server.limits.max_connections)
         }
     };
+    let mut allowed_hosts = Vec::new();
+    for name in raw.server.allowed_hosts.iter().flatten() {
+        let value = name.get_ref().trim().to_ascii_lowercase();
+        let valid = !value.is_empty()
+            && value.len() <= 253
+            && value
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if valid {
+            allowed_hosts.push(value);
+        } else {
+            locator.report(
+                name.span(),
+                format!(
+                    "server.allowed_hosts: '{}' is not a host name (letters, digits, '.', '-', '_'; no port, no scheme)",
+                    name.get_ref().chars().take(80).collect::<String>()
+                ),
+            );
+        }
+    }
     let limits = crate::server::Limits {
         max_connections,
         header_timeout: locator.duration(
@@ -784,6 +809,7 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
             token_file,
             max_body_bytes,
             limits,
+            allowed_hosts,
         },
         store: StoreConfig {
             path: store_path,

@@ -47,6 +47,10 @@ pub enum Route {
     otlp_logs,
     otlp_grpc,
     alerts,
+    reload,
+    /// Any GET but the probes.
+    read,
+    other,
 }
 
 impl Route {
@@ -58,6 +62,9 @@ impl Route {
             Route::otlp_logs => "otlp_logs",
             Route::otlp_grpc => "otlp_grpc",
             Route::alerts => "alerts",
+            Route::reload => "reload",
+            Route::read => "read",
+            Route::other => "other",
         }
     }
 }
@@ -68,6 +75,23 @@ impl Route {
 #[serde(rename_all = "snake_case")]
 pub enum RefusalReason {
     body_too_large,
+    /// `Host` named neither an IP, `localhost` nor `[server] allowed_hosts`.
+    foreign_host,
+    /// `Origin` of another site: a web page.
+    foreign_origin,
+    /// A write whose body is not JSON, NDJSON or protobuf.
+    content_type,
+}
+
+impl RefusalReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::body_too_large => "body_too_large",
+            RefusalReason::foreign_host => "foreign_host",
+            RefusalReason::foreign_origin => "foreign_origin",
+            RefusalReason::content_type => "content_type",
+        }
+    }
 }
 
 /// A request body refused for its size: the sender drops it, so what it reported is lost

@@ -73,6 +73,12 @@ pub enum LedgerInput {
     /// A request refused unread for its size: counted, logged, shown by `doctor`; for OTLP,
     /// its signal's family claims lapse so the same usage through another signal counts.
     Refused(crate::health::Refusal),
+    /// A request refused by the cross-site guard or for its content type: counted, and logged
+    /// at growing intervals so a flood cannot flood the log.
+    Blocked {
+        route: crate::health::Route,
+        reason: crate::health::RefusalReason,
+    },
     /// What enforcement did, to count and record.
     Enforced(KillReport),
     /// A read of runs and tasks; the ledger holds the store's only connection.
@@ -463,6 +469,7 @@ impl Ledger {
                 LedgerInput::Refused(refusal) => {
                     otlp_rows.extend(self.refused(refusal, received));
                 }
+                LedgerInput::Blocked { route, reason } => self.blocked(route, reason),
                 LedgerInput::Enforced(report) => {
                     // Sightings from before the report are of processes it just stopped.
                     self.kills_in_flight.remove(&report.target);
@@ -580,9 +587,7 @@ impl Ledger {
             .and_then(|report| {
                 std::fs::create_dir_all(&config.dir).map_err(|e| e.to_string())?;
                 let path = config.dir.join(crate::report::file_name(now));
-                let temporary = path.with_extension("tmp");
-                std::fs::write(&temporary, report.markdown())
-                    .and_then(|()| std::fs::rename(&temporary, &path))
+                crate::files::write_atomic(&path, report.markdown().as_bytes())
                     .map_err(|e| e.to_string())?;
                 Ok(path)
             });
@@ -848,10 +853,7 @@ impl Ledger {
             }
         };
         let text = crate::runs::status_file_text(run_id, &tasks);
-        let temporary = path.with_extension("tmp");
-        let written =
-            std::fs::write(&temporary, text).and_then(|()| std::fs::rename(&temporary, &path));
-        if let Err(error) = written {
+        if let Err(error) = crate::files::write_atomic(&path, text.as_bytes()) {
             warn!(path = %path.display(), %error, "cannot write the status file");
         }
     }
@@ -1364,6 +1366,23 @@ impl Ledger {
         let signal = refusal.signal;
         self.health.record_refusal(refusal, now);
         signal.map(|s| self.otlp.release(s)).unwrap_or_default()
+    }
+
+    fn blocked(&mut self, route: crate::health::Route, reason: crate::health::RefusalReason) {
+        let counter = self
+            .metrics
+            .requests_refused_total
+            .get_or_create(&crate::metrics::RefusedLabels { route, reason });
+        counter.inc();
+        let count = counter.get();
+        if count.is_power_of_two() {
+            warn!(
+                route = route.label(),
+                reason = reason.label(),
+                count,
+                "request refused before its handler (web page, foreign Host or content type); logged at the 1st, 2nd, 4th, 8th… time"
+            );
+        }
     }
 
     fn pricing_status(&self) -> PricingStatus {

@@ -12,6 +12,7 @@ pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod enforce;
+pub mod files;
 pub mod health;
 pub mod ingest;
 pub mod ledger;

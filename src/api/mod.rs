@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::metrics::exposition::{Format, render};
 use crate::runs::RunFilter;
 
+mod guard;
 mod otlp;
 
 /// What every handler may read.
@@ -42,6 +43,8 @@ pub struct AppState {
     pub otlp_max_body_bytes: usize,
     /// Bounds the OTLP bytes decoded at once.
     pub decode_gate: Arc<crate::otlp::DecodeGate>,
+    /// `[server] allowed_hosts`.
+    pub allowed_hosts: Vec<String>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -68,8 +71,23 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/traces", post(otlp::traces))
         .route("/v1/metrics", post(otlp::metrics))
         .route("/v1/logs", post(otlp::logs))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .with_state(state)
 }
+
+/// Bodies `/v1/alerts` and `/v1/reload` take.
+const JSON: &[&str] = &["application/json"];
+/// Bodies `/v1/events` takes.
+const EVENT_TYPES: &[&str] = &[
+    "application/json",
+    "application/x-ndjson",
+    "application/ndjson",
+    "application/jsonl",
+    "application/jsonlines",
+];
 
 /// A JSON error body: `{"error": "..."}`.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
@@ -103,6 +121,10 @@ async fn post_events(
 ) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
+    }
+    if !guard::content_type_is(&headers, EVENT_TYPES) {
+        blocked(&state, Route::events, RefusalReason::content_type).await;
+        return guard::wrong_content_type(&headers, EVENT_TYPES);
     }
     let bytes = match crate::server::read_body(body, state.max_body_bytes).await {
         Ok(bytes) => bytes,
@@ -246,6 +268,14 @@ async fn refuse_oversize(
     let _ = state.ledger.send(LedgerInput::Refused(refusal)).await;
 }
 
+/// Tells the ledger about a request the guard or a content-type check refused.
+async fn blocked(state: &AppState, route: Route, reason: RefusalReason) {
+    let _ = state
+        .ledger
+        .send(LedgerInput::Blocked { route, reason })
+        .await;
+}
+
 /// Tells the ledger about events rejected before reaching it, so `events_total` counts them.
 async fn count_rejected(state: &AppState, source: &'static str, types: Vec<&'static str>) {
     let (reply, _) = oneshot::channel();
@@ -382,14 +412,31 @@ async fn budgets_check(
 /// `POST /v1/alerts`: a firing alert labelled `costmeter_action="soft_kill"` and
 /// `target="…"` stops that target if it is one of this sidecar's. This is how fleet-wide
 /// budgets work: Prometheus sums every sidecar, the rule fires, Alertmanager tells each one.
-async fn alerts(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
+async fn alerts(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
     }
+    if !guard::content_type_is(&headers, JSON) {
+        blocked(&state, Route::alerts, RefusalReason::content_type).await;
+        return guard::wrong_content_type(&headers, JSON);
+    }
+    let body = match crate::server::read_body(body, state.max_body_bytes).await {
+        Ok(body) => body,
+        Err(problem) => {
+            if matches!(problem, crate::server::BodyProblem::TooLarge) {
+                refuse_oversize(
+                    &state,
+                    Route::alerts,
+                    None,
+                    state.max_body_bytes,
+                    "server.max_body_bytes",
+                    None,
+                )
+                .await;
+            }
+            return body_problem(problem, state.max_body_bytes);
+        }
+    };
     let decisions = match crate::alerts::decide(&body, &state.targets) {
         Ok(decisions) => decisions,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
@@ -548,6 +595,10 @@ async fn task(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Res
 async fn reload(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if !authorized(&state, &headers) {
         return unauthorized();
+    }
+    if !guard::content_type_is(&headers, JSON) {
+        blocked(&state, Route::reload, RefusalReason::content_type).await;
+        return guard::wrong_content_type(&headers, JSON);
     }
     let (reply, answer) = oneshot::channel();
     if state.reload.send(reply).await.is_err() {

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::{AppState, authorized, count_rejected};
-use crate::health::Route;
+use crate::health::{RefusalReason, Route};
 use crate::otlp::decode::{self, DecodeError, Encoding, Signal};
 use crate::otlp::{Mapped, SOURCE, mapping};
 use crate::server::BodyProblem;
@@ -146,9 +146,20 @@ async fn receive(
     body: Body,
     signal: Signal,
 ) -> Response {
+    // The token first: without it nothing is counted, not even a rejection.
+    if !authorized(&state, &headers) {
+        return failure(
+            StatusCode::UNAUTHORIZED,
+            decode::encoding_of(header_str(&headers, header::CONTENT_TYPE))
+                .unwrap_or(Encoding::Json),
+            UNAUTHENTICATED,
+            "missing or wrong bearer token: set OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer <token from server.token_file>\"",
+        );
+    }
     let encoding = match decode::encoding_of(header_str(&headers, header::CONTENT_TYPE)) {
         Ok(encoding) => encoding,
         Err(problem) => {
+            super::blocked(&state, route_of(signal), RefusalReason::content_type).await;
             count_rejected(&state, SOURCE, vec!["unknown"]).await;
             return failure(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -158,14 +169,6 @@ async fn receive(
             );
         }
     };
-    if !authorized(&state, &headers) {
-        return failure(
-            StatusCode::UNAUTHORIZED,
-            encoding,
-            UNAUTHENTICATED,
-            "missing or wrong bearer token: set OTEL_EXPORTER_OTLP_HEADERS=\"Authorization=Bearer <token from server.token_file>\"",
-        );
-    }
     let limit = state.otlp_max_body_bytes;
     let decoded = match crate::server::read_body(body, limit).await {
         Ok(bytes) => decode_gated(&state, bytes, &headers, encoding, signal).await,

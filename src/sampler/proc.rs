@@ -169,13 +169,44 @@ pub fn observe(members: &[&ProcRow]) -> Vec<Observed> {
         .collect()
 }
 
-/// Reads a pid file: one decimal pid, surrounding whitespace allowed.
+/// Most bytes of a pid file read: a pid and a newline fit many times over.
+const PID_FILE_MAX: usize = 64;
+
+/// Reads a pid file: one decimal pid, surrounding whitespace allowed. The file is opened
+/// without following a link and without blocking (a fifo or a device never stalls the
+/// sampler), must be a regular file, is read at most [`PID_FILE_MAX`] bytes, and its owner is
+/// taken from the open descriptor, so no link or swap between check and read can lend it
+/// another file's owner.
 pub fn read_pid_file(path: &Path) -> Result<i32, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|error| format!("cannot read pid file '{}': {error}", path.display()))?;
+    use rustix::fs::{Mode, OFlags};
+    let say = |what: String| format!("pid file '{}': {what}", path.display());
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|error| match error {
+        rustix::io::Errno::LOOP => say("is a symbolic link; costmeter does not follow links to pid files".into()),
+        other => say(format!("cannot open: {other}")),
+    })?;
+    let stat = rustix::fs::fstat(&fd).map_err(|error| say(format!("cannot stat: {error}")))?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
+        return Err(say("is not a regular file (a fifo, device or directory is never read)".into()));
+    }
+    let mut buffer = [0u8; PID_FILE_MAX];
+    let mut filled = 0;
+    while filled < buffer.len() {
+        match rustix::io::read(&fd, &mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(error) => return Err(say(format!("cannot read: {error}"))),
+        }
+    }
+    let text = String::from_utf8_lossy(&buffer[..filled]);
     let trimmed = text.trim();
     let pid = match trimmed.parse::<i32>() {
-        Ok(pid) if pid > 1 => pid,
+        Ok(pid) if pid > 1 && filled < PID_FILE_MAX => pid,
         _ => {
             return Err(format!(
                 "pid file '{}' holds '{}', not a process id above 1",
@@ -184,18 +215,15 @@ pub fn read_pid_file(path: &Path) -> Result<i32, String> {
             ));
         }
     };
-    check_pid_file_owner(path, pid)?;
+    check_pid_file_owner(path, stat.st_uid, pid)?;
     Ok(pid)
 }
 
 /// A pid file written by an unprivileged user may only name that user's processes (root's
 /// may name any): otherwise anyone who can write the file could have costmeter meter, and
 /// soft-kill, someone else's process. The rule systemd applies to `PIDFile=`.
-fn check_pid_file_owner(path: &Path, pid: i32) -> Result<(), String> {
+fn check_pid_file_owner(path: &Path, file_owner: u32, pid: i32) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let file_owner = std::fs::metadata(path)
-        .map_err(|error| format!("cannot stat pid file '{}': {error}", path.display()))?
-        .uid();
     let Ok(process) = std::fs::metadata(format!("/proc/{pid}")) else {
         // Gone or never there: the caller finds no process and says so.
         return Ok(());
@@ -246,6 +274,35 @@ mod tests {
         let me = i32::try_from(std::process::id()).unwrap_or_default();
         assert!(table.rows.contains_key(&me));
         assert!(table.rows[&me].rss_bytes > 0);
+    }
+
+    #[test]
+    fn a_pid_file_that_is_a_link_a_fifo_or_a_device_is_refused_at_once() {
+        let dir = std::env::temp_dir().join(format!("costmeter-pidfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let real = dir.join("real.pid");
+        std::fs::write(&real, "4242\n").expect("write");
+        let link = dir.join("link.pid");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&real, &link).expect("symlink");
+        let error = read_pid_file(&link).expect_err("a link is refused");
+        assert!(error.contains("symbolic link"), "{error}");
+        let fifo = dir.join("fifo.pid");
+        let _ = std::fs::remove_file(&fifo);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .expect("mkfifo");
+        // Would block forever on a plain open; refused at once instead.
+        let error = read_pid_file(&fifo).expect_err("a fifo is refused");
+        assert!(error.contains("not a regular file"), "{error}");
+        let error = read_pid_file(Path::new("/dev/zero")).expect_err("a device is refused");
+        assert!(error.contains("not a regular file"), "{error}");
+        std::fs::remove_dir_all(&dir).ok();
     }
 
     #[test]

@@ -171,7 +171,8 @@ fn assert_rejected(content_type: &str, body: &[u8], status: u16, message: &str) 
             .samples
             .iter()
             .filter(|s| {
-                s.metric == "haios_events_total" && s.labels.get("result") == Some("rejected")
+                (s.metric == "haios_events_total" && s.labels.get("result") == Some("rejected"))
+                    || s.metric == "haios_requests_refused_total"
             })
             .map(|s| match s.value {
                 prometheus_parse::Value::Counter(v) => v,

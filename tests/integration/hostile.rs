@@ -32,7 +32,7 @@ fn a_connection_that_sends_nothing_or_half_a_header_is_closed() {
 
     let mut slowloris = TcpStream::connect(daemon.addr).expect("connect");
     slowloris
-        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
         .expect("write");
     let answer = read_until_closed(&mut slowloris);
     assert!(
@@ -44,7 +44,7 @@ fn a_connection_that_sends_nothing_or_half_a_header_is_closed() {
     let mut stalled = TcpStream::connect(daemon.addr).expect("connect");
     stalled
         .write_all(
-            b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"type\":",
+            b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 500\r\n\r\n{\"type\":",
         )
         .expect("write");
     let answer = read_until_closed(&mut stalled);
@@ -108,7 +108,7 @@ fn beyond_the_connection_cap_clients_wait_and_are_served_once_a_slot_frees() {
     // The 17th client connects (the kernel's backlog takes it) but is not answered yet.
     let mut waiting = TcpStream::connect(daemon.addr).expect("connect");
     waiting
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
         .expect("write");
     waiting
         .set_read_timeout(Some(Duration::from_millis(300)))
