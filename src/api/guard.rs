@@ -38,13 +38,15 @@ fn host_of(authority: &str) -> String {
     let host = if let Some(rest) = authority.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {
-        authority.rsplit_once(':').map_or(authority, |(host, port)| {
-            if port.chars().all(|c| c.is_ascii_digit()) {
-                host
-            } else {
-                authority
-            }
-        })
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, port)| {
+                if port.chars().all(|c| c.is_ascii_digit()) {
+                    host
+                } else {
+                    authority
+                }
+            })
     };
     host.trim_end_matches('.').to_ascii_lowercase()
 }
@@ -65,7 +67,8 @@ pub fn judge(host: Option<&str>, origin: Option<&str>, allowed_hosts: &[String])
         let authority = origin
             .split_once("://")
             .map(|(_, rest)| rest.trim_end_matches('/'));
-        let same = matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()));
+        let same =
+            matches!((authority, host), (Some(a), Some(h)) if a.eq_ignore_ascii_case(h.trim()));
         if !same {
             return Verdict::ForeignOrigin(origin.chars().take(100).collect());
         }
@@ -188,7 +191,10 @@ mod tests {
         );
         for origin in ["https://evil.example", "null", "http://127.0.0.1:9000"] {
             assert!(
-                matches!(judge(host, Some(origin), &allowed()), Verdict::ForeignOrigin(_)),
+                matches!(
+                    judge(host, Some(origin), &allowed()),
+                    Verdict::ForeignOrigin(_)
+                ),
                 "{origin}"
             );
         }

@@ -186,12 +186,16 @@ pub fn read_pid_file(path: &Path) -> Result<i32, String> {
         Mode::empty(),
     )
     .map_err(|error| match error {
-        rustix::io::Errno::LOOP => say("is a symbolic link; costmeter does not follow links to pid files".into()),
+        rustix::io::Errno::LOOP => {
+            say("is a symbolic link; costmeter does not follow links to pid files".into())
+        }
         other => say(format!("cannot open: {other}")),
     })?;
     let stat = rustix::fs::fstat(&fd).map_err(|error| say(format!("cannot stat: {error}")))?;
     if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err(say("is not a regular file (a fifo, device or directory is never read)".into()));
+        return Err(say(
+            "is not a regular file (a fifo, device or directory is never read)".into(),
+        ));
     }
     let mut buffer = [0u8; PID_FILE_MAX];
     let mut filled = 0;

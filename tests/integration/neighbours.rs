@@ -1,0 +1,343 @@
+//! Hostile neighbours, each attack performed against the real binary and shown refused: a web
+//! page in a real browser, a DNS-rebinding Host, planted links for status files, reports and
+//! pid files (as another user where it takes one), a fifo as pid file.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::util::{Daemon, Workload, alive, require_tool, scratch_dir, wait_for};
+
+const SETTLE: Duration = Duration::from_secs(20);
+
+fn refused(daemon: &Daemon, reason: &str) -> f64 {
+    daemon
+        .scrape()
+        .samples
+        .iter()
+        .filter(|s| {
+            s.metric == "haios_requests_refused_total" && s.labels.get("reason") == Some(reason)
+        })
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
+/// An "attacker" site on another loopback port, serving one page.
+fn attacker_site(page: String) -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("http://{}/", listener.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                page.len()
+            );
+        }
+    });
+    url
+}
+
+fn alert_payload(target: &str) -> String {
+    json!({"version": "4", "status": "firing", "receiver": "costmeter", "groupLabels": {},
+           "commonLabels": {}, "commonAnnotations": {}, "externalURL": "", "groupKey": "{}",
+           "alerts": [{"status": "firing", "labels": {"alertname": "BudgetExceeded",
+           "costmeter_action": "soft_kill", "target": target}, "annotations": {},
+           "startsAt": "2026-12-01T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+           "generatorURL": "", "fingerprint": "1"}]})
+    .to_string()
+}
+
+#[test]
+fn a_web_page_in_a_real_browser_can_neither_kill_nor_spend() {
+    let Some(browser) = require_tool("chromium", "apt-get install chromium") else {
+        return;
+    };
+    let sleeper = Workload::shell("exec sleep 600");
+    let pid = sleeper.pid();
+    let daemon = Daemon::start(&format!(
+        "[[target]]\nname = \"agent\"\npid = {pid}\nsample_interval = \"50ms\"\n\n[budgets]\nusd = 1.0\n"
+    ));
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    let event = json!({"type": "llm_usage", "agent": "coder", "model": "gpt-5",
+                       "input_tokens": 1, "output_tokens": 1, "cost_usd": 9999})
+    .to_string();
+    let base = format!("http://127.0.0.1:{}", daemon.addr.port());
+    // Every way a page can send a write without asking: no-cors fetches with a "simple"
+    // content type, a text/plain form, and a CORS fetch with JSON (which needs a preflight).
+    let page = format!(
+        r#"<!doctype html><html><body>
+<form id="f" method="POST" action="{base}/v1/alerts" enctype="text/plain" target="sink">
+<input name='{{"x":"' value='"}}'></form><iframe name="sink"></iframe>
+<script>
+const alert = {alert};
+const event = {event};
+fetch("{base}/v1/alerts", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: JSON.stringify(alert)}});
+fetch("{base}/v1/events", {{method: "POST", mode: "no-cors", headers: {{"Content-Type": "text/plain"}}, body: JSON.stringify(event)}});
+fetch("{base}/v1/events", {{method: "POST", mode: "no-cors", body: new Blob([JSON.stringify(event)])}});
+fetch("{base}/v1/alerts", {{method: "POST", headers: {{"Content-Type": "application/json"}}, body: JSON.stringify(alert)}}).catch(() => {{}});
+document.getElementById("f").submit();
+</script></body></html>"#,
+        alert = alert_payload("agent"),
+    );
+    let site = attacker_site(page);
+    let profile = scratch_dir();
+    let output = Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(&site)
+        .output()
+        .expect("run chromium");
+    assert!(output.status.success(), "chromium ran");
+    // The browser's requests arrived and were refused as a web page's.
+    wait_for("the page's requests to be refused", SETTLE, || {
+        (refused(&daemon, "foreign_origin") >= 3.0).then_some(())
+    });
+    assert!(alive(pid), "the agent was not killed");
+    let scrape = daemon.scrape();
+    assert!(
+        scrape
+            .value("haios_usd_spend_total", &[("agent", "coder")])
+            .is_none(),
+        "nothing was spent"
+    );
+    assert_eq!(
+        scrape.value(
+            "haios_budget_state",
+            &[("budget", "lifetime-usd"), ("resource", "usd")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(daemon.log_count("soft-kill ordered"), 0);
+}
+
+/// Sends one raw HTTP/1.1 request; returns the status line.
+fn raw_request(daemon: &Daemon, request: &str) -> String {
+    let mut stream = TcpStream::connect(daemon.addr).expect("connect");
+    stream.write_all(request.as_bytes()).expect("write");
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    answer.lines().next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn a_dns_rebinding_host_is_refused_and_known_names_pass() {
+    let daemon = Daemon::start("allowed_hosts = [\"costmeter\"]\n");
+    let body = json!({"type": "llm_usage", "agent": "coder", "model": "gpt-5",
+                      "input_tokens": 10, "output_tokens": 1, "cost_usd": 9999})
+    .to_string();
+    let post = |host: &str| {
+        raw_request(
+            &daemon,
+            &format!(
+                "POST /v1/events HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            ),
+        )
+    };
+    let port = daemon.addr.port();
+    assert!(post(&format!("rebind.attacker.example:{port}")).contains("403"));
+    assert!(
+        raw_request(
+            &daemon,
+            &format!("GET / HTTP/1.1\r\nHost: rebind.attacker.example:{port}\r\nConnection: close\r\n\r\n")
+        )
+        .contains("403"),
+        "the page is not readable under a rebinding name either"
+    );
+    assert!(
+        raw_request(
+            &daemon,
+            "GET /metrics HTTP/1.1\r\nHost: prometheus-sees-me-as-this:9\r\nConnection: close\r\n\r\n"
+        )
+        .contains("200"),
+        "scrapes answer under any name"
+    );
+    assert_eq!(refused(&daemon, "foreign_host"), 2.0);
+    assert!(
+        daemon
+            .scrape()
+            .value("haios_usd_spend_total", &[("agent", "coder")])
+            .is_none()
+    );
+    assert!(post(&format!("costmeter:{port}")).contains("202"));
+    assert!(post(&format!("127.0.0.1:{port}")).contains("202"));
+}
+
+/// Runs a command as `nobody`. None when this is not root (then the test skips, except in CI).
+fn as_nobody(args: &[&str]) -> Option<()> {
+    if !rustix::process::geteuid().is_root() {
+        assert!(
+            std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
+            "this test needs root, as CI runs"
+        );
+        eprintln!("skipped: needs root to act as a second user");
+        return None;
+    }
+    let status = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"])
+        .args(args)
+        .status()
+        .expect("setpriv runs");
+    assert!(status.success(), "{args:?} as nobody");
+    Some(())
+}
+
+/// A folder owned by `nobody`, as an unprivileged agent's working folder is.
+fn nobody_folder(parent: &Path) -> std::path::PathBuf {
+    let folder = parent.join("agent-owned");
+    std::fs::create_dir(&folder).expect("folder");
+    std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).expect("chown to nobody");
+    folder
+}
+
+#[test]
+fn status_file_and_report_writes_never_follow_a_planted_link() {
+    let dir = scratch_dir();
+    let victim = dir.path().join("root-only");
+    std::fs::write(&victim, "secret").expect("victim");
+    let folder = nobody_folder(dir.path());
+    let link = |name: &str| {
+        let target = victim.display().to_string();
+        let at = folder.join(name).display().to_string();
+        as_nobody(&["ln", "-s", &target, &at])
+    };
+    // The old predictable temp names, and the destinations themselves.
+    for name in ["exec_status_run-1.tmp", "exec_status_run-1.txt"] {
+        if link(name).is_none() {
+            return;
+        }
+    }
+    let daemon = Daemon::start(&format!(
+        "[status_file]\npath = \"{}/exec_status_{{g}}.txt\"\n\n[report]\nevery = \"1h\"\ndir = \"{}\"\n",
+        folder.display(),
+        folder.display()
+    ));
+    // The report written at start names the week: plant links under its name and restart.
+    let report = wait_for("the first report", SETTLE, || {
+        std::fs::read_dir(&folder)
+            .ok()?
+            .filter_map(Result::ok)
+            .find_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name.starts_with("cost_report_") && name.ends_with(".md")).then_some(name)
+            })
+    });
+    std::fs::remove_file(folder.join(&report)).expect("remove report");
+    link(&report);
+    link(&report.replace(".md", ".tmp"));
+    let daemon = daemon.restart(libc::SIGTERM);
+    daemon.post_events(&json!([
+        {"type": "run_start", "run_id": "run-1"},
+        {"type": "task_start", "task_id": "t1", "run_id": "run-1", "task_type": "edit"},
+        {"type": "task_end", "task_id": "t1", "run_id": "run-1", "task_type": "edit", "result": "success"}
+    ]));
+    wait_for("both writes to be refused", SETTLE, || {
+        (daemon.log_count("symbolic link") >= 2).then_some(())
+    });
+    assert_eq!(std::fs::read_to_string(&victim).expect("victim"), "secret");
+    assert!(
+        std::fs::symlink_metadata(folder.join("exec_status_run-1.txt"))
+            .is_ok_and(|m| m.file_type().is_symlink()),
+        "the link was left as it was"
+    );
+}
+
+#[test]
+fn a_pid_file_linked_to_root_s_pid_file_is_refused_and_nothing_is_killed() {
+    let dir = scratch_dir();
+    let root_process = Workload::shell("exec sleep 600");
+    let root_pid_file = dir.path().join("root-daemon.pid");
+    std::fs::write(&root_pid_file, format!("{}\n", root_process.pid())).expect("pid file");
+    let folder = nobody_folder(dir.path());
+    let agent_pid_file = folder.join("agent.pid");
+    if as_nobody(&[
+        "ln",
+        "-s",
+        &root_pid_file.display().to_string(),
+        &agent_pid_file.display().to_string(),
+    ])
+    .is_none()
+    {
+        return;
+    }
+    let daemon = Daemon::start(&format!(
+        "[[target]]\nname = \"agent\"\npid_file = \"{}\"\nsample_interval = \"50ms\"\n",
+        agent_pid_file.display()
+    ));
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 0.0
+    });
+    let (status, _) = daemon.post(
+        "/v1/alerts",
+        "application/json",
+        alert_payload("agent").as_bytes(),
+    );
+    assert_eq!(status, 200);
+    wait_for("the refusal to be logged", SETTLE, || {
+        (daemon.log_count("symbolic link") >= 1).then_some(())
+    });
+    wait_for("the alert's kill to be carried out", SETTLE, || {
+        (daemon.log_count("soft-kill found no process to stop") >= 1).then_some(())
+    });
+    assert!(alive(root_process.pid()), "root's process was not killed");
+}
+
+#[test]
+fn a_fifo_or_a_device_as_pid_file_never_stalls_sampling_or_shutdown() {
+    let dir = scratch_dir();
+    let fifo = dir.path().join("agent.pid");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .expect("mkfifo");
+    let busy = Workload::shell("exec sleep 600");
+    let daemon = Daemon::start(&format!(
+        "[[target]]\nname = \"fifo\"\npid_file = \"{}\"\nsample_interval = \"50ms\"\n\n\
+         [[target]]\nname = \"zero\"\npid_file = \"/dev/zero\"\nsample_interval = \"50ms\"\n\n\
+         [[target]]\nname = \"real\"\npid = {}\nsample_interval = \"50ms\"\n",
+        fifo.display(),
+        busy.pid()
+    ));
+    for target in ["fifo", "zero"] {
+        daemon.wait_metric("haios_target_up", &[("target", target)], SETTLE, |v| {
+            v == 0.0
+        });
+    }
+    // Sampling goes on: the real target is sampled again and again.
+    let first = daemon.wait_metric("haios_target_up", &[("target", "real")], SETTLE, |v| {
+        v == 1.0
+    });
+    assert_eq!(first, 1.0);
+    assert!(daemon.log_count("not a regular file") >= 2);
+    let started = std::time::Instant::now();
+    let status = daemon.stop();
+    assert!(status.success(), "SIGTERM still ends the daemon: {status}");
+    assert!(started.elapsed() < SETTLE);
+}
