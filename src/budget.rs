@@ -308,6 +308,16 @@ pub fn holds(statuses: &[BudgetStatus], enforceable: &[String]) -> Vec<Hold> {
     holds
 }
 
+/// How far before its receipt an event's `ts` may place its charge.
+pub const TS_TOLERANCE_MS: i64 = 5 * 60 * 1000;
+
+/// When usage counts against budgets: at its `ts` when that lies within
+/// [`TS_TOLERANCE_MS`] before receipt, else at receipt. A back-dated `ts` cannot move spend
+/// out of today's window (the `ts` itself is kept for reports), nor can a future one.
+pub fn charge_time(ts_ms: i64, received_ms: i64) -> i64 {
+    ts_ms.clamp(received_ms.saturating_sub(TS_TOLERANCE_MS), received_ms)
+}
+
 /// How far back the burn rate looks.
 const BURN_RATE_SPAN_MS: i64 = 5 * 60 * 1000;
 /// Buckets a rolling window is cut into.
@@ -592,6 +602,23 @@ mod tests {
 
     fn kinds(transitions: &[Transition]) -> Vec<TransitionKind> {
         transitions.iter().map(|t| t.kind).collect()
+    }
+
+    #[test]
+    fn a_back_dated_charge_lands_at_receipt() {
+        let mut budgets = Budgets::new(vec![spec("daily", Resource::Usd, 10.0, Window::Day)], NOW);
+        // $20,000 stamped 1970: charged now, so today's budget sees it.
+        budgets.charge(&usd(20_000.0, charge_time(0, NOW)), NOW);
+        assert_eq!(
+            kinds(&budgets.evaluate(NOW)).last(),
+            Some(&TransitionKind::Exceeded)
+        );
+        assert_eq!(
+            charge_time(NOW - 60_000, NOW),
+            NOW - 60_000,
+            "a late report keeps its ts"
+        );
+        assert_eq!(charge_time(NOW + DAY, NOW), NOW, "the future is now");
     }
 
     #[test]

@@ -22,6 +22,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8000";
 pub const DEFAULT_NAMESPACE: &str = "haios";
 /// Distinct values one label may take before the rest fold into `__other__`.
 pub const DEFAULT_MAX_LABEL_VALUES: usize = 1000;
+/// Agent and model pairs the usage series keep by default, whatever each label's own count:
+/// the per-label cap alone let 1,000 agents × 200 models make a million series.
+pub const DEFAULT_MAX_SERIES: usize = 5000;
 /// How often a target is sampled when its table does not say.
 pub const DEFAULT_SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
 /// Shortest sample interval accepted: below this the sidecar costs more than it measures.
@@ -151,6 +154,8 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct MetricsConfig {
     pub namespace: String,
     pub max_label_values: usize,
+    /// Agent and model pairs of the usage series (`tokens_total` has four kinds per pair).
+    pub max_series: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -221,6 +226,7 @@ impl Default for Config {
             metrics: MetricsConfig {
                 namespace: DEFAULT_NAMESPACE.to_string(),
                 max_label_values: DEFAULT_MAX_LABEL_VALUES,
+                max_series: DEFAULT_MAX_SERIES,
             },
             store: StoreConfig {
                 path: PathBuf::from(DEFAULT_STORE_PATH),
@@ -434,6 +440,7 @@ struct RawPricing {
 struct RawMetrics {
     namespace: Option<Spanned<String>>,
     max_label_values: Option<Spanned<i64>>,
+    max_series: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -722,6 +729,20 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         }
     };
 
+    let max_series = match raw.metrics.max_series {
+        None => defaults.metrics.max_series,
+        Some(max) => {
+            let value = *max.get_ref();
+            if !(1..=1_000_000).contains(&value) {
+                locator.report(
+                    max.span(),
+                    format!("metrics.max_series: {value} must be between 1 and 1000000"),
+                );
+            }
+            usize::try_from(value).unwrap_or(defaults.metrics.max_series)
+        }
+    };
+
     let mut targets: Vec<TargetConfig> = Vec::new();
     for raw_target in raw.targets {
         let name_span = raw_target.get_ref().name.as_ref().map(Spanned::span);
@@ -819,6 +840,7 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         metrics: MetricsConfig {
             namespace,
             max_label_values,
+            max_series,
         },
         targets,
         budgets,

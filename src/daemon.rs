@@ -106,6 +106,7 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
     let metrics = Arc::new(Metrics::new(
         &config.metrics.namespace,
         config.metrics.max_label_values,
+        config.metrics.max_series,
     ));
     let health = Arc::new(Health::default());
     let token = read_token(&config)?;

@@ -18,11 +18,13 @@ use tracing::{error, info, warn};
 use serde_json::json;
 
 use crate::budget::{
-    BudgetStatus, Budgets, Charge, OnExceed, Resource, Scope, State, TransitionKind, holds,
+    BudgetStatus, Budgets, Charge, OnExceed, Resource, Scope, State, TransitionKind, charge_time,
+    holds,
 };
 use crate::config::Config;
 use crate::enforce::{EnforcerInput, KillOrder, KillReport};
 use crate::health::Health;
+use crate::ingest::event::check_age;
 use crate::ingest::{Event, EventBody};
 use crate::metrics::{BudgetLabels, SoftKillLabels};
 use crate::metrics::{
@@ -55,7 +57,7 @@ pub enum LedgerInput {
         source: &'static str,
         events: Vec<Event>,
         rejected: Vec<&'static str>,
-        reply: oneshot::Sender<Result<Vec<bool>, String>>,
+        reply: oneshot::Sender<Result<EventsAnswer, String>>,
     },
     /// One OTLP export request, mapped; cumulative streams become deltas here.
     Otlp {
@@ -83,6 +85,14 @@ pub enum LedgerInput {
     Enforced(KillReport),
     /// A read of runs and tasks; the ledger holds the store's only connection.
     Query(Query),
+}
+
+/// What became of one request's events: for each stored one, whether it was new (else a
+/// duplicate), in order; and the events refused here, by their index in the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsAnswer {
+    pub fresh: Vec<bool>,
+    pub refused: Vec<(usize, String)>,
 }
 
 /// What became of one OTLP request's usage.
@@ -290,8 +300,7 @@ impl Ledger {
     fn restore(&mut self, totals: &Totals) {
         let m = &self.metrics;
         for usage in &totals.usage {
-            let agent = m.cap.admit("agent", &usage.agent);
-            let model = m.cap.admit("model", &usage.model);
+            let (agent, model) = m.cap.admit_usage(&usage.agent, &usage.model);
             for (kind, tokens) in [
                 (TokenKind::input, usage.uncached_input_tokens),
                 (TokenKind::cache_read, usage.cache_read_tokens),
@@ -408,7 +417,13 @@ impl Ledger {
                         self.count_event(source, event_type, "rejected");
                     }
                     let start = priced.len();
-                    for event in events {
+                    let mut refused = Vec::new();
+                    for (index, event) in events.into_iter().enumerate() {
+                        if let Err(problem) = check_age(event.ts_ms, received, self.retention) {
+                            self.count_event(source, event.body.type_name(), "rejected");
+                            refused.push((index, problem));
+                            continue;
+                        }
                         let cost = match &event.body {
                             EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
                             _ => None,
@@ -419,7 +434,7 @@ impl Ledger {
                             cost,
                         });
                     }
-                    requests.push((start..priced.len(), reply));
+                    requests.push((start..priced.len(), refused, reply));
                 }
                 LedgerInput::Otlp { mapped, reply } => {
                     let resolved = self.otlp.resolve(mapped, received);
@@ -437,7 +452,13 @@ impl Ledger {
                         count(resolved.duplicates),
                     );
                     let start = priced.len();
-                    for event in resolved.events {
+                    let mut resolved = resolved;
+                    for event in std::mem::take(&mut resolved.events) {
+                        if let Err(problem) = check_age(event.ts_ms, received, self.retention) {
+                            self.count_event(crate::otlp::SOURCE, "llm_usage", "rejected");
+                            resolved.rejected.push(problem);
+                            continue;
+                        }
                         let cost = match &event.body {
                             EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
                             _ => None,
@@ -543,11 +564,14 @@ impl Ledger {
         // Budgets are judged before anyone is answered: a crossing event's 2xx leaves only
         // after the kill order did.
         self.judge_budgets(received);
-        for (range, reply) in requests {
+        for (range, refused, reply) in requests {
             let _ = reply.send(
                 outcome
                     .as_ref()
-                    .map(|fresh| fresh.get(range).map(<[bool]>::to_vec).unwrap_or_default())
+                    .map(|fresh| EventsAnswer {
+                        fresh: fresh.get(range).map(<[bool]>::to_vec).unwrap_or_default(),
+                        refused,
+                    })
                     .map_err(Clone::clone),
             );
         }
@@ -648,8 +672,7 @@ impl Ledger {
             return series.clone();
         }
         let m = &self.metrics;
-        let agent_label = m.cap.admit("agent", agent);
-        let model_label = m.cap.admit("model", model);
+        let (agent_label, model_label) = m.cap.admit_usage(agent, model);
         let token = |kind| {
             m.tokens_total
                 .get_or_create(&TokenLabels {
@@ -722,7 +745,7 @@ impl Ledger {
                         &Charge {
                             resource,
                             amount,
-                            ts_ms: event.ts_ms,
+                            ts_ms: charge_time(event.ts_ms, now),
                             agent: Some(&usage.agent),
                             target: None,
                         },

@@ -622,11 +622,13 @@ impl Store {
 
     /// Every stored usage charge: (ts, agent, usd, tokens), raw events and daily rollups.
     pub fn usage_charges(&self) -> Result<Vec<StoredCharge>, StoreError> {
-        self.charges(
-            "SELECT ts_ms, agent, COALESCE(cost_usd, 0), input_tokens + output_tokens FROM events WHERE type = 'llm_usage'
+        self.charges(&format!(
+            // Charged when received, or at ts within the tolerance before (budget::charge_time).
+            "SELECT MAX(MIN(ts_ms, received_ms), received_ms - {tolerance}), agent, COALESCE(cost_usd, 0), input_tokens + output_tokens FROM events WHERE type = 'llm_usage'
              UNION ALL
              SELECT CAST(strftime('%s', day) AS INTEGER) * 1000, agent, cost_usd, input_tokens + output_tokens FROM usage_rollups",
-        )
+            tolerance = crate::budget::TS_TOLERANCE_MS
+        ))
     }
 
     /// Every stored resource charge: (ts, target, cpu seconds, disk bytes).

@@ -164,6 +164,8 @@ async fn post_events(
     };
     let now = jiff::Timestamp::now().as_millisecond();
     let mut events = Vec::with_capacity(items.len());
+    // The request index of each event sent on, for refusals the ledger makes.
+    let mut indices = Vec::with_capacity(items.len());
     let mut rejected = Vec::new();
     let mut rejected_types = Vec::new();
     for (index, item) in items.iter().enumerate() {
@@ -174,7 +176,10 @@ async fn post_events(
             Err(problem) => Err((problem.clone(), "unknown")),
         };
         match checked {
-            Ok(valid) => events.push(valid),
+            Ok(valid) => {
+                events.push(valid);
+                indices.push(index);
+            }
             Err((problem, kind)) => {
                 rejected_types.push(kind);
                 rejected.push(json!({ "index": index, "error": problem }));
@@ -206,13 +211,23 @@ async fn post_events(
         Err(_) => Err("the ledger stopped".to_string()),
     };
     match stored {
-        Ok(fresh) => {
-            let accepted = fresh.iter().filter(|new| **new).count();
+        Ok(answer) => {
+            let accepted = answer.fresh.iter().filter(|new| **new).count();
+            for (sent, problem) in answer.refused {
+                let index = indices.get(sent).copied().unwrap_or(sent);
+                rejected.push(json!({ "index": index, "error": problem }));
+            }
+            rejected.sort_by_key(|r| r["index"].as_u64());
+            let status = if answer.fresh.is_empty() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::ACCEPTED
+            };
             (
-                StatusCode::ACCEPTED,
+                status,
                 axum::Json(json!({
                     "accepted": accepted,
-                    "duplicates": fresh.len() - accepted,
+                    "duplicates": answer.fresh.len() - accepted,
                     "rejected": rejected,
                 })),
             )

@@ -356,6 +356,23 @@ pub fn type_label(value: &Value) -> &'static str {
         .unwrap_or("unknown")
 }
 
+/// Refuses an event dated before the store's retention: its id would be forgotten when old
+/// rows fold into rollups, so a resend would count it again. Refusing it keeps exactly-once
+/// true for everything accepted.
+pub fn check_age(ts_ms: i64, now_ms: i64, retention: std::time::Duration) -> Result<(), String> {
+    let retention_ms = i64::try_from(retention.as_millis()).unwrap_or(i64::MAX);
+    if ts_ms < now_ms.saturating_sub(retention_ms) {
+        let ts = jiff::Timestamp::from_millisecond(ts_ms)
+            .map(|t| t.to_string())
+            .unwrap_or_else(|_| ts_ms.to_string());
+        return Err(format!(
+            "field 'ts': {ts} is older than the store's retention ({}); such an event cannot be kept exactly once and is refused",
+            humantime::format_duration(retention)
+        ));
+    }
+    Ok(())
+}
+
 /// Validates one event. `now_ms` stands in for a missing `ts`.
 pub fn validate(value: &Value, now_ms: i64) -> Result<Event, String> {
     let Some(object) = value.as_object() else {
@@ -558,6 +575,20 @@ fn llm_usage(reader: &mut Reader<'_>) -> Option<LlmUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn events_older_than_retention_are_refused_by_name() {
+        let day = std::time::Duration::from_secs(86_400);
+        let now = 1_795_428_000_000;
+        assert!(check_age(now - 3_600_000, now, day).is_ok());
+        let problem = check_age(0, now, day).expect_err("1970 is too old");
+        assert!(
+            problem.starts_with(
+                "field 'ts': 1970-01-01T00:00:00Z is older than the store's retention (1day)"
+            ),
+            "{problem}"
+        );
+    }
     use serde_json::json;
 
     fn check(value: Value) -> Result<Event, String> {

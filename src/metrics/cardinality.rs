@@ -16,16 +16,53 @@ pub const OVERFLOW_VALUE: &str = "__other__";
 pub struct CardinalityCap {
     max_values: usize,
     seen: Mutex<HashMap<&'static str, HashSet<String>>>,
+    /// The usage series' (agent, model) pairs, at most `max_pairs`.
+    pairs: Mutex<HashSet<(String, String)>>,
+    max_pairs: usize,
     overflow: Family<LabelLabels, Counter>,
 }
 
+/// The `label` value of the overflow counter for a pair folded as a whole.
+pub const PAIR_LABEL: &str = "agent+model";
+
 impl CardinalityCap {
-    pub fn new(max_values: usize, overflow: Family<LabelLabels, Counter>) -> Self {
+    pub fn new(
+        max_values: usize,
+        max_pairs: usize,
+        overflow: Family<LabelLabels, Counter>,
+    ) -> Self {
         CardinalityCap {
             max_values,
             seen: Mutex::new(HashMap::new()),
+            pairs: Mutex::new(HashSet::new()),
+            max_pairs,
             overflow,
         }
+    }
+
+    /// The (agent, model) labels of a usage series: each label within its own cap, and the pair
+    /// within the family's series cap; a pair past it becomes (`__other__`, `__other__`), one
+    /// series however many names arrive, and is counted under `label="agent+model"`.
+    pub fn admit_usage(&self, agent: &str, model: &str) -> (String, String) {
+        let pair = (self.admit("agent", agent), self.admit("model", model));
+        let mut pairs = self
+            .pairs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if pair.0 == OVERFLOW_VALUE && pair.1 == OVERFLOW_VALUE || pairs.contains(&pair) {
+            return pair;
+        }
+        if pairs.len() < self.max_pairs {
+            pairs.insert(pair.clone());
+            return pair;
+        }
+        drop(pairs);
+        self.overflow
+            .get_or_create(&LabelLabels {
+                label: PAIR_LABEL.to_string(),
+            })
+            .inc();
+        (OVERFLOW_VALUE.to_string(), OVERFLOW_VALUE.to_string())
     }
 
     /// The value to use for `label`: `value` itself while the label has room or already knows
@@ -60,7 +97,7 @@ mod tests {
     #[test]
     fn values_past_the_cap_fold_into_other_and_are_counted() {
         let overflow = Family::<LabelLabels, Counter>::default();
-        let cap = CardinalityCap::new(2, overflow.clone());
+        let cap = CardinalityCap::new(2, 100, overflow.clone());
         assert_eq!(cap.admit("agent", "a"), "a");
         assert_eq!(cap.admit("agent", "b"), "b");
         assert_eq!(cap.admit("agent", "c"), OVERFLOW_VALUE);
@@ -73,5 +110,29 @@ mod tests {
             })
             .get();
         assert_eq!(folded, 2);
+    }
+
+    #[test]
+    fn pairs_past_the_series_cap_fold_whole_whatever_each_label_allows() {
+        let overflow = Family::<LabelLabels, Counter>::default();
+        let cap = CardinalityCap::new(1000, 3, overflow.clone());
+        let mut series = HashSet::new();
+        for agent in 0..50 {
+            for model in 0..20 {
+                series.insert(cap.admit_usage(&format!("a{agent}"), &format!("m{model}")));
+            }
+        }
+        assert_eq!(series.len(), 4, "three pairs and the overflow pair");
+        assert!(series.contains(&(OVERFLOW_VALUE.to_string(), OVERFLOW_VALUE.to_string())));
+        assert_eq!(
+            cap.admit_usage("a0", "m0"),
+            ("a0".to_string(), "m0".to_string())
+        );
+        let folded = overflow
+            .get_or_create(&LabelLabels {
+                label: PAIR_LABEL.to_string(),
+            })
+            .get();
+        assert_eq!(folded, 997);
     }
 }

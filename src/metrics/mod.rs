@@ -204,10 +204,14 @@ pub struct Metrics {
 
 impl Metrics {
     /// Registers the whole taxonomy under `namespace` (`haios` by default).
-    pub fn new(namespace: &str, max_label_values: usize) -> Metrics {
+    pub fn new(namespace: &str, max_label_values: usize, max_series: usize) -> Metrics {
         let mut registry = Registry::with_prefix(namespace);
         let label_values_overflow_total = Family::<LabelLabels, Counter>::default();
-        let cap = CardinalityCap::new(max_label_values, label_values_overflow_total.clone());
+        let cap = CardinalityCap::new(
+            max_label_values,
+            max_series,
+            label_values_overflow_total.clone(),
+        );
         let metrics = Metrics {
             cap,
             task_total: Family::default(),

@@ -188,19 +188,26 @@ fn dry_run_kills_nothing_and_says_what_it_would_do() {
 }
 
 #[test]
-fn a_rolling_window_only_counts_usage_inside_it() {
+fn a_rolling_window_counts_a_late_report_at_its_ts_and_a_back_dated_one_at_receipt() {
     let daemon = Daemon::start(
         "[[budget]]\nname = \"hourly\"\nresource = \"usd\"\nlimit = 1.0\nwindow = \"1h\"\non_exceed = \"alert\"\n",
     );
+    let labels = [("budget", "hourly"), ("resource", "usd")];
+    // Two minutes late: within the tolerance, charged at its ts (inside the window).
+    let late = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_mins(2))
+        .expect("time");
+    let mut event = usage("late", "coder", 10, 0.5);
+    event["ts"] = json!(late.to_string());
+    daemon.post_events(&event);
+    daemon.wait_metric("haios_budget_used", &labels, SETTLE, |v| v == 0.5);
+    // Dated two hours ago: it cannot slip out of the window; it counts when received.
     let two_hours_ago = jiff::Timestamp::now()
         .checked_sub(jiff::SignedDuration::from_hours(2))
         .expect("time");
-    let mut old = usage("old", "coder", 10, 5.0);
+    let mut old = usage("old", "coder", 10, 0.45);
     old["ts"] = json!(two_hours_ago.to_string());
     daemon.post_events(&old);
-    let labels = [("budget", "hourly"), ("resource", "usd")];
-    daemon.wait_metric("haios_budget_used", &labels, SETTLE, |v| v == 0.0);
-    daemon.post_events(&usage("new", "coder", 10, 0.95));
     let scrape = daemon.scrape();
     assert_eq!(
         scrape.value("haios_budget_state", &labels),

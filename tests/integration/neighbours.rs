@@ -341,3 +341,52 @@ fn a_fifo_or_a_device_as_pid_file_never_stalls_sampling_or_shutdown() {
     assert!(status.success(), "SIGTERM still ends the daemon: {status}");
     assert!(started.elapsed() < SETTLE);
 }
+
+#[test]
+fn a_back_dated_ts_is_charged_at_receipt_and_one_older_than_retention_is_refused() {
+    let daemon = Daemon::start(
+        "[[budget]]\nname = \"daily\"\nresource = \"usd\"\nlimit = 10.0\nwindow = \"day\"\n\n\
+         [[budget]]\nname = \"hourly\"\nresource = \"usd\"\nlimit = 10.0\nwindow = \"1h\"\non_exceed = \"alert\"\n",
+    );
+    let twenty_days_ago = jiff::Timestamp::now()
+        .checked_sub(jiff::SignedDuration::from_hours(20 * 24))
+        .expect("time");
+    let answer = daemon.post_events(&json!({"type": "llm_usage", "event_id": "old-1",
+        "ts": twenty_days_ago.to_string(), "agent": "coder", "model": "gpt-5",
+        "input_tokens": 1, "output_tokens": 1, "cost_usd": 2000}));
+    assert_eq!(answer["accepted"], 1, "{answer}");
+    let (_, _, budgets) = daemon.get("/v1/budgets", None);
+    let budgets: serde_json::Value = serde_json::from_str(&budgets).expect("JSON");
+    for budget in budgets["budgets"].as_array().expect("list") {
+        assert_eq!(budget["used"], 2000.0, "{budget}");
+        assert_eq!(budget["state"], "exceeded", "{budget}");
+    }
+    let (status, _, check) = daemon.get("/v1/budgets/check?agent=coder", None);
+    assert_ne!(status, 200, "{check}");
+    // The same after a restart: the charge is replayed at its receipt time.
+    let daemon = daemon.restart(libc::SIGTERM);
+    let (_, _, budgets) = daemon.get("/v1/budgets", None);
+    assert!(budgets.contains("\"used\":2000.0"), "{budgets}");
+
+    // Older than retention (35 days by default): refused, and refused again when resent.
+    for _ in 0..2 {
+        let (status, answer) = daemon.post(
+            "/v1/events",
+            "application/json",
+            json!({"type": "llm_usage", "event_id": "ancient", "ts": "1970-01-01T00:00:00Z",
+                   "agent": "coder", "model": "gpt-5", "input_tokens": 1, "output_tokens": 1,
+                   "cost_usd": 2000})
+            .to_string()
+            .as_bytes(),
+        );
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["rejected"][0]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("field 'ts'") && e.contains("retention")),
+            "{answer}"
+        );
+    }
+    let (_, _, budgets) = daemon.get("/v1/budgets", None);
+    assert!(budgets.contains("\"used\":2000.0"), "{budgets}");
+}

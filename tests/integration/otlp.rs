@@ -660,12 +660,10 @@ fn a_body_over_the_cap_is_counted_logged_red_in_doctor_and_its_twin_counts() {
     assert_eq!(otlp_events(&daemon, "llm_usage", "duplicate"), 0.0);
 
     // /v1/events has its own cap, counted the same way.
-    let (status, _) = daemon.post(
-        "/v1/events",
-        "application/json",
-        &vec![b' '; 2 * 1024 * 1024],
-    );
-    assert_eq!(status, 413);
+    let status = crate::util::post_oversize(&daemon, "/v1/events", 2 * 1024 * 1024);
+    // The answer may be lost to the reset of a connection closed with unread bytes; the
+    // counter below is the proof.
+    assert!(status.is_empty() || status.contains("413"), "{status}");
     for route in ["otlp_logs", "events"] {
         daemon.wait_metric(
             "haios_requests_refused_total",

@@ -513,6 +513,25 @@ impl Drop for Workload {
     }
 }
 
+/// POSTs a JSON body of `bytes` spaces over raw TCP, ignoring a write the daemon cut short
+/// (it answers 413 and closes once the cap is passed); returns the status line.
+pub fn post_oversize(daemon: &Daemon, path: &str, bytes: usize) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(daemon.addr).expect("connect");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {bytes}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).expect("write headers");
+    let _ = stream.write_all(&vec![b' '; bytes]);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// Whether `pid` runs. A zombie is dead for this purpose: it runs nothing.
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
