@@ -57,7 +57,7 @@ pub fn judge(host: Option<&str>, origin: Option<&str>, allowed_hosts: &[String])
         let name = host_of(host);
         let known = name.parse::<IpAddr>().is_ok()
             || name == "localhost"
-            || allowed_hosts.iter().any(|allowed| *allowed == name);
+            || allowed_hosts.contains(&name);
         if !known {
             return Verdict::ForeignHost(name.chars().take(100).collect());
         }
@@ -90,7 +90,7 @@ pub fn route_of(method: &axum::http::Method, path: &str) -> Route {
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: header::HeaderName) -> Option<&'a str> {
+fn header(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
