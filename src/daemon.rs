@@ -234,6 +234,7 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
         otlp_max_body_bytes: otlp_max,
         decode_gate: decode_gate.clone(),
         allowed_hosts: config.server.allowed_hosts.clone(),
+        reads: crate::reads::Reads::new(config.store.path.clone()),
     });
     let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -33,7 +33,6 @@ use crate::metrics::{
 };
 use crate::notify::Webhook;
 use crate::pricing::{Confidence, PriceSource, PriceTable, PricingError, RejectedRow};
-use crate::runs::{RunDetail, RunFilter, RunPage, TaskDetail};
 use crate::sampler::{StoredBaselines, TargetReading};
 use crate::store::{PricedEvent, ResourceRow, Store, StoreError, Totals};
 use crate::telemetry::{SpanRecord, Telemetry, derived_span_id, derived_trace_id, hex_bytes};
@@ -83,8 +82,6 @@ pub enum LedgerInput {
     },
     /// What enforcement did, to count and record.
     Enforced(KillReport),
-    /// A read of runs and tasks; the ledger holds the store's only connection.
-    Query(Query),
 }
 
 /// What became of one request's events: for each stored one, whether it was new (else a
@@ -103,16 +100,6 @@ pub struct OtlpAnswer {
     pub duplicates: usize,
     /// Each refused item, with why.
     pub rejected: Vec<String>,
-}
-
-/// Reads answered from the store.
-#[derive(Debug)]
-pub enum Query {
-    Runs(RunFilter, oneshot::Sender<Result<RunPage, String>>),
-    Run(String, oneshot::Sender<Result<Option<RunDetail>, String>>),
-    Task(String, oneshot::Sender<Result<Option<TaskDetail>, String>>),
-    /// The cost report over the last so many milliseconds.
-    Report(i64, oneshot::Sender<Result<crate::report::Report, String>>),
 }
 
 /// Sending side of the ledger, cloned into every source.
@@ -497,7 +484,6 @@ impl Ledger {
                     self.seen_alive.remove(&report.target);
                     self.record_enforcement(&report, received);
                 }
-                LedgerInput::Query(query) => self.answer(query),
             }
         }
         let rows: Vec<ResourceRow> = readings
@@ -1351,30 +1337,6 @@ impl Ledger {
             warn!(error = %failure, "cannot record the enforcement action");
         }
         info!(target_name = %report.target, reason = %report.reason, signal = %report.signal, signalled = report.signalled, killed = report.killed, refused = report.refused.len(), dry_run = report.dry_run, "enforcement recorded");
-    }
-
-    fn answer(&self, query: Query) {
-        let text = |e: StoreError| e.to_string();
-        match query {
-            Query::Runs(filter, reply) => {
-                let _ = reply.send(self.store.runs(&filter).map_err(text));
-            }
-            Query::Run(id, reply) => {
-                let _ = reply.send(self.store.run(&id).map_err(text));
-            }
-            Query::Task(id, reply) => {
-                let _ = reply.send(self.store.task(&id).map_err(text));
-            }
-            Query::Report(window_ms, reply) => {
-                let now = now_ms();
-                let budgets = self.budgets.status(now);
-                let _ = reply.send(
-                    self.store
-                        .report(now - window_ms, now, budgets)
-                        .map_err(text),
-                );
-            }
-        }
     }
 
     fn refused(&mut self, refusal: crate::health::Refusal, now: i64) -> Vec<crate::otlp::StateRow> {

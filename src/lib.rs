@@ -21,6 +21,7 @@ pub mod notify;
 pub mod otlp;
 pub mod page;
 pub mod pricing;
+pub mod reads;
 pub mod report;
 pub mod runs;
 pub mod sampler;

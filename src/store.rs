@@ -123,6 +123,20 @@ pub enum StoreError {
         found: usize,
         known: usize,
     },
+    #[error(
+        "the store '{path}' is an empty file (0 bytes), not a store: its history and lifetime budgets would silently start from nothing. Move it away or delete it to start a fresh store, or point [store] path at the right file"
+    )]
+    Empty { path: PathBuf },
+    #[error(
+        "the store '{path}' is in use by another costmeter ({lock} is locked); stop it, or point [store] path at another file"
+    )]
+    InUse { path: PathBuf, lock: PathBuf },
+    #[error("cannot lock the store '{path}': {source}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("store write failed: {0}")]
     Write(#[source] rusqlite::Error),
     #[error("store read failed: {0}")]
@@ -187,6 +201,36 @@ pub struct ResourceTotal {
 pub struct Store {
     conn: Connection,
     path: PathBuf,
+    /// The writer's lock on `<path>.lock`, held while the store is open; none for readers.
+    _lock: Option<std::os::fd::OwnedFd>,
+}
+
+/// Takes the one-writer lock beside the store: a second daemon on the same file fails at start.
+fn lock_beside(path: &Path) -> Result<std::os::fd::OwnedFd, StoreError> {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push(".lock");
+    let lock = PathBuf::from(lock);
+    let failed = |source: std::io::Error| StoreError::Lock {
+        path: path.to_path_buf(),
+        source,
+    };
+    let fd = rustix::fs::open(
+        &lock,
+        rustix::fs::OFlags::RDWR
+            | rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    )
+    .map_err(|e| failed(e.into()))?;
+    match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(fd),
+        Err(rustix::io::Errno::WOULDBLOCK) => Err(StoreError::InUse {
+            path: path.to_path_buf(),
+            lock,
+        }),
+        Err(e) => Err(failed(e.into())),
+    }
 }
 
 impl Store {
@@ -196,6 +240,12 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
+        if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+            return Err(StoreError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let lock = lock_beside(path)?;
         let conn = Connection::open(path).map_err(open_error)?;
         // A non-SQLite or damaged file fails here, on the first read.
         let application_id: i32 = conn
@@ -229,12 +279,10 @@ impl Store {
                 known: MIGRATIONS.len(),
             });
         }
-        // Exclusive locking: this process is the store's only user (clients go through the HTTP
-        // API), it spares a pair of fcntl locks per transaction, and a second daemon pointed at
-        // the same file fails at start instead of interleaving writes.
+        // WAL with normal locking: this connection writes, reader connections of the same
+        // process read beside it without waiting (the lock file keeps other daemons out).
         conn.execute_batch(
-            "PRAGMA locking_mode = EXCLUSIVE;
-             PRAGMA journal_mode = WAL;
+            "PRAGMA journal_mode = WAL;
              PRAGMA synchronous = NORMAL;
              PRAGMA wal_autocheckpoint = 8192;
              PRAGMA busy_timeout = 5000;
@@ -244,9 +292,30 @@ impl Store {
         let mut store = Store {
             conn,
             path: path.to_path_buf(),
+            _lock: Some(lock),
         };
         store.migrate(version)?;
         Ok(store)
+    }
+
+    /// A read-only connection to an open store, for reads served beside the writer (WAL: a
+    /// reader sees the last committed state and never blocks the writer, nor it the reader).
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        conn.execute_batch("PRAGMA query_only = ON; PRAGMA busy_timeout = 5000;")
+            .map_err(StoreError::Read)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+            _lock: None,
+        })
     }
 
     /// The connection, for read queries kept in their own modules (`runs.rs`).

@@ -55,9 +55,8 @@ fn host_of(authority: &str) -> String {
 pub fn judge(host: Option<&str>, origin: Option<&str>, allowed_hosts: &[String]) -> Verdict {
     if let Some(host) = host {
         let name = host_of(host);
-        let known = name.parse::<IpAddr>().is_ok()
-            || name == "localhost"
-            || allowed_hosts.contains(&name);
+        let known =
+            name.parse::<IpAddr>().is_ok() || name == "localhost" || allowed_hosts.contains(&name);
         if !known {
             return Verdict::ForeignHost(name.chars().take(100).collect());
         }

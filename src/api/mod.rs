@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::budget::{BudgetStatus, State as BudgetState};
 use crate::health::{Health, Refusal, RefusalReason, Route};
 use crate::ingest::{self, BodyError, event};
-use crate::ledger::{LedgerInput, LedgerSender, Query as LedgerQuery};
+use crate::ledger::{LedgerInput, LedgerSender};
 use crate::metrics::Metrics;
 use crate::metrics::exposition::{Format, render};
 use crate::runs::RunFilter;
@@ -45,6 +45,8 @@ pub struct AppState {
     pub decode_gate: Arc<crate::otlp::DecodeGate>,
     /// `[server] allowed_hosts`.
     pub allowed_hosts: Vec<String>,
+    /// Store reads beside the ledger.
+    pub reads: Arc<crate::reads::Reads>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -480,28 +482,27 @@ async fn alerts(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
     axum::Json(json!({ "actions": actions, "ignored": ignored })).into_response()
 }
 
-/// Sends a query to the ledger and waits for its answer.
-async fn ask<T>(
+/// Runs a read on a reader connection beside the ledger (never through it).
+async fn read<T: Send + 'static>(
     state: &AppState,
-    query: impl FnOnce(oneshot::Sender<Result<T, String>>) -> LedgerQuery,
+    work: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, Response> {
-    let (reply, answer) = oneshot::channel();
-    if state
-        .ledger
-        .send(LedgerInput::Query(query(reply)))
-        .await
-        .is_err()
-    {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped"));
-    }
-    match answer.await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(problem)) => Err(error(
+    state.reads.run(work).await.map_err(|problem| {
+        error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot read the store: {problem}"),
-        )),
-        Err(_) => Err(error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped")),
-    }
+        )
+    })
+}
+
+/// The cost report over the last `window_ms`, read beside the ledger with the budgets' states.
+async fn report_over(state: &AppState, window_ms: i64) -> Result<crate::report::Report, Response> {
+    let budgets = budget_statuses(state).await?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    read(state, move |store| {
+        store.report(now - window_ms, now, budgets)
+    })
+    .await
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -581,7 +582,7 @@ async fn runs(State(state): State<Arc<AppState>>, Query(query): Query<RunsQuery>
         limit,
         after,
     };
-    match ask(&state, |reply| LedgerQuery::Runs(filter, reply)).await {
+    match read(&state, move |store| store.runs(&filter)).await {
         Ok(page) => axum::Json(page).into_response(),
         Err(response) => response,
     }
@@ -589,7 +590,8 @@ async fn runs(State(state): State<Arc<AppState>>, Query(query): Query<RunsQuery>
 
 /// `GET /v1/runs/{id}`: one run with per-task timings and cost records.
 async fn run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match ask(&state, |reply| LedgerQuery::Run(id.clone(), reply)).await {
+    let wanted = id.clone();
+    match read(&state, move |store| store.run(&wanted)).await {
         Ok(Some(run)) => axum::Json(run).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no run '{id}'")),
         Err(response) => response,
@@ -598,7 +600,8 @@ async fn run(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Resp
 
 /// `GET /v1/tasks/{id}`: one task and its cost_record.
 async fn task(State(state): State<Arc<AppState>>, Path(id): Path<String>) -> Response {
-    match ask(&state, |reply| LedgerQuery::Task(id.clone(), reply)).await {
+    let wanted = id.clone();
+    match read(&state, move |store| store.task(&wanted)).await {
         Ok(Some(task)) => axum::Json(task).into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no task '{id}'")),
         Err(response) => response,
@@ -660,7 +663,7 @@ async fn report(State(state): State<Arc<AppState>>, Query(query): Query<ReportQu
             );
         }
     };
-    match ask(&state, |reply| LedgerQuery::Report(window_ms, reply)).await {
+    match report_over(&state, window_ms).await {
         Ok(report) if markdown => (
             [(header::CONTENT_TYPE, "text/markdown; charset=utf-8")],
             report.markdown(),
@@ -692,9 +695,16 @@ async fn overview(
     ),
     Response,
 > {
-    let day = ask(state, |reply| LedgerQuery::Report(86_400_000, reply)).await?;
-    let week = ask(state, |reply| LedgerQuery::Report(7 * 86_400_000, reply)).await?;
     let budgets = budget_statuses(state).await?;
+    let now = jiff::Timestamp::now().as_millisecond();
+    let for_reports = budgets.clone();
+    let (day, week) = read(state, move |store| {
+        Ok((
+            store.report(now - 86_400_000, now, for_reports.clone())?,
+            store.report(now - 7 * 86_400_000, now, for_reports)?,
+        ))
+    })
+    .await?;
     Ok((day, week, budgets))
 }
 
@@ -710,7 +720,7 @@ async fn page(State(state): State<Arc<AppState>>) -> Response {
         limit: 10,
         ..RunFilter::default()
     };
-    let runs = match ask(&state, |reply| LedgerQuery::Runs(filter, reply)).await {
+    let runs = match read(&state, move |store| store.runs(&filter)).await {
         Ok(runs) => runs,
         Err(response) => return response,
     };

@@ -391,3 +391,37 @@ fn a_target_whose_processes_die_while_it_is_stopped_is_handled() {
             .is_some_and(|v| v >= 1.0)
     );
 }
+
+#[test]
+fn a_second_daemon_on_the_same_store_and_an_empty_store_file_are_refused_at_start() {
+    let daemon = crate::util::Daemon::start("");
+    daemon.wait_ready();
+    let second = std::process::Command::new(crate::util::costmeter_bin())
+        .arg("run")
+        .arg("--config")
+        .arg(&daemon.config_path)
+        .current_dir(daemon.dir.path())
+        .output()
+        .expect("run a second daemon");
+    assert_eq!(second.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("in use by another costmeter"), "{stderr}");
+
+    let dir = crate::util::scratch_dir();
+    std::fs::write(dir.path().join("costmeter.db"), b"").expect("empty store");
+    let empty = std::process::Command::new(crate::util::costmeter_bin())
+        .arg("run")
+        .current_dir(dir.path())
+        .output()
+        .expect("run on an empty store");
+    assert_eq!(empty.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&empty.stderr);
+    assert!(stderr.contains("is an empty file (0 bytes)"), "{stderr}");
+    assert_eq!(
+        std::fs::metadata(dir.path().join("costmeter.db"))
+            .expect("still there")
+            .len(),
+        0,
+        "left untouched"
+    );
+}
