@@ -111,6 +111,8 @@ pub enum LedgerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Pricing(#[from] PricingError),
+    #[error("cannot start a ledger thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// `GET /v1/pricing/status`.
@@ -168,7 +170,9 @@ pub struct Ledger {
     dry_run_told: HashSet<String>,
     webhook: Option<Webhook>,
     telemetry: Option<Telemetry>,
-    status_file: Option<std::path::PathBuf>,
+    /// The `[status_file]` writer, and the runs whose file it has yet to be told about.
+    status_files: Option<crate::status_files::StatusFiles>,
+    stale_runs: std::collections::BTreeSet<String>,
     report: Option<crate::config::ReportConfig>,
     last_report: Option<Instant>,
     /// Recent budget transitions, to become span events on the spans open at the time.
@@ -259,13 +263,23 @@ impl Ledger {
             dry_run_told: HashSet::new(),
             webhook: None,
             telemetry: None,
-            status_file: config.status_file.clone(),
+            status_files: None,
+            stale_runs: std::collections::BTreeSet::new(),
             report: config.report.clone(),
             last_report: None,
             recent_transitions: VecDeque::new(),
             otlp: crate::otlp::OtlpState::default(),
         };
         ledger.otlp = ledger.store.otlp_state()?;
+        if let Some(template) = &config.status_file {
+            ledger.status_files = Some(
+                crate::status_files::StatusFiles::spawn(
+                    template.clone(),
+                    config.store.path.clone(),
+                )
+                .map_err(LedgerError::Thread)?,
+            );
+        }
         if ledger.report.is_some() {
             ledger.health.set_report(None);
         }
@@ -573,6 +587,10 @@ impl Ledger {
             });
             let _ = reply.send(answer);
         }
+        // Effects after answers: the status files of the runs this batch changed.
+        if let Some(writer) = &self.status_files {
+            self.stale_runs.retain(|run| !writer.mark(run));
+        }
         self.compact_if_due();
         self.report_if_due(received);
     }
@@ -706,8 +724,14 @@ impl Ledger {
         });
         self.count_event(priced.source, event.body.type_name(), "accepted");
         self.emit_span(event);
-        if let EventBody::TaskEnd { run_id, .. } = &event.body {
-            self.write_status_file(run_id.as_deref());
+        if let EventBody::TaskEnd { run_id, .. } = &event.body
+            && self.status_files.is_some()
+        {
+            self.stale_runs.insert(
+                run_id
+                    .clone()
+                    .unwrap_or_else(|| crate::status_files::NO_RUN.to_string()),
+            );
         }
         match &event.body {
             EventBody::LlmUsage(usage) => {
@@ -833,37 +857,6 @@ impl Ledger {
                 );
             }
             _ => {}
-        }
-    }
-
-    /// Rewrites the run's status file with every task's entry and cost_record block,
-    /// atomically: written beside it, then renamed over it.
-    fn write_status_file(&self, run: Option<&str>) {
-        let Some(template) = &self.status_file else {
-            return;
-        };
-        let run_id = run.unwrap_or("none");
-        let safe: String = run_id
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        let path = std::path::PathBuf::from(template.to_string_lossy().replace("{g}", &safe));
-        let tasks = match self.store.tasks_of(run) {
-            Ok(tasks) => tasks,
-            Err(failure) => {
-                warn!(error = %failure, "cannot read the run for its status file");
-                return;
-            }
-        };
-        let text = crate::runs::status_file_text(run_id, &tasks);
-        if let Err(error) = crate::files::write_atomic(&path, text.as_bytes()) {
-            warn!(path = %path.display(), %error, "cannot write the status file");
         }
     }
 

@@ -26,5 +26,6 @@ pub mod report;
 pub mod runs;
 pub mod sampler;
 pub mod server;
+pub mod status_files;
 pub mod store;
 pub mod telemetry;

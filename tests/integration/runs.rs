@@ -192,7 +192,12 @@ fn the_status_file_holds_each_task_with_its_cost_record() {
         {"type": "task_end", "task_id": "t-2", "run_id": "run-9", "task_type": "test", "result": "failure", "failure_class": "tool", "ts": "2026-11-23T10:00:15Z"}
     ]));
     let path = daemon.dir.path().join("exec_status_run-9.txt");
-    let text = std::fs::read_to_string(&path).expect("the status file exists");
+    // Written after the answer, by the status-file writer.
+    let text = crate::util::wait_for("the status file with both tasks", SETTLE, || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .filter(|t| t.contains("task t-2"))
+    });
     assert!(
         text.contains("task t-1\n  type: build\n  status: success"),
         "{text}"
@@ -207,5 +212,36 @@ fn the_status_file_holds_each_task_with_its_cost_record() {
     assert!(
         !daemon.dir.path().join("exec_status_run-9.tmp").exists(),
         "written then renamed"
+    );
+}
+
+#[test]
+fn a_thousand_task_run_is_written_a_few_times_not_a_thousand() {
+    let daemon = Daemon::builder()
+        .config("[status_file]\npath = \"exec_status_{g}.txt\"\n")
+        .log_filter("info,costmeter::status_files=debug")
+        .start();
+    for chunk in 0..10 {
+        let events: Vec<Value> = (0..100)
+            .flat_map(|i| {
+                let task = format!("t-{}", chunk * 100 + i);
+                [
+                    json!({"type": "task_start", "task_id": task, "run_id": "big", "task_type": "edit"}),
+                    json!({"type": "task_end", "task_id": task, "run_id": "big", "task_type": "edit", "result": "success"}),
+                ]
+            })
+            .collect();
+        daemon.post_events(&Value::Array(events));
+    }
+    let path = daemon.dir.path().join("exec_status_big.txt");
+    crate::util::wait_for("all 1,000 tasks in the status file", SETTLE, || {
+        std::fs::read_to_string(&path).ok().filter(|t| {
+            t.matches("\ntask t-").count() + usize::from(t.starts_with("task t-")) == 1000
+        })
+    });
+    let writes = daemon.log_count("status file written");
+    assert!(
+        (1..=20).contains(&writes),
+        "{writes} writes for 1,000 task ends: each batch is written once, after its answer"
     );
 }
