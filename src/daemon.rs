@@ -102,7 +102,28 @@ pub async fn exec(mut config: Config, command: ExecCommand) -> Result<u8, Daemon
     serve(config, Some(command)).await
 }
 
-async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, DaemonError> {
+async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, DaemonError> {
+    // Connections must never take the descriptors the sampler, store and enforcer need.
+    let soft_limit = crate::server::raise_fd_limit();
+    let listeners = if config.otlp.grpc_listen.is_some() {
+        2
+    } else {
+        1
+    };
+    let cap = crate::server::clamp_connections(
+        config.server.limits.max_connections,
+        soft_limit,
+        listeners,
+    );
+    if cap < config.server.limits.max_connections {
+        warn!(
+            configured = config.server.limits.max_connections,
+            clamped = cap,
+            fd_limit = soft_limit,
+            "server.max_connections is above what the open-file limit leaves room for; clamped"
+        );
+        config.server.limits.max_connections = cap;
+    }
     let metrics = Arc::new(Metrics::new(
         &config.metrics.namespace,
         config.metrics.max_label_values,
@@ -194,13 +215,11 @@ async fn serve(config: Config, command: Option<ExecCommand>) -> Result<u8, Daemo
                 token: token.clone(),
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let max = otlp_max;
-            let timeout = config.server.limits.body_timeout;
             let task = tokio::spawn(crate::otlp::grpc::serve(
                 grpc_listener,
                 receiver,
-                max,
-                timeout,
+                otlp_max,
+                config.server.limits,
                 async {
                     let _ = stopped.await;
                 },

@@ -27,6 +27,32 @@ pub struct Limits {
     pub body_timeout: Duration,
 }
 
+/// File descriptors kept back from the connection caps: the store and its WAL, readers, the
+/// sampler's /proc reads, pidfds, the log, the webhook and span exporter.
+pub const FD_RESERVE: u64 = 128;
+
+/// Raises the open-file limit to its hard limit; returns the soft limit now in force.
+pub fn raise_fd_limit() -> u64 {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if limit.current != limit.maximum
+        && rustix::process::setrlimit(rustix::process::Resource::Nofile, raised).is_ok()
+    {
+        return limit.maximum.unwrap_or(u64::MAX);
+    }
+    limit.current.unwrap_or(u64::MAX)
+}
+
+/// The connection cap each of `listeners` may use under a soft fd limit, keeping
+/// [`FD_RESERVE`] for everything else. Pure.
+pub fn clamp_connections(configured: usize, soft_limit: u64, listeners: u64) -> usize {
+    let room = soft_limit.saturating_sub(FD_RESERVE) / listeners.max(1);
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX).max(1))
+}
+
 /// How long open connections get to finish when the daemon stops.
 const DRAIN: Duration = Duration::from_secs(5);
 
@@ -140,7 +166,15 @@ pub fn bearer_matches(expected: Option<&str>, authorization: Option<&str>) -> bo
 
 #[cfg(test)]
 mod tests {
-    use super::bearer_matches;
+    use super::{bearer_matches, clamp_connections};
+
+    #[test]
+    fn connection_caps_leave_room_below_the_fd_limit() {
+        assert_eq!(clamp_connections(1024, 1024, 1), 896);
+        assert_eq!(clamp_connections(1024, 1024, 2), 448);
+        assert_eq!(clamp_connections(1024, 1_048_576, 2), 1024);
+        assert_eq!(clamp_connections(1024, 100, 1), 1, "never zero");
+    }
 
     #[test]
     fn only_the_exact_bearer_token_passes() {

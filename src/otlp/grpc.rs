@@ -236,23 +236,123 @@ where
     }
 }
 
-/// Serves the three OTLP services on `listener` until `shutdown` resolves. Messages larger
-/// than `max_message_bytes` (decompressed) are refused and counted; a call gets `timeout` to
-/// finish.
+/// A connection holding one of the receiver's slots until it closes.
+struct Slotted {
+    stream: tokio::net::TcpStream,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl tonic::transport::server::Connected for Slotted {
+    type ConnectInfo = tonic::transport::server::TcpConnectInfo;
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.stream.connect_info()
+    }
+}
+
+impl tokio::io::AsyncRead for Slotted {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Slotted {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// How long a gRPC connection lives before it is asked to reconnect (exporters do so at once):
+/// so an idle connection cannot keep its slot for ever.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
+
+/// Accepts connections under the HTTP listener's limits: at most `max_connections` open (more
+/// wait in the kernel's backlog), and a connection that sends nothing within `header_timeout`
+/// is closed. Accepted connections go to tonic through the returned stream.
+fn incoming(
+    listener: TcpListener,
+    max_connections: usize,
+    header_timeout: Duration,
+) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Slotted>> {
+    let (sender, receiver) = tokio::sync::mpsc::channel(16);
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
+    tokio::spawn(async move {
+        loop {
+            let Ok(slot) = slots.clone().acquire_owned().await else {
+                return;
+            };
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "OTLP/gRPC accept failed; retrying in 100ms");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let handoff = sender.clone();
+            tokio::spawn(async move {
+                // The HTTP/2 preface must start within the header deadline.
+                let mut first = [0u8; 1];
+                if tokio::time::timeout(header_timeout, stream.peek(&mut first))
+                    .await
+                    .is_ok_and(|peeked| peeked.is_ok_and(|n| n > 0))
+                {
+                    let _ = handoff
+                        .send(Ok(Slotted {
+                            stream,
+                            _slot: slot,
+                        }))
+                        .await;
+                }
+            });
+            if sender.is_closed() {
+                return;
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(receiver)
+}
+
+/// Serves the three OTLP services on `listener` until `shutdown` resolves, under the HTTP
+/// listener's `limits`. Messages larger than `max_message_bytes` (decompressed) are refused
+/// and counted; a call gets the body deadline to finish.
 pub async fn serve(
     listener: TcpListener,
     receiver: Receiver,
     max_message_bytes: usize,
-    timeout: Duration,
+    limits: crate::server::Limits,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let timeout = limits.body_timeout;
+    let incoming = incoming(listener, limits.max_connections, limits.header_timeout);
     let counting = CountOversizeLayer {
         ledger: receiver.ledger.clone(),
         limit: u64::try_from(max_message_bytes).unwrap_or(u64::MAX),
     };
     tonic::transport::Server::builder()
         .timeout(timeout)
+        .max_connection_age(MAX_CONNECTION_AGE)
+        .max_connection_age_grace(timeout)
         .layer(counting)
         .add_service(
             TraceServiceServer::new(receiver.clone())

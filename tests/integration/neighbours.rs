@@ -390,3 +390,59 @@ fn a_back_dated_ts_is_charged_at_receipt_and_one_older_than_retention_is_refused
     let (_, _, budgets) = daemon.get("/v1/budgets", None);
     assert!(budgets.contains("\"used\":2000.0"), "{budgets}");
 }
+
+#[test]
+fn a_flood_of_idle_grpc_connections_under_a_low_fd_limit_stops_nothing() {
+    let port = crate::util::free_port();
+    let daemon = Daemon::builder()
+        .config(&format!(
+            "header_timeout = \"1s\"\n\n[otlp]\ngrpc_listen = \"127.0.0.1:{port}\"\n\n\
+             [[target]]\nname = \"self\"\nself = true\nsample_interval = \"50ms\"\n"
+        ))
+        .fd_limit(256)
+        .start();
+    wait_for("the gRPC receiver", SETTLE, || {
+        (daemon.log_count("listening for OTLP/gRPC") > 0).then_some(())
+    });
+    assert_eq!(
+        daemon.log_count("clamped"),
+        1,
+        "1024 connections do not fit in 256 fds"
+    );
+    // Twice the fd limit of silent connections: the kernel's backlog holds what the cap
+    // does not admit, and the admitted ones are closed after the header deadline.
+    let grpc: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    // A full backlog drops SYNs: connect briefly, and count what got through.
+    let idle: Vec<TcpStream> = (0..512)
+        .filter_map(|_| TcpStream::connect_timeout(&grpc, Duration::from_millis(100)).ok())
+        .collect();
+    assert!(idle.len() > 128, "{} connections opened", idle.len());
+    for _ in 0..20 {
+        let started = std::time::Instant::now();
+        assert_eq!(daemon.get("/healthz", None).0, 200);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "/healthz answered in {:?}",
+            started.elapsed()
+        );
+    }
+    // Sampling goes on: the sampler still reads /proc.
+    let before = daemon
+        .scrape()
+        .value("haios_cpu_seconds_total", &[("target", "self")])
+        .unwrap_or(0.0);
+    daemon.wait_metric(
+        "haios_cpu_seconds_total",
+        &[("target", "self")],
+        SETTLE,
+        |v| v > before,
+    );
+    let mut first = idle.into_iter().next().expect("one");
+    first.set_read_timeout(Some(SETTLE)).expect("read timeout");
+    let mut buffer = [0u8; 16];
+    assert_eq!(
+        first.read(&mut buffer).unwrap_or(0),
+        0,
+        "a silent connection is closed after the header deadline"
+    );
+}

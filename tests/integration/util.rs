@@ -118,6 +118,8 @@ pub struct DaemonBuilder {
     body: String,
     log_filter: String,
     exec: Vec<String>,
+    /// RLIMIT_NOFILE (soft and hard) for the daemon, when set.
+    fd_limit: Option<u64>,
 }
 
 impl Daemon {
@@ -126,6 +128,7 @@ impl Daemon {
             body: String::new(),
             log_filter: "info".to_string(),
             exec: Vec::new(),
+            fd_limit: None,
         }
     }
 
@@ -220,6 +223,7 @@ impl Daemon {
             body: String::new(),
             log_filter: self.log_filter.clone(),
             exec: Vec::new(),
+            fd_limit: None,
         }
         .spawn_in(dir, None)
     }
@@ -316,6 +320,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Runs the daemon under an open-file limit of `limit` (soft and hard).
+    pub fn fd_limit(mut self, limit: u64) -> Self {
+        self.fd_limit = Some(limit);
+        self
+    }
+
     /// `COSTMETER_LOG` for the daemon, e.g. to see debug lines a test counts.
     pub fn log_filter(mut self, filter: &str) -> Self {
         self.log_filter = filter.to_string();
@@ -346,6 +356,22 @@ impl DaemonBuilder {
                 .arg(&config_path)
                 .arg("--")
                 .args(&self.exec);
+        }
+        if let Some(limit) = self.fd_limit {
+            // SAFETY: setrlimit(2) between fork and exec, with a valid struct; async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    let rlimit = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &rlimit) == 0 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                });
+            }
         }
         let mut child = command
             .current_dir(dir.path())
