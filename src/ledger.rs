@@ -123,7 +123,10 @@ pub struct PricingStatus {
     pub manifest: Option<String>,
     pub models: HashMap<&'static str, usize>,
     pub rejected_rows: Vec<RejectedRow>,
+    /// The most frequent unpriced models, at most a hundred.
     pub unknown_models: Vec<UnknownModel>,
+    /// How many more models are unpriced than listed.
+    pub unknown_models_omitted: usize,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -132,6 +135,13 @@ pub struct UnknownModel {
     pub events: u64,
     pub tokens: u64,
 }
+
+/// Models without a price tallied by name; more are tallied under `__other__`.
+const MAX_UNKNOWN_MODELS: usize = 10_000;
+/// Models without a price logged one by one.
+const MAX_LOGGED_UNKNOWN: usize = 100;
+/// Models without a price `/v1/pricing/status` lists, most events first.
+const LISTED_UNKNOWN: usize = 100;
 
 /// Most (agent, model) pairs whose series handles are cached.
 const MAX_CACHED_SERIES: usize = 10_000;
@@ -322,14 +332,21 @@ impl Ledger {
                 .inc_by(usage.cost_usd, None, None);
         }
         for (model, events, tokens) in &totals.unknown_models {
-            self.unknown_models.insert(
-                model.clone(),
-                UnknownModel {
-                    model: model.clone(),
-                    events: *events,
-                    tokens: *tokens,
-                },
-            );
+            let name = if self.unknown_models.len() < MAX_UNKNOWN_MODELS {
+                model.clone()
+            } else {
+                crate::metrics::OVERFLOW_VALUE.to_string()
+            };
+            let entry = self
+                .unknown_models
+                .entry(name)
+                .or_insert_with_key(|name| UnknownModel {
+                    model: name.clone(),
+                    events: 0,
+                    tokens: 0,
+                });
+            entry.events += *events;
+            entry.tokens += *tokens;
             let labels = crate::metrics::ModelLabels {
                 model: m.cap.admit("model", model),
             };
@@ -767,9 +784,23 @@ impl Ledger {
                     .is_some_and(|c| c.confidence == Confidence::UnknownModel)
                 {
                     let tokens = usage.input_tokens + usage.output_tokens;
-                    let entry = self.unknown_models.entry(usage.model.clone()).or_insert_with(|| {
-                        warn!(model = %usage.model, agent = %usage.agent, "no price for this model: its usage counts 0 USD until a price is configured ([pricing] manifest or [pricing.models])");
-                        UnknownModel { model: usage.model.clone(), events: 0, tokens: 0 }
+                    // Bounded: past MAX_UNKNOWN_MODELS names, new ones are tallied under
+                    // __other__; each name is logged once, the first MAX_LOGGED_UNKNOWN only.
+                    let known = self.unknown_models.len();
+                    let name = if known < MAX_UNKNOWN_MODELS
+                        || self.unknown_models.contains_key(&usage.model)
+                    {
+                        usage.model.clone()
+                    } else {
+                        crate::metrics::OVERFLOW_VALUE.to_string()
+                    };
+                    let entry = self.unknown_models.entry(name).or_insert_with_key(|name| {
+                        if known < MAX_LOGGED_UNKNOWN {
+                            warn!(model = %name, agent = %usage.agent, "no price for this model: its usage counts 0 USD until a price is configured ([pricing] manifest or [pricing.models])");
+                        } else if known == MAX_LOGGED_UNKNOWN {
+                            warn!(models = known, "more models without a price: no longer logged one by one; `costmeter pricing status` lists them");
+                        }
+                        UnknownModel { model: name.clone(), events: 0, tokens: 0 }
                     });
                     entry.events += 1;
                     entry.tokens += tokens;
@@ -1364,8 +1395,11 @@ impl Ledger {
     }
 
     fn pricing_status(&self) -> PricingStatus {
-        let mut unknown: Vec<UnknownModel> = self.unknown_models.values().cloned().collect();
+        let mut unknown: Vec<&UnknownModel> = self.unknown_models.values().collect();
         unknown.sort_by(|a, b| b.events.cmp(&a.events).then_with(|| a.model.cmp(&b.model)));
+        let unknown_models_omitted = unknown.len().saturating_sub(LISTED_UNKNOWN);
+        let unknown: Vec<UnknownModel> =
+            unknown.into_iter().take(LISTED_UNKNOWN).cloned().collect();
         PricingStatus {
             baseline_version: self.prices.baseline_version.clone(),
             baseline_taken: self.prices.baseline_taken.clone(),
@@ -1382,6 +1416,7 @@ impl Ledger {
                 .collect(),
             rejected_rows: self.prices.rejected.clone(),
             unknown_models: unknown,
+            unknown_models_omitted,
         }
     }
 

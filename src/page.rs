@@ -33,6 +33,9 @@ table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.3rem .5
 .state-ok{color:#3a9d5d}.state-warning{color:#b07800}.state-exceeded,.state-failure,.state-timeout{color:#d0342c;font-weight:600}\
 .muted{color:#777}@media (max-width:600px){td,th{font-size:.8rem;padding:.25rem}.wide{display:none}}";
 
+/// Most rows a table on the page shows; the rest are counted.
+pub const PAGE_ROWS: usize = 20;
+
 /// Renders the page from `/v1/status`, `/v1/budgets`, `/v1/report` (7 days and 24 hours), the
 /// recent runs and the target figures.
 pub fn render(
@@ -81,33 +84,36 @@ pub fn render(
         ("Spend in the last 7 days", week),
     ] {
         html.push_str(&format!("<h2>{title}: ${}</h2><table><tr><th>agent</th><th>model</th><th>tokens</th><th>USD</th></tr>", number(&report["total_usd"])));
-        let mut by_pair: Vec<(String, String, f64, f64)> = Vec::new();
+        // Days folded into (agent, model) pairs, linear in the lines; the costliest shown.
+        let mut by_pair: std::collections::HashMap<(&str, &str), (f64, f64)> =
+            std::collections::HashMap::new();
         for line in report["spend"].as_array().into_iter().flatten() {
-            let (agent, model) = (
-                line["agent"].as_str().unwrap_or("-").to_string(),
-                line["model"].as_str().unwrap_or("-").to_string(),
-            );
-            let tokens = line["tokens"].as_f64().unwrap_or(0.0);
-            let usd = line["usd"].as_f64().unwrap_or(0.0);
-            match by_pair
-                .iter_mut()
-                .find(|(a, m, ..)| *a == agent && *m == model)
-            {
-                Some(pair) => {
-                    pair.2 += tokens;
-                    pair.3 += usd;
-                }
-                None => by_pair.push((agent, model, tokens, usd)),
-            }
+            let pair = by_pair
+                .entry((
+                    line["agent"].as_str().unwrap_or("-"),
+                    line["model"].as_str().unwrap_or("-"),
+                ))
+                .or_default();
+            pair.0 += line["tokens"].as_f64().unwrap_or(0.0);
+            pair.1 += line["usd"].as_f64().unwrap_or(0.0);
         }
-        for (agent, model, tokens, usd) in &by_pair {
+        let mut pairs: Vec<_> = by_pair.into_iter().collect();
+        pairs.sort_by(|a, b| b.1.1.total_cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
+        for ((agent, model), (tokens, usd)) in pairs.iter().take(PAGE_ROWS) {
             html.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{tokens:.0}</td><td>{usd:.4}</td></tr>",
                 escape(agent),
                 escape(model)
             ));
         }
-        if by_pair.is_empty() {
+        let hidden = pairs.len().saturating_sub(PAGE_ROWS) as u64
+            + report["spend_omitted"]["lines"].as_u64().unwrap_or(0);
+        if hidden > 0 {
+            html.push_str(&format!(
+                "<tr><td colspan=\"4\" class=\"muted\">and {hidden} more lines (see GET /v1/report)</td></tr>"
+            ));
+        }
+        if pairs.is_empty() {
             html.push_str("<tr><td colspan=\"4\" class=\"muted\">no usage reported</td></tr>");
         }
         html.push_str("</table>");

@@ -36,13 +36,28 @@ pub struct FailureLine {
     pub error_summary: Option<String>,
 }
 
+/// What a bounded list left out, summed.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Omitted {
+    pub lines: u64,
+    pub tokens: u64,
+    pub usd: f64,
+}
+
+/// Most spend lines a report lists: the costliest; the rest are summed in `spend_omitted`.
+pub const MAX_SPEND_LINES: usize = 200;
+
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Report {
     pub from: String,
     pub to: String,
+    /// Over every line, listed or not.
     pub total_usd: f64,
     pub total_tokens: u64,
+    /// The costliest [`MAX_SPEND_LINES`] (day, agent, model) lines, by day, agent and model.
     pub spend: Vec<SpendLine>,
+    /// The lines past the cap, summed; absent when none was left out.
+    pub spend_omitted: Option<Omitted>,
     pub top_tasks: Vec<TaskLine>,
     pub budgets: Vec<BudgetStatus>,
     pub failures: Vec<FailureLine>,
@@ -63,20 +78,29 @@ impl Store {
         budgets: Vec<BudgetStatus>,
     ) -> Result<Report, StoreError> {
         let read = StoreError::Read;
-        let mut statement = self
-            .conn()
-            .prepare(
-                "SELECT day, agent, model, SUM(tokens), SUM(usd) FROM (
+        let lines = "SELECT day, agent, model, SUM(tokens) AS tokens, SUM(usd) AS usd FROM (
                     SELECT strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch') AS day, agent, model,
                            input_tokens + output_tokens AS tokens, COALESCE(cost_usd, 0) AS usd
                     FROM events WHERE type = 'llm_usage' AND ts_ms >= ?1 AND ts_ms < ?2
                     UNION ALL
                     SELECT day, agent, model, input_tokens + output_tokens, cost_usd FROM usage_rollups
                     WHERE CAST(strftime('%s', day) AS INTEGER) * 1000 >= ?1 AND CAST(strftime('%s', day) AS INTEGER) * 1000 < ?2
-                 ) GROUP BY day, agent, model ORDER BY day, agent, model",
+                 ) GROUP BY day, agent, model";
+        let (count, total_tokens, total_usd): (i64, i64, f64) = self
+            .conn()
+            .query_row(
+                &format!("SELECT COUNT(*), COALESCE(SUM(tokens), 0), COALESCE(SUM(usd), 0.0) + 0.0 FROM ({lines})"),
+                params![from_ms, to_ms],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .map_err(read)?;
-        let spend: Vec<SpendLine> = statement
+        let mut statement = self
+            .conn()
+            .prepare(&format!(
+                "{lines} ORDER BY usd DESC, tokens DESC, day, agent, model LIMIT {MAX_SPEND_LINES}"
+            ))
+            .map_err(read)?;
+        let mut spend: Vec<SpendLine> = statement
             .query_map(params![from_ms, to_ms], |r| {
                 Ok(SpendLine {
                     day: r.get(0)?,
@@ -89,6 +113,13 @@ impl Store {
             .map_err(read)?
             .collect::<Result<_, _>>()
             .map_err(read)?;
+        spend.sort_by(|a, b| (&a.day, &a.agent, &a.model).cmp(&(&b.day, &b.agent, &b.model)));
+        let total_tokens = u64::try_from(total_tokens).unwrap_or(0);
+        let spend_omitted = (usize::try_from(count).unwrap_or(0) > spend.len()).then(|| Omitted {
+            lines: u64::try_from(count).unwrap_or(0) - spend.len() as u64,
+            tokens: total_tokens.saturating_sub(spend.iter().map(|s| s.tokens).sum()),
+            usd: (total_usd - spend.iter().fold(0.0, |sum, s| sum + s.usd)).max(0.0),
+        });
         let mut statement = self
             .conn()
             .prepare(
@@ -136,10 +167,11 @@ impl Store {
         Ok(Report {
             from: iso(from_ms),
             to: iso(to_ms),
-            // A fold from +0.0: `Sum` for f64 starts at -0.0, which an empty report would show.
-            total_usd: spend.iter().fold(0.0, |sum, s| sum + s.usd),
-            total_tokens: spend.iter().map(|s| s.tokens).sum(),
+            // `+ 0.0` in SQL: SUM over nothing must not come back as -0.0.
+            total_usd,
+            total_tokens,
             spend,
+            spend_omitted,
             top_tasks,
             budgets,
             failures,
@@ -157,16 +189,26 @@ impl Report {
         for s in &self.spend {
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {:.4} |\n",
-                s.day, s.agent, s.model, s.tokens, s.usd
+                s.day,
+                cell(&s.agent),
+                cell(&s.model),
+                s.tokens,
+                s.usd
+            ));
+        }
+        if let Some(omitted) = &self.spend_omitted {
+            md.push_str(&format!(
+                "| and {} more lines | | | {} | {:.4} |\n",
+                omitted.lines, omitted.tokens, omitted.usd
             ));
         }
         md.push_str("\n## Costliest tasks\n\n| task | type | run | tokens | USD |\n| --- | --- | --- | ---: | ---: |\n");
         for t in &self.top_tasks {
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {:.4} |\n",
-                t.task_id,
-                t.task_type.as_deref().unwrap_or("-"),
-                t.run_id.as_deref().unwrap_or("-"),
+                cell(&t.task_id),
+                cell(t.task_type.as_deref().unwrap_or("-")),
+                cell(t.run_id.as_deref().unwrap_or("-")),
                 t.tokens,
                 t.usd
             ));
@@ -175,7 +217,7 @@ impl Report {
         for b in &self.budgets {
             md.push_str(&format!(
                 "| {} | {} | {:.4} | {} | {} | {} |\n",
-                b.name,
+                cell(&b.name),
                 b.resource.label(),
                 b.used,
                 b.limit,
@@ -187,19 +229,25 @@ impl Report {
         for f in &self.failures {
             md.push_str(&format!(
                 "| {} | {} | {} | {} | {} | {} |\n",
-                f.run_id,
-                f.agent.as_deref().unwrap_or("-"),
+                cell(&f.run_id),
+                cell(f.agent.as_deref().unwrap_or("-")),
                 f.ended.as_deref().unwrap_or("-"),
-                f.result,
-                f.failure_class.as_deref().unwrap_or("-"),
-                f.error_summary
-                    .as_deref()
-                    .unwrap_or("-")
-                    .replace('|', "\\|")
+                cell(&f.result),
+                cell(f.failure_class.as_deref().unwrap_or("-")),
+                cell(f.error_summary.as_deref().unwrap_or("-"))
             ));
         }
         md
     }
+}
+
+/// Text for one Markdown table cell: control characters (newlines, escapes) become spaces and
+/// `|` is escaped, so nothing an agent reports can break the table or reach a terminal raw.
+pub fn cell(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect::<String>()
+        .replace('|', "\\|")
 }
 
 /// `cost_report_<ISO year>-W<week>.md` for the week containing `ms`.
@@ -214,6 +262,14 @@ pub fn file_name(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_carry_no_control_characters_or_pipes() {
+        assert_eq!(
+            cell("tests\n\x1b[31mfailed | badly"),
+            "tests  [31mfailed \\| badly"
+        );
+    }
 
     #[test]
     fn weekly_file_names_follow_iso_weeks() {

@@ -724,47 +724,22 @@ async fn page(State(state): State<Arc<AppState>>) -> Response {
         Ok(runs) => runs,
         Err(response) => return response,
     };
-    let exposition = render(state.metrics.registry(), Format::PrometheusText);
-    let html = crate::page::render(
-        &status,
-        &budgets,
-        &serde_json::to_value(week).unwrap_or_default(),
-        &serde_json::to_value(day).unwrap_or_default(),
-        &serde_json::to_value(runs).unwrap_or_default(),
-        &target_figures(&exposition),
-    );
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
-}
-
-/// (target, up, CPU seconds, RSS bytes) of every target, read off the exposition.
-fn target_figures(exposition: &str) -> Vec<(String, f64, f64, f64)> {
-    let mut figures: Vec<(String, f64, f64, f64)> = Vec::new();
-    for line in exposition.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, rest)) = line.split_once("{target=\"") else {
-            continue;
-        };
-        let Some((target, tail)) = rest.split_once('"') else {
-            continue;
-        };
-        let Some(value) = tail.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()) else {
-            continue;
-        };
-        let index = match figures.iter().position(|f| f.0 == target) {
-            Some(index) => index,
-            None => {
-                figures.push((target.to_string(), 0.0, 0.0, 0.0));
-                figures.len() - 1
-            }
-        };
-        if series.ends_with("_target_up") {
-            figures[index].1 = value;
-        } else if series.ends_with("_cpu_seconds_total") {
-            figures[index].2 = value;
-        } else if series.ends_with("_memory_rss_bytes") {
-            figures[index].3 = value;
-        }
+    let targets = state.metrics.target_figures(&state.targets);
+    let rendered = tokio::task::spawn_blocking(move || {
+        crate::page::render(
+            &status,
+            &budgets,
+            &serde_json::to_value(week).unwrap_or_default(),
+            &serde_json::to_value(day).unwrap_or_default(),
+            &serde_json::to_value(runs).unwrap_or_default(),
+            &targets,
+        )
+    })
+    .await;
+    match rendered {
+        Ok(html) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
+        Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem.to_string()),
     }
-    figures
 }
 
 fn status_json(

@@ -203,6 +203,25 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// (target, up, CPU seconds, RSS bytes) of each of `targets`, read from the series, not
+    /// from a rendered exposition.
+    pub fn target_figures(&self, targets: &[String]) -> Vec<(String, f64, f64, f64)> {
+        targets
+            .iter()
+            .map(|target| {
+                let labels = TargetLabels {
+                    target: target.clone(),
+                };
+                (
+                    target.clone(),
+                    self.target_up.get_or_create(&labels).get() as f64,
+                    self.cpu_seconds_total.get_or_create(&labels).get(),
+                    self.memory_rss_bytes.get_or_create(&labels).get() as f64,
+                )
+            })
+            .collect()
+    }
+
     /// Registers the whole taxonomy under `namespace` (`haios` by default).
     pub fn new(namespace: &str, max_label_values: usize, max_series: usize) -> Metrics {
         let mut registry = Registry::with_prefix(namespace);

@@ -446,3 +446,88 @@ fn a_flood_of_idle_grpc_connections_under_a_low_fd_limit_stops_nothing() {
         "a silent connection is closed after the header deadline"
     );
 }
+
+#[test]
+fn a_flood_of_names_keeps_series_page_report_pricing_and_log_bounded() {
+    let daemon = Daemon::start("");
+    // 200 agents × 100 unpriced models: 20,000 pairs, each label within its own cap.
+    for agent in 0..200 {
+        let body: String = (0..100)
+            .map(|model| {
+                format!(
+                    "{}\n",
+                    json!({"type": "llm_usage", "agent": format!("agent-{agent}"),
+                           "model": format!("flood-model-{model}-{}", agent % 10),
+                           "input_tokens": 10, "output_tokens": 1})
+                )
+            })
+            .collect();
+        let (status, answer) = daemon.post("/v1/events", "application/x-ndjson", body.as_bytes());
+        assert_eq!(status, 202, "{answer}");
+    }
+    let (_, _, exposition) = daemon.get("/metrics", None);
+    let token_series = exposition
+        .lines()
+        .filter(|l| l.starts_with("haios_tokens_total{"))
+        .count();
+    assert!(
+        token_series <= 4 * 5001,
+        "{token_series} token series for 20,000 pairs"
+    );
+    let folded = daemon
+        .scrape()
+        .value(
+            "haios_label_values_overflow_total",
+            &[("label", "agent+model")],
+        )
+        .unwrap_or(0.0);
+    assert!(folded >= 15_000.0, "{folded} pairs folded and counted");
+
+    // The page, under load from two clients, stays small while /healthz answers.
+    let url = daemon.url("/");
+    let pages: Vec<_> = (0..2)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                ureq::get(&url)
+                    .call()
+                    .ok()
+                    .and_then(|mut r| r.body_mut().read_to_string().ok())
+                    .unwrap_or_default()
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    assert_eq!(daemon.get("/healthz", None).0, 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    for page in pages {
+        let html = page.join().expect("page thread");
+        assert!(html.len() < 200_000, "page of {} bytes", html.len());
+        assert!(
+            html.contains("more lines"),
+            "the page says what it left out"
+        );
+    }
+    let (_, _, report) = daemon.get("/v1/report?window=1d", None);
+    let report: serde_json::Value = serde_json::from_str(&report).expect("report JSON");
+    assert_eq!(report["spend"].as_array().map(Vec::len), Some(200));
+    assert_eq!(report["total_tokens"], 220_000, "totals cover every line");
+    assert_eq!(report["spend_omitted"]["lines"], 19_800);
+    let (_, _, pricing) = daemon.get("/v1/pricing/status", None);
+    let pricing: serde_json::Value = serde_json::from_str(&pricing).expect("pricing JSON");
+    assert_eq!(
+        pricing["unknown_models"].as_array().map(Vec::len),
+        Some(100)
+    );
+    assert!(
+        pricing["unknown_models_omitted"]
+            .as_u64()
+            .is_some_and(|n| n > 0),
+        "{pricing}"
+    );
+    assert!(daemon.log_count("no price for this model") <= 100);
+}
