@@ -227,10 +227,17 @@ fn bar(ratio: f64) -> String {
     )
 }
 
+/// A string field for a terminal table: control characters (escape sequences, newlines an
+/// agent put in an error summary) become spaces, so nothing reported can drive the terminal.
 fn text(value: &Value) -> String {
-    value
-        .as_str()
-        .map_or_else(|| "-".to_string(), str::to_string)
+    value.as_str().map_or_else(
+        || "-".to_string(),
+        |s| {
+            s.chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect()
+        },
+    )
 }
 
 /// Runs one verb: prints its answer and returns the exit status.
@@ -744,11 +751,18 @@ fn runs_table(runs: &Value) -> String {
     }
     let mut t = table(&["run", "agent", "status", "ended", "why"]);
     for r in &list {
-        let why = match (r["failure_class"].as_str(), r["error_summary"].as_str()) {
-            (Some(class), Some(summary)) => format!("{class}: {summary}"),
-            (Some(class), None) => class.to_string(),
-            (None, Some(summary)) => summary.to_string(),
-            (None, None) => String::new(),
+        let why = match (
+            r["failure_class"].is_string(),
+            r["error_summary"].is_string(),
+        ) {
+            (true, true) => format!(
+                "{}: {}",
+                text(&r["failure_class"]),
+                text(&r["error_summary"])
+            ),
+            (true, false) => text(&r["failure_class"]),
+            (false, true) => text(&r["error_summary"]),
+            (false, false) => String::new(),
         };
         t.add_row(vec![
             Cell::new(text(&r["id"])),
@@ -769,10 +783,11 @@ fn run_detail(run: &Value) -> String {
         text(&run["status"]),
         number(&run["duration_seconds"])
     );
-    if let Some(summary) = run["error_summary"].as_str() {
+    if run["error_summary"].is_string() {
         out.push_str(&format!(
-            "failed ({}): {summary}\n",
-            text(&run["failure_class"])
+            "failed ({}): {}\n",
+            text(&run["failure_class"]),
+            text(&run["error_summary"])
         ));
     }
     let mut t = table(&["task", "type", "status", "s", "CPU s", "tokens", "USD"]);

@@ -591,6 +591,11 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         .token_file
         .as_ref()
         .map(|t| PathBuf::from(t.get_ref()));
+    if let (Some(spanned), Some(path)) = (raw.server.token_file.as_ref(), token_file.as_ref())
+        && let Err(problem) = read_token_file(path)
+    {
+        locator.report(spanned.span(), format!("server.token_file: {problem}"));
+    }
     let guarded = token_file.is_some() || raw.server.allow_unauthenticated_remote == Some(true);
     let listen = raw
         .server
@@ -850,6 +855,24 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         report,
         otlp,
     }
+}
+
+/// Shortest bearer token accepted.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// Reads the bearer token from `path`: the file's text, trimmed, at least
+/// [`MIN_TOKEN_CHARS`] long.
+pub fn read_token_file(path: &Path) -> Result<String, String> {
+    let token = std::fs::read_to_string(path)
+        .map_err(|error| format!("cannot read '{}': {error}", path.display()))?;
+    let token = token.trim().to_string();
+    if token.chars().count() < MIN_TOKEN_CHARS {
+        return Err(format!(
+            "'{}' holds a token of fewer than {MIN_TOKEN_CHARS} characters",
+            path.display()
+        ));
+    }
+    Ok(token)
 }
 
 /// A body cap in bytes, between 1 KiB and 256 MiB.

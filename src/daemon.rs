@@ -244,7 +244,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         metrics,
         health: health.clone(),
         ledger: ledger_tx.clone(),
-        token,
+        token: token.clone(),
         max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
         targets: config.targets.iter().map(|t| t.name.clone()).collect(),
         otlp: crate::otlp::Defaults {
@@ -271,10 +271,10 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                     _ = signals.terminate.recv() => { info!("SIGTERM received, shutting down"); break; }
                     _ = signals.interrupt.recv() => { info!("SIGINT received, shutting down"); break; }
                     _ = signals.hangup.recv() => {
-                        let _ = reload(&mut running, &sampler, &enforcer, &ledger_tx).await;
+                        let _ = reload(&mut running, &token, &sampler, &enforcer, &ledger_tx).await;
                     }
                     Some(reply) = reload_rx.recv() => {
-                        let _ = reply.send(reload(&mut running, &sampler, &enforcer, &ledger_tx).await);
+                        let _ = reply.send(reload(&mut running, &token, &sampler, &enforcer, &ledger_tx).await);
                     }
                 }
             }
@@ -300,7 +300,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                     _ = signals.user1.recv() => forward(rustix::process::Signal::USR1, "SIGUSR1"),
                     _ = signals.user2.recv() => forward(rustix::process::Signal::USR2, "SIGUSR2"),
                     Some(reply) = reload_rx.recv() => {
-                        let _ = reply.send(reload(&mut running, &sampler, &enforcer, &ledger_tx).await);
+                        let _ = reply.send(reload(&mut running, &token, &sampler, &enforcer, &ledger_tx).await);
                     }
                 }
             };
@@ -447,18 +447,12 @@ fn read_token(config: &Config) -> Result<Option<String>, DaemonError> {
     let Some(path) = &config.server.token_file else {
         return Ok(None);
     };
-    let token = std::fs::read_to_string(path).map_err(|error| DaemonError::Token {
-        path: path.clone(),
-        reason: error.to_string(),
-    })?;
-    let token = token.trim().to_string();
-    if token.len() < 16 {
-        return Err(DaemonError::Token {
+    crate::config::read_token_file(path)
+        .map(Some)
+        .map_err(|reason| DaemonError::Token {
             path: path.clone(),
-            reason: "the token must be at least 16 characters".into(),
-        });
-    }
-    Ok(Some(token))
+            reason,
+        })
 }
 
 fn start_sampler(
@@ -480,6 +474,7 @@ fn start_sampler(
 /// Re-reads the config file. A bad file keeps the running config and says why.
 async fn reload(
     running: &mut Config,
+    token: &Option<String>,
     sampler: &SamplerHandle,
     enforcer: &std::sync::mpsc::Sender<EnforcerInput>,
     ledger: &LedgerSender,
@@ -502,7 +497,18 @@ async fn reload(
         }
     };
     if new.server != running.server {
-        warn!("server.listen changed; the new address takes effect after a restart");
+        warn!(
+            "[server] changed (listen, limits, allowed_hosts or token_file); it takes effect after a restart"
+        );
+    }
+    match read_token(&new) {
+        Ok(now) if now != *token => warn!(
+            "the bearer token changed (server.token_file); the running daemon keeps requiring the old one until it restarts"
+        ),
+        Ok(_) => {}
+        Err(problem) => {
+            warn!(error = %problem, "the new server.token_file cannot be read; the running daemon keeps its token")
+        }
     }
     if new.metrics != running.metrics {
         warn!("[metrics] changed; metric names and caps take effect after a restart");

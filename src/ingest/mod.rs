@@ -24,6 +24,76 @@ pub enum BodyError {
     UnsupportedMediaType(String),
 }
 
+/// A JSON value parsed strictly: a key twice in one object is an error, not "last wins"
+/// (a body that says two things about one field means neither).
+struct Strict(Value);
+
+impl<'de> serde::Deserialize<'de> for Strict {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(StrictVisitor).map(Strict)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(Strict(item)) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if object.contains_key(&key) {
+                let shown: String = key.chars().take(64).collect();
+                return Err(serde::de::Error::custom(format!(
+                    "field '{shown}' appears twice in one object"
+                )));
+            }
+            let Strict(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(Value::Object(object))
+    }
+}
+
+/// Parses JSON text, refusing duplicate keys.
+fn parse_strict(text: &str) -> Result<Value, serde_json::Error> {
+    serde_json::from_str::<Strict>(text).map(|Strict(value)| value)
+}
+
 /// One item of a body: the JSON value, or why its NDJSON line could not be parsed.
 pub type Item = Result<Value, String>;
 
@@ -81,7 +151,7 @@ pub fn split_body(body: &[u8], content_type: Option<&str>) -> Result<Vec<Item>, 
             .enumerate()
             .filter(|(_, line)| !line.trim().is_empty())
             .map(|(number, line)| {
-                serde_json::from_str::<Value>(line).map_err(|e| {
+                parse_strict(line).map_err(|e| {
                     format!(
                         "line {} is not valid JSON at column {}: {e}",
                         number + 1,
@@ -91,7 +161,7 @@ pub fn split_body(body: &[u8], content_type: Option<&str>) -> Result<Vec<Item>, 
             })
             .collect()
     } else {
-        let value: Value = serde_json::from_str(text).map_err(|e| BodyError::Malformed {
+        let value: Value = parse_strict(text).map_err(|e| BodyError::Malformed {
             line: e.line(),
             column: e.column(),
             message: e.to_string(),
@@ -129,6 +199,30 @@ mod tests {
                 .as_ref()
                 .is_err_and(|e| e.starts_with("line 3 is not valid JSON"))
         );
+    }
+
+    #[test]
+    fn a_key_given_twice_is_refused_not_last_wins() {
+        let error = split_body(
+            br#"{"type":"llm_usage","cost_usd":0.01,"cost_usd":9999}"#,
+            Some("application/json"),
+        )
+        .expect_err("duplicate key");
+        assert!(
+            error.to_string().contains("field 'cost_usd' appears twice"),
+            "{error}"
+        );
+        let items = split_body(
+            b"{\"a\":1,\"a\":2}\n{\"a\":3}\n",
+            Some("application/x-ndjson"),
+        )
+        .expect("splits");
+        assert!(
+            items[0]
+                .as_ref()
+                .is_err_and(|e| e.contains("appears twice"))
+        );
+        assert!(items[1].is_ok());
     }
 
     #[test]

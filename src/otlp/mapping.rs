@@ -154,7 +154,12 @@ impl<'a> Attributes<'a> {
     fn number(&self, key: &str) -> Option<Value> {
         match self.get(key)? {
             any_value::Value::IntValue(i) => Some(json!(i)),
-            any_value::Value::DoubleValue(d) => serde_json::Number::from_f64(*d).map(Value::Number),
+            // NaN and infinities stay visible (as text) so the validator refuses them by name
+            // instead of reading a missing count as 0.
+            any_value::Value::DoubleValue(d) => Some(
+                serde_json::Number::from_f64(*d)
+                    .map_or_else(|| Value::String(d.to_string()), Value::Number),
+            ),
             any_value::Value::StringValue(s) => {
                 let s = s.trim();
                 if let Ok(i) = s.parse::<i64>() {
@@ -350,10 +355,23 @@ pub fn spans(request: &ExportTraceServiceRequest, defaults: &Defaults, now_ms: i
                     ),
                     (
                         "event_id",
-                        match (&trace_id, &span_id) {
-                            (Some(t), Some(s)) => Some(Value::String(format!("otlp-span-{t}-{s}"))),
-                            _ => None,
-                        },
+                        Some(Value::String(match (&trace_id, &span_id) {
+                            (Some(t), Some(s)) => format!("otlp-span-{t}-{s}"),
+                            // No ids: the span's content is its identity, so a resend of
+                            // the same span still counts once.
+                            _ => format!(
+                                "otlp-span-{}",
+                                digest(
+                                    &[resource, &span.attributes],
+                                    &format!(
+                                        "{}:{}:{}",
+                                        span.name,
+                                        span.start_time_unix_nano,
+                                        span.end_time_unix_nano
+                                    )
+                                )
+                            ),
+                        })),
                     ),
                 ];
                 for (key, value) in fields {

@@ -531,3 +531,139 @@ fn a_flood_of_names_keeps_series_page_report_pricing_and_log_bounded() {
     );
     assert!(daemon.log_count("no price for this model") <= 100);
 }
+
+#[test]
+fn smaller_holes_are_closed_each_by_name() {
+    let dir = scratch_dir();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "first-token-0123456789").expect("token");
+    let daemon = Daemon::start(&format!("token_file = \"{}\"\n", token_file.display()));
+    let token = Some("first-token-0123456789");
+
+    // A key given twice is refused, not "last wins".
+    let (status, answer) = daemon.post_with(
+        "/v1/events",
+        "application/json",
+        br#"{"type":"llm_usage","agent":"a","model":"gpt-5","input_tokens":1,"output_tokens":1,"cost_usd":0.01,"cost_usd":9999}"#,
+        token,
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        answer
+            .to_string()
+            .contains("field 'cost_usd' appears twice"),
+        "{answer}"
+    );
+
+    // OTLP: without the token nothing is counted, not even a rejection for the content type.
+    let (status, _, _) = daemon.post_raw("/v1/traces", &[("Content-Type", "text/plain")], b"x");
+    assert_eq!(status, 401);
+    assert!(
+        daemon
+            .scrape()
+            .value("haios_events_total", &[("source", "otlp")])
+            .is_none()
+    );
+
+    // /v1/alerts obeys server.max_body_bytes.
+    let mut stream = TcpStream::connect(daemon.addr).expect("connect");
+    let head = format!(
+        "POST /v1/alerts HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer first-token-0123456789\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        2 * 1024 * 1024
+    );
+    stream.write_all(head.as_bytes()).expect("headers");
+    let _ = stream.write_all(&vec![b' '; 2 * 1024 * 1024]);
+    daemon.wait_metric(
+        "haios_requests_refused_total",
+        &[("route", "alerts"), ("reason", "body_too_large")],
+        SETTLE,
+        |v| v == 1.0,
+    );
+
+    // Control characters an agent reports never reach the report table or a terminal raw.
+    let (status, answer) = daemon.post_with(
+        "/v1/events",
+        "application/json",
+        json!([{"type": "run_start", "run_id": "r-esc"},
+               {"type": "run_end", "run_id": "r-esc", "result": "failure",
+                "error_summary": "\u{1b}[31mred\nsecond line | pipe"}])
+        .to_string()
+        .as_bytes(),
+        token,
+    );
+    assert_eq!(status, 202, "{answer}");
+    let (_, _, markdown) = daemon.get("/v1/report?format=md", None);
+    assert!(!markdown.contains('\u{1b}'), "{markdown}");
+    assert!(
+        markdown.contains("[31mred second line \\| pipe"),
+        "{markdown}"
+    );
+    let runs = Command::new(crate::util::costmeter_bin())
+        .args(["runs", "--url", &format!("http://{}", daemon.addr)])
+        .output()
+        .expect("costmeter runs");
+    assert!(
+        !runs.stdout.contains(&0x1b),
+        "{}",
+        String::from_utf8_lossy(&runs.stdout)
+    );
+
+    // A token changed on disk and reloaded is not ignored silently.
+    std::fs::write(&token_file, "second-token-0123456789").expect("new token");
+    let (status, _) = daemon.post_with("/v1/reload", "application/json", b"", token);
+    assert_eq!(status, 200);
+    assert_eq!(daemon.log_count("the bearer token changed"), 1);
+}
+
+#[test]
+fn check_config_refuses_a_missing_token_file() {
+    let dir = scratch_dir();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[server]\ntoken_file = \"/nonexistent/token\"\n").expect("config");
+    let out = Command::new(crate::util::costmeter_bin())
+        .arg("check-config")
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(":2:14: server.token_file: cannot read '/nonexistent/token'"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn alert_replays_do_not_queue_kills() {
+    let sleeper = Workload::shell("trap '' TERM; while :; do sleep 0.05; done");
+    let pid = sleeper.pid();
+    let daemon = Daemon::start(&format!(
+        "[[target]]\nname = \"agent\"\npid = {pid}\nsample_interval = \"50ms\"\n\n[enforcement]\ngrace = \"2s\"\n"
+    ));
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    for _ in 0..50 {
+        let (status, _) = daemon.post(
+            "/v1/alerts",
+            "application/json",
+            alert_payload("agent").as_bytes(),
+        );
+        assert_eq!(status, 200);
+    }
+    wait_for("the target to be stopped", SETTLE, || {
+        (!alive(pid)).then_some(())
+    });
+    daemon.wait_metric(
+        "haios_soft_kills_total",
+        &[("target", "agent"), ("signal", "SIGKILL")],
+        SETTLE,
+        |v| v >= 1.0,
+    );
+    assert_eq!(
+        daemon.log_count("soft-kill ordered"),
+        1,
+        "one kill for fifty replays"
+    );
+    assert!(daemon.log_count("soft-kill already under way") >= 1);
+}

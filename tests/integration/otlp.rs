@@ -723,3 +723,73 @@ fn a_grpc_message_over_the_cap_is_counted() {
     );
     assert_eq!(tokens(&daemon, "grpc-big", "gpt-4o-mini", "input"), 0.0);
 }
+
+#[test]
+fn spans_without_ids_count_once_and_nan_token_counts_are_refused() {
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    let daemon = Daemon::start("");
+    let number = |key: &str, value: any_value::Value| KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    };
+    let end = now_ns();
+    let span = |input: any_value::Value| Span {
+        name: "chat".into(),
+        start_time_unix_nano: end - 1_000_000,
+        end_time_unix_nano: end,
+        attributes: vec![
+            kv("gen_ai.request.model", "gpt-4o-mini"),
+            number("gen_ai.usage.input_tokens", input),
+            number("gen_ai.usage.output_tokens", any_value::Value::IntValue(10)),
+        ],
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", "no-ids")],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![
+                    span(any_value::Value::IntValue(100)),
+                    span(any_value::Value::DoubleValue(f64::NAN)),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    for _ in 0..2 {
+        let (status, _, answer) = daemon.post_raw(
+            "/v1/traces",
+            &[("Content-Type", "application/x-protobuf")],
+            &request.encode_to_vec(),
+        );
+        assert_eq!(status, 200);
+        let answer =
+            opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse::decode(
+                answer.as_slice(),
+            )
+            .expect("an OTLP answer");
+        let partial = answer.partial_success.expect("the NaN span is refused");
+        assert_eq!(partial.rejected_spans, 1);
+        assert!(
+            partial.error_message.contains("input_tokens"),
+            "{}",
+            partial.error_message
+        );
+    }
+    assert_eq!(
+        tokens(&daemon, "no-ids", "gpt-4o-mini", "input"),
+        100.0,
+        "counted once"
+    );
+    assert_eq!(
+        otlp_events(&daemon, "llm_usage", "duplicate"),
+        1.0,
+        "the resend"
+    );
+}
