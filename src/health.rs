@@ -81,6 +81,8 @@ pub enum RefusalReason {
     foreign_origin,
     /// A write whose body is not JSON, NDJSON or protobuf.
     content_type,
+    /// An OTLP protobuf body with more items than one request may hold.
+    too_many_items,
 }
 
 impl RefusalReason {
@@ -90,6 +92,7 @@ impl RefusalReason {
             RefusalReason::foreign_host => "foreign_host",
             RefusalReason::foreign_origin => "foreign_origin",
             RefusalReason::content_type => "content_type",
+            RefusalReason::too_many_items => "too_many_items",
         }
     }
 }

@@ -66,6 +66,7 @@ fn map_body(
     defaults: &mapping::Defaults,
 ) -> Result<Mapped, DecodeError> {
     let now = jiff::Timestamp::now().as_millisecond();
+    decode::check_items(body, encoding, signal)?;
     Ok(match signal {
         Signal::Traces => mapping::spans(
             &decode::decode::<ExportTraceServiceRequest>(body, encoding)?,
@@ -135,7 +136,9 @@ fn status_of(problem: &DecodeError) -> (StatusCode, i32) {
         DecodeError::UnsupportedMediaType(_) | DecodeError::UnsupportedEncoding(_) => {
             (StatusCode::UNSUPPORTED_MEDIA_TYPE, INVALID_ARGUMENT)
         }
-        DecodeError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED),
+        DecodeError::TooLarge { .. } | DecodeError::TooManyItems { .. } => {
+            (StatusCode::PAYLOAD_TOO_LARGE, RESOURCE_EXHAUSTED)
+        }
         _ => (StatusCode::BAD_REQUEST, INVALID_ARGUMENT),
     }
 }
@@ -187,6 +190,9 @@ async fn receive(
     let mapped = match decoded {
         Ok(mapped) => mapped,
         Err(problem) => {
+            if let DecodeError::TooManyItems { .. } = problem {
+                super::blocked(&state, route_of(signal), RefusalReason::too_many_items).await;
+            }
             if let DecodeError::TooLarge { limit } = problem {
                 super::refuse_oversize(
                     &state,

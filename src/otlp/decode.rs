@@ -48,6 +48,10 @@ pub enum DecodeError {
         "body exceeds {limit} bytes once decompressed (otlp.max_body_bytes): raise it, or export smaller batches"
     )]
     TooLarge { limit: usize },
+    #[error(
+        "the request holds {items} items (spans, data points or log records); at most 100000 are taken in one export: send smaller batches"
+    )]
+    TooManyItems { items: u64 },
     #[error("body is not a valid OTLP protobuf {message}: {detail}")]
     Protobuf {
         message: &'static str,
@@ -120,6 +124,64 @@ impl ExportRequest for ExportMetricsServiceRequest {
 }
 impl ExportRequest for ExportLogsServiceRequest {
     const NAME: &'static str = "ExportLogsServiceRequest";
+}
+
+/// Most items (spans, data points, log records) one request may hold. Decoding costs memory
+/// per item far beyond the bytes on the wire (an empty span is 2 bytes there and some 200 in
+/// memory), so a protobuf body is counted on the wire before it is decoded.
+pub const MAX_ITEMS: u64 = 100_000;
+
+/// The field numbers from an export request down to its items, per signal (from the OTLP
+/// protos): resource_* = 1, scope_* = 2, then spans / log_records = 2, or for metrics the
+/// data oneof (gauge 5, sum 7, histogram 9, exponential_histogram 10, summary 11) and its
+/// data_points = 1.
+fn item_path(signal: Signal) -> &'static [&'static [u32]] {
+    match signal {
+        Signal::Traces | Signal::Logs => &[&[1], &[2], &[2]],
+        Signal::Metrics => &[&[1], &[2], &[2], &[5, 7, 9, 10, 11], &[1]],
+    }
+}
+
+/// Counts the messages at the end of `path` in a protobuf buffer without decoding them.
+fn count_at(mut buf: &[u8], path: &[&[u32]]) -> Result<u64, prost::DecodeError> {
+    use prost::bytes::Buf;
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    let Some((wanted, rest)) = path.split_first() else {
+        return Ok(0);
+    };
+    let mut count = 0;
+    while buf.has_remaining() {
+        let (tag, wire_type) = decode_key(&mut buf)?;
+        if wire_type == WireType::LengthDelimited && wanted.contains(&tag) {
+            let len = usize::try_from(decode_varint(&mut buf)?).unwrap_or(usize::MAX);
+            if len > buf.len() {
+                // Truncated: the decoder refuses the body with its own message.
+                return Ok(count);
+            }
+            let (inner, after) = buf.split_at(len);
+            count += if rest.is_empty() {
+                1
+            } else {
+                count_at(inner, rest)?
+            };
+            buf = after;
+        } else {
+            skip_field(wire_type, tag, &mut buf, DecodeContext::default())?;
+        }
+    }
+    Ok(count)
+}
+
+/// Refuses a protobuf body holding more than [`MAX_ITEMS`] items, before decoding it.
+pub fn check_items(body: &[u8], encoding: Encoding, signal: Signal) -> Result<(), DecodeError> {
+    if encoding != Encoding::Protobuf {
+        return Ok(());
+    }
+    match count_at(body, item_path(signal)) {
+        Ok(items) if items > MAX_ITEMS => Err(DecodeError::TooManyItems { items }),
+        // A malformed body is refused by the decoder, with its message.
+        _ => Ok(()),
+    }
 }
 
 /// Decodes one export request.
@@ -303,5 +365,34 @@ mod tests {
         let json = success_body(Signal::Logs, Encoding::Json, 2, "x");
         let value: serde_json::Value = serde_json::from_slice(&json).expect("json");
         assert_eq!(value["partialSuccess"]["rejectedLogRecords"], "2");
+    }
+}
+
+#[cfg(test)]
+mod item_tests {
+    use super::*;
+    use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+    use prost::Message;
+
+    #[test]
+    fn items_are_counted_on_the_wire_and_a_flood_of_empty_spans_is_refused() {
+        let request = |spans: usize| ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                scope_spans: vec![ScopeSpans {
+                    spans: vec![Span::default(); spans],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let small = request(3).encode_to_vec();
+        assert_eq!(count_at(&small, item_path(Signal::Traces)).ok(), Some(3));
+        assert!(check_items(&small, Encoding::Protobuf, Signal::Traces).is_ok());
+        let flood = request(150_000).encode_to_vec();
+        assert!(flood.len() < 1_000_000, "{} bytes on the wire", flood.len());
+        assert_eq!(
+            check_items(&flood, Encoding::Protobuf, Signal::Traces),
+            Err(DecodeError::TooManyItems { items: 150_000 })
+        );
     }
 }
