@@ -129,7 +129,7 @@ def reload_loop(stop, recorder, config_path, config_text):
         interval = "250ms" if flip else "200ms"
         with open(config_path, "w") as f:
             f.write(config_text.replace('sample_interval = "200ms"', f'sample_interval = "{interval}"'))
-        status, _, seconds = request("POST", "/v1/reload")
+        status, _, seconds = request("POST", "/v1/reload", b"")
         recorder.note(seconds, ok=status == 200)
 
 
