@@ -154,8 +154,9 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     }
     let book = IdentityBook::default();
     let export_health = Arc::new(ExportHealth::default());
-    let telemetry = crate::telemetry::spawn(&config.telemetry, export_health.clone())
-        .map_err(|e| DaemonError::Exec(e.to_string()))?;
+    let (telemetry, exporter) = crate::telemetry::spawn(&config.telemetry, export_health.clone())
+        .map_err(|e| DaemonError::Exec(e.to_string()))?
+        .unzip();
     if telemetry.is_some() {
         health.watch_export(export_health);
     }
@@ -342,6 +343,10 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     drop(ledger_tx);
     // The ledger drains what is queued, commits it, and stops once the last sender is gone.
     let _ = tokio::task::spawn_blocking(move || ledger_thread.join()).await;
+    // The ledger held the span queue's only sender: what it queued last is exported now.
+    if let Some(exporter) = exporter {
+        exporter.drain().await;
+    }
     match served {
         Ok(Ok(())) => Ok(status),
         Ok(Err(error)) => Err(DaemonError::Serve(error)),

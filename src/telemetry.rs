@@ -185,12 +185,31 @@ pub struct TelemetryError {
     reason: String,
 }
 
+/// The exporter task: it ends once every [`Telemetry`] is gone and the queue is exported, as
+/// an SDK's `shutdown()` does; the daemon awaits it, with [`DRAIN_DEADLINE`], before exiting.
+pub struct Exporter(tokio::task::JoinHandle<()>);
+
+/// Longest the daemon waits at shutdown for queued spans to be exported.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(10);
+
+impl Exporter {
+    /// Waits for the queue to be exported, at most [`DRAIN_DEADLINE`].
+    pub async fn drain(self) {
+        if tokio::time::timeout(DRAIN_DEADLINE, self.0).await.is_err() {
+            warn!(
+                deadline = ?DRAIN_DEADLINE,
+                "spans still queued at shutdown were not all exported in time; the rest are dropped"
+            );
+        }
+    }
+}
+
 /// Starts the exporter task on the current runtime, with health for `/readyz`. `None` when
 /// nothing is to be exported (dev_fast, or no endpoint).
 pub fn spawn(
     config: &TelemetryConfig,
     health: Arc<ExportHealth>,
-) -> Result<Option<Telemetry>, TelemetryError> {
+) -> Result<Option<(Telemetry, Exporter)>, TelemetryError> {
     let Some(endpoint) = config
         .endpoint
         .clone()
@@ -227,7 +246,7 @@ pub fn spawn(
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
     let export_health = health.clone();
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         while let Some(first) = inbox.recv().await {
             let mut batch = vec![first.into_span_data(&scope)];
             while batch.len() < BATCH {
@@ -265,7 +284,7 @@ pub fn spawn(
             tokio::time::sleep(PROBE_EVERY).await;
         }
     });
-    Ok(Some(Telemetry { queue }))
+    Ok(Some((Telemetry { queue }, Exporter(task))))
 }
 
 /// host:port of an endpoint URL, for the reachability probe.

@@ -51,6 +51,11 @@ impl TraceService for GrpcReceiver {
 
 /// Starts an OTLP receiver on loopback in a runtime of its own; returns its base URL.
 fn start_receiver(grpc: bool) -> (String, Received) {
+    start_slow_receiver(grpc, Duration::ZERO)
+}
+
+/// An OTLP receiver that answers each HTTP export only after `delay`.
+fn start_slow_receiver(grpc: bool, delay: Duration) -> (String, Received) {
     let received: Received = Arc::default();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.set_nonblocking(true).expect("nonblocking");
@@ -76,6 +81,7 @@ fn start_receiver(grpc: bool) -> (String, Received) {
                     axum::routing::post(move |body: axum::body::Bytes| {
                         let store = store.clone();
                         async move {
+                            tokio::time::sleep(delay).await;
                             match ExportTraceServiceRequest::decode(body) {
                                 Ok(request) => {
                                     keep(&store, request);
@@ -278,5 +284,36 @@ fn budget_transitions_become_events_on_the_open_task_span() {
             .iter()
             .all(|e| e.time_unix_nano >= span.start_time_unix_nano
                 && e.time_unix_nano <= span.end_time_unix_nano)
+    );
+}
+
+#[test]
+fn spans_queued_at_sigterm_are_exported_before_exit() {
+    let (url, received) = start_slow_receiver(false, Duration::from_millis(300));
+    let daemon = Daemon::start(&format!(
+        "[telemetry]\notlp_endpoint = \"{url}\"\nprotocol = \"http/protobuf\"\n"
+    ));
+    // 1,500 runs end just before SIGTERM: three exports of 512 spans, 300 ms each.
+    let events: Vec<serde_json::Value> = (0..1500)
+        .flat_map(|i| {
+            let run = format!("last-{i}");
+            [
+                json!({"type": "run_start", "run_id": run}),
+                json!({"type": "run_end", "run_id": run, "result": "success"}),
+            ]
+        })
+        .collect();
+    daemon.post_events(&serde_json::Value::Array(events));
+    let status = daemon.stop();
+    assert!(status.success(), "{status}");
+    let plans = received
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|s| s.name == "plan")
+        .count();
+    assert_eq!(
+        plans, 1500,
+        "every span queued before SIGTERM reached the collector"
     );
 }
