@@ -208,7 +208,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                 .await
                 .map_err(|source| DaemonError::BindGrpc { addr, source })?;
             let grpc_addr = grpc_listener.local_addr().map_err(DaemonError::Serve)?;
-            let receiver = crate::otlp::grpc::Receiver {
+            let receiver = crate::api::otlp_grpc::Receiver {
                 ledger: ledger_tx.clone(),
                 defaults: crate::otlp::Defaults {
                     agent: config.otlp.default_agent.clone(),
@@ -216,7 +216,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                 token: token.clone(),
             };
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(crate::otlp::grpc::serve(
+            let task = tokio::spawn(crate::api::otlp_grpc::serve(
                 grpc_listener,
                 receiver,
                 otlp_max,

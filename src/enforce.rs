@@ -10,7 +10,9 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
-use std::sync::{Arc, RwLock, mpsc};
+use std::sync::mpsc;
+
+pub use crate::identity::{Book, Identity, IdentityBook};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags};
@@ -21,48 +23,6 @@ use tracing::{error, info, warn};
 use crate::config::{EnforcementConfig, Selector, TargetConfig};
 use crate::sampler::cgroup::{CgroupFiles, mounts};
 use crate::sampler::proc::ProcTable;
-
-/// A process as discovered: its pid and its start time since boot (ticks).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct Identity {
-    pub pid: i32,
-    pub start: u64,
-}
-
-/// What the sampler last saw of each target, published for the enforcer.
-pub type IdentityBook = Arc<RwLock<Book>>;
-
-/// Each target's roots as discovered, and every process of its tree at the last sample.
-#[derive(Debug, Default)]
-pub struct Book {
-    roots: HashMap<String, Vec<Identity>>,
-    /// A root that exits on the polite signal orphans its children, which then leave the
-    /// tree a fresh scan finds; the last sample still knows them.
-    members: HashMap<String, Vec<Identity>>,
-}
-
-impl Book {
-    pub fn get(&self, target: &str) -> Option<&Vec<Identity>> {
-        self.roots.get(target)
-    }
-
-    pub fn insert(&mut self, target: String, roots: Vec<Identity>) {
-        self.roots.insert(target, roots);
-    }
-
-    pub fn set_members(&mut self, target: &str, members: Vec<Identity>) {
-        match self.members.get_mut(target) {
-            Some(slot) => *slot = members,
-            None => {
-                self.members.insert(target.to_string(), members);
-            }
-        }
-    }
-
-    pub fn members(&self, target: &str) -> &[Identity] {
-        self.members.get(target).map_or(&[], Vec::as_slice)
-    }
-}
 
 /// An order to stop a target.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -401,7 +361,7 @@ impl Enforcer {
             }
         }
         if let Selector::Cgroup(path) = &target.selector {
-            CgroupFiles::locate(path, &mounts()).kill_all();
+            kill_cgroup(&CgroupFiles::locate(path, &mounts()));
         }
         if report.killed > 0 {
             warn!(target_name = %order.target, killed = report.killed, "soft-kill: SIGKILL sent to processes that outlived the grace");
@@ -412,6 +372,14 @@ impl Enforcer {
 
 /// How often the tree is scanned for late-comers while the grace runs.
 const LATE_COMER_SCAN: Duration = Duration::from_millis(50);
+
+/// SIGKILLs every process in a cgroup through v2 `cgroup.kill`, where the kernel offers it;
+/// returns whether it did.
+fn kill_cgroup(files: &CgroupFiles) -> bool {
+    files
+        .kill_file()
+        .is_some_and(|kill| std::fs::write(kill, "1").is_ok())
+}
 
 /// Waits until every process has exited, `deadline` passed or `slice` went by; returns those
 /// still running.
@@ -477,6 +445,7 @@ pub fn spawn(
 mod tests {
     use super::*;
     use std::process::{Command, Stdio};
+    use std::sync::Arc;
 
     fn config(grace_ms: u64) -> EnforcementConfig {
         EnforcementConfig {

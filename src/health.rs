@@ -6,9 +6,9 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use prometheus_client::encoding::EncodeLabelValue;
 use serde::Serialize;
 
+pub use crate::metrics::{RefusalReason, Route};
 use crate::telemetry::ExportHealth;
 
 /// Readiness facts, set by the parts that know them.
@@ -36,67 +36,6 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 /// How long a problem stays on `/v1/status` (and red in `doctor`) after it was last seen.
 pub const PROBLEM_SHOWN_MS: i64 = 24 * 3_600_000;
 
-/// A route whose requests can be refused before they are read. A closed set: a label value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-#[serde(rename_all = "snake_case")]
-pub enum Route {
-    events,
-    otlp_traces,
-    otlp_metrics,
-    otlp_logs,
-    otlp_grpc,
-    alerts,
-    reload,
-    /// Any GET but the probes.
-    read,
-    other,
-}
-
-impl Route {
-    pub fn label(self) -> &'static str {
-        match self {
-            Route::events => "events",
-            Route::otlp_traces => "otlp_traces",
-            Route::otlp_metrics => "otlp_metrics",
-            Route::otlp_logs => "otlp_logs",
-            Route::otlp_grpc => "otlp_grpc",
-            Route::alerts => "alerts",
-            Route::reload => "reload",
-            Route::read => "read",
-            Route::other => "other",
-        }
-    }
-}
-
-/// Why a request was refused before it was read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-#[serde(rename_all = "snake_case")]
-pub enum RefusalReason {
-    body_too_large,
-    /// `Host` named neither an IP, `localhost` nor `[server] allowed_hosts`.
-    foreign_host,
-    /// `Origin` of another site: a web page.
-    foreign_origin,
-    /// A write whose body is not JSON, NDJSON or protobuf.
-    content_type,
-    /// An OTLP protobuf body with more items than one request may hold.
-    too_many_items,
-}
-
-impl RefusalReason {
-    pub fn label(self) -> &'static str {
-        match self {
-            RefusalReason::body_too_large => "body_too_large",
-            RefusalReason::foreign_host => "foreign_host",
-            RefusalReason::foreign_origin => "foreign_origin",
-            RefusalReason::content_type => "content_type",
-            RefusalReason::too_many_items => "too_many_items",
-        }
-    }
-}
-
 /// A request body refused for its size: the sender drops it, so what it reported is lost
 /// unless someone raises the setting.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -109,9 +48,6 @@ pub struct Refusal {
     pub limit: u64,
     /// The setting that raises the limit.
     pub setting: &'static str,
-    /// For OTLP, the signal whose batch was lost.
-    #[serde(skip)]
-    pub signal: Option<crate::otlp::Signal>,
 }
 
 /// A condition `/v1/status` reports and `doctor` shows red: not a readiness failure (the
@@ -296,7 +232,6 @@ mod tests {
             bytes: Some(1_500_000),
             limit: 1_048_576,
             setting: "otlp.max_body_bytes",
-            signal: None,
         }
     }
 

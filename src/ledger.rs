@@ -73,7 +73,10 @@ pub enum LedgerInput {
     Enforce(KillOrder),
     /// A request refused unread for its size: counted, logged, shown by `doctor`; for OTLP,
     /// its signal's family claims lapse so the same usage through another signal counts.
-    Refused(crate::health::Refusal),
+    Refused {
+        refusal: crate::health::Refusal,
+        signal: Option<crate::otlp::Signal>,
+    },
     /// A request refused by the cross-site guard or for its content type: counted, and logged
     /// at growing intervals so a flood cannot flood the log.
     Blocked {
@@ -505,8 +508,8 @@ impl Ledger {
                     let _ = reply.send(self.budgets.status(received));
                 }
                 LedgerInput::Enforce(order) => self.order_kill(order),
-                LedgerInput::Refused(refusal) => {
-                    otlp_rows.extend(self.refused(refusal, received));
+                LedgerInput::Refused { refusal, signal } => {
+                    otlp_rows.extend(self.refused(refusal, signal, received));
                 }
                 LedgerInput::Blocked { route, reason } => self.blocked(route, reason),
                 LedgerInput::Enforced(report) => {
@@ -1363,7 +1366,12 @@ impl Ledger {
         info!(target_name = %report.target, reason = %report.reason, signal = %report.signal, signalled = report.signalled, killed = report.killed, refused = report.refused.len(), dry_run = report.dry_run, "enforcement recorded");
     }
 
-    fn refused(&mut self, refusal: crate::health::Refusal, now: i64) -> Vec<crate::otlp::StateRow> {
+    fn refused(
+        &mut self,
+        refusal: crate::health::Refusal,
+        signal: Option<crate::otlp::Signal>,
+        now: i64,
+    ) -> Vec<crate::otlp::StateRow> {
         self.metrics
             .requests_refused_total
             .get_or_create(&crate::metrics::RefusedLabels {
@@ -1372,7 +1380,6 @@ impl Ledger {
             })
             .inc();
         warn!(route = refusal.route.label(), bytes = ?refusal.bytes, limit = refusal.limit, setting = refusal.setting, "request body over the limit refused: its sender drops it, and the usage in it is lost; raise {}", refusal.setting);
-        let signal = refusal.signal;
         self.health.record_refusal(refusal, now);
         signal.map(|s| self.otlp.release(s)).unwrap_or_default()
     }

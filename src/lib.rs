@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod enforce;
 pub mod files;
 pub mod health;
+pub mod identity;
 pub mod ingest;
 pub mod ledger;
 pub mod metrics;

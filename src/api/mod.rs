@@ -22,6 +22,7 @@ use crate::runs::RunFilter;
 
 mod guard;
 mod otlp;
+pub mod otlp_grpc;
 
 /// What every handler may read.
 pub struct AppState {
@@ -280,9 +281,11 @@ async fn refuse_oversize(
         bytes,
         limit: u64::try_from(limit).unwrap_or(u64::MAX),
         setting,
-        signal,
     };
-    let _ = state.ledger.send(LedgerInput::Refused(refusal)).await;
+    let _ = state
+        .ledger
+        .send(LedgerInput::Refused { refusal, signal })
+        .await;
 }
 
 /// Tells the ledger about a request the guard or a content-type check refused.

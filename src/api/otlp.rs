@@ -15,6 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::{AppState, authorized, count_rejected};
 use crate::health::{RefusalReason, Route};
+use crate::ledger::{LedgerInput, LedgerSender, OtlpAnswer};
 use crate::otlp::decode::{self, DecodeError, Encoding, Signal};
 use crate::otlp::{Mapped, SOURCE, mapping};
 use crate::server::BodyProblem;
@@ -217,9 +218,9 @@ async fn receive(
             decode::success_body(signal, encoding, 0, ""),
         );
     }
-    match crate::otlp::submit(&state.ledger, mapped).await {
+    match submit(&state.ledger, mapped).await {
         Ok(result) => {
-            let (rejected, message) = crate::otlp::partial_success(&result);
+            let (rejected, message) = partial_success(&result);
             answer(
                 StatusCode::OK,
                 encoding,
@@ -235,4 +236,41 @@ async fn receive(
             ),
         ),
     }
+}
+
+/// Hands one mapped request to the ledger and waits for its verdict; the error means nothing
+/// was recorded and the exporter should retry.
+pub(crate) async fn submit(ledger: &LedgerSender, mapped: Mapped) -> Result<OtlpAnswer, String> {
+    let (reply, answered) = tokio::sync::oneshot::channel();
+    match ledger.send(LedgerInput::Otlp { mapped, reply }).await {
+        Ok(()) => answered
+            .await
+            .unwrap_or_else(|_| Err("the ledger stopped".to_string())),
+        Err(_) => Err("the ledger stopped".to_string()),
+    }
+}
+
+/// Most rejection messages quoted in one partial success.
+const QUOTED_REJECTIONS: usize = 5;
+
+/// The partial-success count and message of an answer: the first few problems, then how many
+/// more.
+pub(crate) fn partial_success(answer: &OtlpAnswer) -> (u64, String) {
+    let mut message = answer
+        .rejected
+        .iter()
+        .take(QUOTED_REJECTIONS)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if answer.rejected.len() > QUOTED_REJECTIONS {
+        message.push_str(&format!(
+            "; and {} more",
+            answer.rejected.len() - QUOTED_REJECTIONS
+        ));
+    }
+    (
+        u64::try_from(answer.rejected.len()).unwrap_or(u64::MAX),
+        message,
+    )
 }

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::{Registry, Unit};
+use serde::Serialize;
 
 pub use cardinality::{CardinalityCap, OVERFLOW_VALUE};
 
@@ -120,11 +121,72 @@ pub struct EventLabels {
     pub result: String,
 }
 
+/// A route whose requests can be refused before they are read. A closed set: a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+#[serde(rename_all = "snake_case")]
+pub enum Route {
+    events,
+    otlp_traces,
+    otlp_metrics,
+    otlp_logs,
+    otlp_grpc,
+    alerts,
+    reload,
+    /// Any GET but the probes.
+    read,
+    other,
+}
+
+impl Route {
+    pub fn label(self) -> &'static str {
+        match self {
+            Route::events => "events",
+            Route::otlp_traces => "otlp_traces",
+            Route::otlp_metrics => "otlp_metrics",
+            Route::otlp_logs => "otlp_logs",
+            Route::otlp_grpc => "otlp_grpc",
+            Route::alerts => "alerts",
+            Route::reload => "reload",
+            Route::read => "read",
+            Route::other => "other",
+        }
+    }
+}
+
+/// Why a request was refused before it was read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalReason {
+    body_too_large,
+    /// `Host` named neither an IP, `localhost` nor `[server] allowed_hosts`.
+    foreign_host,
+    /// `Origin` of another site: a web page.
+    foreign_origin,
+    /// A write whose body is not JSON, NDJSON or protobuf.
+    content_type,
+    /// An OTLP protobuf body with more items than one request may hold.
+    too_many_items,
+}
+
+impl RefusalReason {
+    pub fn label(self) -> &'static str {
+        match self {
+            RefusalReason::body_too_large => "body_too_large",
+            RefusalReason::foreign_host => "foreign_host",
+            RefusalReason::foreign_origin => "foreign_origin",
+            RefusalReason::content_type => "content_type",
+            RefusalReason::too_many_items => "too_many_items",
+        }
+    }
+}
+
 /// Why and where a request was refused before it was read; both closed sets.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
-    pub route: crate::health::Route,
-    pub reason: crate::health::RefusalReason,
+    pub route: Route,
+    pub reason: RefusalReason,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -142,15 +142,13 @@ impl CgroupFiles {
             .unwrap_or_default()
     }
 
-    /// SIGKILLs every process in the cgroup through v2 `cgroup.kill`, where the kernel offers
-    /// it; returns whether it did.
-    pub fn kill_all(&self) -> bool {
+    /// The v2 `cgroup.kill` file, where the kernel offers it (the enforcer writes it).
+    pub fn kill_file(&self) -> Option<std::path::PathBuf> {
         self.procs
             .as_ref()
             .and_then(|procs| procs.parent())
             .map(|dir| dir.join("cgroup.kill"))
             .filter(|kill| kill.is_file())
-            .is_some_and(|kill| std::fs::write(kill, "1").is_ok())
     }
 
     /// Reads every figure; `None` when the cgroup is gone.

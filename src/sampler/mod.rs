@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 use crate::config::{Selector, TargetConfig};
-use crate::enforce::{Identity, IdentityBook};
+use crate::identity::{Identity, IdentityBook};
 use cgroup::CgroupFiles;
 use proc::ProcTable;
 use tree::TreeAccount;
@@ -278,7 +278,7 @@ fn sample_target(
                             &name,
                             members
                                 .iter()
-                                .map(|row| crate::enforce::Identity {
+                                .map(|row| crate::identity::Identity {
                                     pid: row.pid,
                                     start: row.start,
                                 })

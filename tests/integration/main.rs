@@ -11,6 +11,7 @@ mod exposition;
 mod faults;
 mod holds;
 mod hostile;
+mod layout;
 mod neighbours;
 mod ops;
 mod otlp;

@@ -28,8 +28,9 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use super::{Defaults, Mapped, mapping};
+use super::otlp::{partial_success, submit};
 use crate::ledger::LedgerSender;
+use crate::otlp::{Defaults, Mapped, mapping};
 
 /// What the three services share.
 #[derive(Clone)]
@@ -64,12 +65,12 @@ impl Receiver {
         if mapped.records.is_empty() && mapped.points.is_empty() && mapped.rejected.is_empty() {
             return Ok((0, String::new()));
         }
-        let answer = super::submit(&self.ledger, mapped).await.map_err(|problem| {
+        let answer = submit(&self.ledger, mapped).await.map_err(|problem| {
             Status::unavailable(format!(
                 "the store cannot take writes ({problem}); nothing from this request was recorded, retry later"
             ))
         })?;
-        let (rejected, message) = super::partial_success(&answer);
+        let (rejected, message) = partial_success(&answer);
         Ok((i64::try_from(rejected).unwrap_or(i64::MAX), message))
     }
 }
@@ -166,13 +167,13 @@ impl<S> tower::Layer<S> for CountOversizeLayer {
 }
 
 /// The signal of a gRPC method path.
-fn signal_of(path: &str) -> Option<super::Signal> {
+fn signal_of(path: &str) -> Option<crate::otlp::Signal> {
     if path.starts_with("/opentelemetry.proto.collector.trace.") {
-        Some(super::Signal::Traces)
+        Some(crate::otlp::Signal::Traces)
     } else if path.starts_with("/opentelemetry.proto.collector.metrics.") {
-        Some(super::Signal::Metrics)
+        Some(crate::otlp::Signal::Metrics)
     } else if path.starts_with("/opentelemetry.proto.collector.logs.") {
-        Some(super::Signal::Logs)
+        Some(crate::otlp::Signal::Logs)
     } else {
         None
     }
@@ -224,11 +225,10 @@ where
                     bytes: declared_size(status.message()),
                     limit,
                     setting: "otlp.max_body_bytes",
-                    signal,
                 });
             if let Some(refusal) = refusal {
                 let _ = ledger
-                    .send(crate::ledger::LedgerInput::Refused(refusal))
+                    .send(crate::ledger::LedgerInput::Refused { refusal, signal })
                     .await;
             }
             Ok(response)
