@@ -131,11 +131,11 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     ));
     let health = Arc::new(Health::default());
     let token = read_token(&config)?;
-    let (ledger, baselines) = Ledger::open(&config, metrics.clone(), health.clone())?;
+    let (ledger, baselines) = Ledger::open(&config, metrics.clone(), health.clone(), now_ms())?;
     if let Some(command) = &command {
         // Relaunch guard: a command started into an exhausted budget would only be stopped
         // again; a supervisor gets the same answer every time.
-        let holding = ledger.holding(&command.target);
+        let holding = ledger.holding(&command.target, now_ms());
         if !holding.is_empty() {
             let program = command
                 .argv
@@ -352,6 +352,10 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         Ok(Err(error)) => Err(DaemonError::Serve(error)),
         Err(join) => Err(DaemonError::Serve(std::io::Error::other(join))),
     }
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
 }
 
 /// The signals the daemon listens for.

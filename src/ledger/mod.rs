@@ -1,0 +1,459 @@
+//! The ledger: the one owner of running totals and of the store.
+//!
+//! Every source sends what it saw here over one bounded channel. The ledger runs on its own OS
+//! thread (SQLite calls block), takes whatever is queued as one batch, writes it in one
+//! transaction (group commit), and only then moves the metrics and answers the senders. So a
+//! 2xx always means "on disk", and there is one place to read when a number looks wrong.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::CounterWithExemplar;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{error, info, warn};
+
+use serde_json::json;
+
+use crate::budget::{
+    BudgetStatus, Budgets, Charge, OnExceed, Resource, Scope, State, TransitionKind, charge_time,
+    holds,
+};
+use crate::config::Config;
+use crate::enforce::{EnforcerInput, KillOrder, KillReport};
+use crate::health::Health;
+use crate::ingest::event::check_age;
+use crate::ingest::{Event, EventBody};
+use crate::metrics::{BudgetLabels, SoftKillLabels};
+use crate::metrics::{
+    Metrics, SpendLabels, TaskLabels, TaskTypeLabels, TokenKind, TokenLabels, TraceLabels,
+    UsdCounter,
+};
+use crate::notify::Webhook;
+use crate::pricing::{Confidence, PriceSource, PriceTable, PricingError, RejectedRow};
+use crate::sampler::{StoredBaselines, TargetReading};
+use crate::store::{PricedEvent, ResourceRow, Store, StoreError, Totals};
+use crate::telemetry::{SpanRecord, Telemetry, derived_span_id, derived_trace_id, hex_bytes};
+use opentelemetry::KeyValue;
+use std::collections::VecDeque;
+
+/// How many inputs may wait before senders are slowed down.
+pub const LEDGER_QUEUE: usize = 8192;
+/// Most inputs folded into one transaction.
+const MAX_BATCH: usize = 4096;
+/// Budget transitions kept to become span events.
+const MAX_RECENT_TRANSITIONS: usize = 256;
+/// How often old rows are folded into daily rollups.
+const COMPACTION_EVERY: Duration = Duration::from_secs(3600);
+
+/// What sources send to the ledger.
+#[derive(Debug)]
+pub enum LedgerInput {
+    /// Validated events from one request, and the type labels of the ones it rejected.
+    Events {
+        source: &'static str,
+        events: Vec<Event>,
+        rejected: Vec<&'static str>,
+        reply: oneshot::Sender<Result<EventsAnswer, String>>,
+    },
+    /// One OTLP export request, mapped; cumulative streams become deltas here.
+    Otlp {
+        mapped: crate::otlp::Mapped,
+        reply: oneshot::Sender<Result<OtlpAnswer, String>>,
+    },
+    Reading(TargetReading),
+    /// A target was removed from the config: its gauges go.
+    TargetRemoved(String),
+    PricingStatus(oneshot::Sender<PricingStatus>),
+    /// Every budget's state now.
+    Budgets(oneshot::Sender<Vec<BudgetStatus>>),
+    /// An order from outside (Alertmanager) to stop a local target.
+    Enforce(KillOrder),
+    /// A request refused unread for its size: counted, logged, shown by `doctor`; for OTLP,
+    /// its signal's family claims lapse so the same usage through another signal counts.
+    Refused {
+        refusal: crate::health::Refusal,
+        signal: Option<crate::otlp::Signal>,
+    },
+    /// A request refused by the cross-site guard or for its content type: counted, and logged
+    /// at growing intervals so a flood cannot flood the log.
+    Blocked {
+        route: crate::health::Route,
+        reason: crate::health::RefusalReason,
+    },
+    /// What enforcement did, to count and record.
+    Enforced(KillReport),
+}
+
+/// What became of one request's events: for each stored one, whether it was new (else a
+/// duplicate), in order; and the events refused here, by their index in the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsAnswer {
+    pub fresh: Vec<bool>,
+    pub refused: Vec<(usize, String)>,
+}
+
+/// What became of one OTLP request's usage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpAnswer {
+    pub accepted: usize,
+    /// Usage already counted: resent, or reported by another signal of the same agent.
+    pub duplicates: usize,
+    /// Each refused item, with why.
+    pub rejected: Vec<String>,
+}
+
+/// Sending side of the ledger, cloned into every source.
+pub type LedgerSender = mpsc::Sender<LedgerInput>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Pricing(#[from] PricingError),
+    #[error("cannot start a ledger thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// `GET /v1/pricing/status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct PricingStatus {
+    pub baseline_version: String,
+    pub baseline_taken: String,
+    pub manifest: Option<String>,
+    pub models: HashMap<&'static str, usize>,
+    pub rejected_rows: Vec<RejectedRow>,
+    /// The most frequent unpriced models, at most a hundred.
+    pub unknown_models: Vec<UnknownModel>,
+    /// How many more models are unpriced than listed.
+    pub unknown_models_omitted: usize,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct UnknownModel {
+    pub model: String,
+    pub events: u64,
+    pub tokens: u64,
+}
+
+/// Models without a price tallied by name; more are tallied under `__other__`.
+const MAX_UNKNOWN_MODELS: usize = 10_000;
+/// Models without a price logged one by one.
+const MAX_LOGGED_UNKNOWN: usize = 100;
+/// Models without a price `/v1/pricing/status` lists, most events first.
+const LISTED_UNKNOWN: usize = 100;
+
+/// Most (agent, model) pairs whose series handles are cached.
+const MAX_CACHED_SERIES: usize = 10_000;
+
+/// Handles to one agent and model's series: the hot path then neither builds label sets nor
+/// hashes them into the families again.
+#[derive(Clone)]
+struct UsageSeries {
+    /// input, cache_read, cache_write, output.
+    tokens: [CounterWithExemplar<TraceLabels>; 4],
+    usd: UsdCounter,
+}
+
+pub struct Ledger {
+    usage_series: HashMap<String, HashMap<String, UsageSeries>>,
+    usage_series_len: usize,
+    event_counters: HashMap<(&'static str, &'static str, &'static str), Counter>,
+    store: Store,
+    prices: PriceTable,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    unknown_models: HashMap<String, UnknownModel>,
+    retention: Duration,
+    last_compaction: Option<Instant>,
+    budgets: Budgets,
+    /// Names of the targets a budget without a target scope stops.
+    enforceable_targets: Vec<String>,
+    enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,
+    /// Targets with a kill order the enforcer has not reported on yet: one at a time each.
+    kills_in_flight: HashSet<String>,
+    /// Targets a reading showed alive since their last kill order: while an exceeded budget
+    /// holds them, each such sighting is stopped again.
+    seen_alive: HashSet<String>,
+    /// `[enforcement] dry_run`, and the held targets a dry run already told about.
+    dry_run: bool,
+    dry_run_told: HashSet<String>,
+    webhook: Option<Webhook>,
+    telemetry: Option<Telemetry>,
+    /// The `[status_file]` writer, and the runs whose file it has yet to be told about.
+    status_files: Option<crate::status_files::StatusFiles>,
+    stale_runs: std::collections::BTreeSet<String>,
+    report: Option<crate::config::ReportConfig>,
+    last_report: Option<Instant>,
+    /// Recent budget transitions, to become span events on the spans open at the time.
+    recent_transitions: VecDeque<(i64, String, String, String)>,
+    /// Cumulative OTLP streams and which signal family meters each agent instance.
+    otlp: crate::otlp::OtlpState,
+}
+
+/// Targets a budget without its own target scope stops: every configured target but the
+/// sidecar itself.
+fn enforceable(config: &Config) -> Vec<String> {
+    config
+        .targets
+        .iter()
+        .filter(|t| !matches!(t.selector, crate::config::Selector::OwnProcess))
+        .map(|t| t.name.clone())
+        .collect()
+}
+
+fn parse_ms(iso: Option<&str>) -> Option<i64> {
+    iso?.parse::<jiff::Timestamp>()
+        .ok()
+        .map(|t| t.as_millisecond())
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+mod apply;
+mod effects;
+mod judge;
+mod restore;
+mod spans;
+#[cfg(test)]
+mod tests;
+
+impl Ledger {
+    /// Runs the ledger on its own thread until every sender is gone.
+    pub fn spawn(mut self) -> std::io::Result<(LedgerSender, std::thread::JoinHandle<()>)> {
+        let (sender, mut inbox) = mpsc::channel::<LedgerInput>(LEDGER_QUEUE);
+        let thread = std::thread::Builder::new()
+            .name("costmeter-ledger".into())
+            .spawn(move || {
+                while let Some(first) = inbox.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match inbox.try_recv() {
+                            Ok(input) => batch.push(input),
+                            Err(_) => break,
+                        }
+                    }
+                    self.process(batch, now_ms());
+                }
+            })?;
+        Ok((sender, thread))
+    }
+
+    /// One batch, received at `received` (ms): the clock is an argument, so the ledger's
+    /// behaviour is tested without threads or sleeps.
+    fn process(&mut self, batch: Vec<LedgerInput>, received: i64) {
+        let mut requests = Vec::new();
+        let mut priced: Vec<PricedEvent> = Vec::new();
+        let mut readings = Vec::new();
+        let mut otlp_rows = Vec::new();
+        let mut otlp_undo = Vec::new();
+        let mut otlp_requests = Vec::new();
+        for input in batch {
+            match input {
+                LedgerInput::Events {
+                    source,
+                    events,
+                    rejected,
+                    reply,
+                } => {
+                    for event_type in &rejected {
+                        self.count_event(source, event_type, "rejected");
+                    }
+                    let start = priced.len();
+                    let mut refused = Vec::new();
+                    for (index, event) in events.into_iter().enumerate() {
+                        if let Err(problem) = check_age(event.ts_ms, received, self.retention) {
+                            self.count_event(source, event.body.type_name(), "rejected");
+                            refused.push((index, problem));
+                            continue;
+                        }
+                        let cost = match &event.body {
+                            EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
+                            _ => None,
+                        };
+                        priced.push(PricedEvent {
+                            event,
+                            source,
+                            cost,
+                        });
+                    }
+                    requests.push((start..priced.len(), refused, reply));
+                }
+                LedgerInput::Otlp { mapped, reply } => {
+                    let resolved = self.otlp.resolve(mapped, received);
+                    let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+                    self.count_events(
+                        crate::otlp::SOURCE,
+                        "llm_usage",
+                        "rejected",
+                        count(resolved.rejected.len()),
+                    );
+                    self.count_events(
+                        crate::otlp::SOURCE,
+                        "llm_usage",
+                        "duplicate",
+                        count(resolved.duplicates),
+                    );
+                    let start = priced.len();
+                    let mut resolved = resolved;
+                    for event in std::mem::take(&mut resolved.events) {
+                        if let Err(problem) = check_age(event.ts_ms, received, self.retention) {
+                            self.count_event(crate::otlp::SOURCE, "llm_usage", "rejected");
+                            resolved.rejected.push(problem);
+                            continue;
+                        }
+                        let cost = match &event.body {
+                            EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
+                            _ => None,
+                        };
+                        priced.push(PricedEvent {
+                            event,
+                            source: crate::otlp::SOURCE,
+                            cost,
+                        });
+                    }
+                    otlp_rows.extend(resolved.rows);
+                    otlp_undo.push(resolved.undo);
+                    otlp_requests.push((
+                        start..priced.len(),
+                        resolved.duplicates,
+                        resolved.rejected,
+                        reply,
+                    ));
+                }
+                LedgerInput::Reading(reading) => readings.push(reading),
+                LedgerInput::TargetRemoved(name) => self.metrics.forget_target(&name),
+                LedgerInput::PricingStatus(reply) => {
+                    let _ = reply.send(self.pricing_status());
+                }
+                LedgerInput::Budgets(reply) => {
+                    let _ = reply.send(self.budgets.status(received));
+                }
+                LedgerInput::Enforce(order) => self.order_kill(order),
+                LedgerInput::Refused { refusal, signal } => {
+                    otlp_rows.extend(self.refused(refusal, signal, received));
+                }
+                LedgerInput::Blocked { route, reason } => self.blocked(route, reason),
+                LedgerInput::Enforced(report) => {
+                    // Sightings from before the report are of processes it just stopped.
+                    self.kills_in_flight.remove(&report.target);
+                    self.seen_alive.remove(&report.target);
+                    self.record_enforcement(&report, received);
+                }
+            }
+        }
+        let rows: Vec<ResourceRow> = readings
+            .iter()
+            .map(|r| ResourceRow {
+                ts_ms: received,
+                target: r.target.clone(),
+                cpu_seconds: r.cpu_seconds,
+                read_bytes: r.read_bytes,
+                written_bytes: r.written_bytes,
+                rss_bytes: r.rss_bytes,
+                peak_rss_bytes: r.peak_rss_bytes,
+                baseline: r
+                    .baseline
+                    .as_ref()
+                    .and_then(|b| serde_json::to_string(b).ok())
+                    .map(|json| (r.selector.clone(), json)),
+            })
+            .collect();
+
+        let outcome: Result<Vec<bool>, String> = if priced.is_empty()
+            && rows.is_empty()
+            && otlp_rows.is_empty()
+        {
+            // Only rejections were reported: they are counted; say so.
+            Ok(Vec::new())
+        } else {
+            match self.store.commit(&priced, &rows, &otlp_rows, received) {
+                Ok(fresh) => {
+                    self.health.set_store(Ok(()));
+                    for (event, is_new) in priced.iter().zip(&fresh) {
+                        if *is_new {
+                            self.apply(event, received);
+                        } else {
+                            self.count_event(
+                                event.source,
+                                event.event.body.type_name(),
+                                "duplicate",
+                            );
+                        }
+                    }
+                    Ok(fresh)
+                }
+                Err(failure) => {
+                    error!(error = %failure, "store write failed; events answered 503, nothing counted");
+                    self.health.set_store(Err(failure.to_string()));
+                    for undo in otlp_undo.into_iter().rev() {
+                        self.otlp.rollback(undo);
+                    }
+                    Err(failure.to_string())
+                }
+            }
+        };
+        // Resource gauges and counters move even when the store failed: the deltas are then
+        // counted again from the stored baseline after a restart, never lost.
+        for reading in &readings {
+            if reading.up && reading.processes > 0 {
+                self.seen_alive.insert(reading.target.clone());
+            }
+            self.metrics.record_target(reading);
+            self.health.mark_sampled();
+            self.charge_reading(reading, received);
+        }
+        // Budgets are judged before anyone is answered: a crossing event's 2xx leaves only
+        // after the kill order did.
+        self.judge_budgets(received);
+        for (range, refused, reply) in requests {
+            let _ = reply.send(
+                outcome
+                    .as_ref()
+                    .map(|fresh| EventsAnswer {
+                        fresh: fresh.get(range).map(<[bool]>::to_vec).unwrap_or_default(),
+                        refused,
+                    })
+                    .map_err(Clone::clone),
+            );
+        }
+        for (range, duplicates, rejected, reply) in otlp_requests {
+            let answer = outcome.as_ref().map_err(Clone::clone).map(|fresh| {
+                let fresh = fresh.get(range).unwrap_or_default();
+                let accepted = fresh.iter().filter(|new| **new).count();
+                OtlpAnswer {
+                    accepted,
+                    duplicates: duplicates + fresh.len() - accepted,
+                    rejected,
+                }
+            });
+            let _ = reply.send(answer);
+        }
+        // Effects after answers: the status files of the runs this batch changed.
+        if let Some(writer) = &self.status_files {
+            self.stale_runs.retain(|run| !writer.mark(run));
+        }
+        self.compact_if_due(received);
+        self.report_if_due(received);
+    }
+
+    /// Wires the enforcer, the webhook and the span exporter once they run.
+    pub fn with_actions(
+        mut self,
+        enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,
+        webhook: Option<Webhook>,
+        telemetry: Option<Telemetry>,
+    ) -> Ledger {
+        self.enforcer = enforcer;
+        self.webhook = webhook;
+        self.telemetry = telemetry;
+        self
+    }
+}
