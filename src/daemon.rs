@@ -183,6 +183,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         )
         .map_err(DaemonError::LedgerThread)?
     };
+    let spend = ledger.spend();
     let (ledger_tx, ledger_thread) = ledger
         .with_actions(Some(enforcer.clone()), webhook, telemetry)
         .spawn()
@@ -255,6 +256,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         decode_gate: decode_gate.clone(),
         allowed_hosts: config.server.allowed_hosts.clone(),
         reads: crate::reads::Reads::new(config.store.path.clone()),
+        spend,
     });
     let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

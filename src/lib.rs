@@ -27,6 +27,7 @@ pub mod report;
 pub mod runs;
 pub mod sampler;
 pub mod server;
+pub mod spend;
 pub mod status_files;
 pub mod store;
 pub mod telemetry;

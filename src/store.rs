@@ -87,6 +87,16 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// Usage of one agent and model in one hour.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HourlySpend {
+    pub hour_ms: i64,
+    pub agent: String,
+    pub model: String,
+    pub tokens: u64,
+    pub usd: f64,
+}
+
 /// One stored usage amount, replayed into budgets at start.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredCharge {
@@ -795,6 +805,31 @@ impl Store {
             Some(row) => row.get(0).map_err(StoreError::Read),
             None => Ok(None),
         }
+    }
+
+    /// Usage since `from_ms` by hour, agent and model: (hour start ms, agent, model, tokens,
+    /// USD), to fill the spend rollup at start.
+    pub fn spend_by_hour(&self, from_ms: i64) -> Result<Vec<HourlySpend>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare(
+                "SELECT (ts_ms / 3600000) * 3600000 AS hour, agent, model,
+                        SUM(input_tokens + output_tokens), COALESCE(SUM(cost_usd), 0)
+                 FROM events WHERE type = 'llm_usage' AND ts_ms >= ?1 GROUP BY hour, agent, model",
+            )
+            .map_err(StoreError::Read)?;
+        let rows = statement
+            .query_map([from_ms], |r| {
+                Ok(HourlySpend {
+                    hour_ms: r.get(0)?,
+                    agent: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                    model: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    tokens: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    usd: r.get(4)?,
+                })
+            })
+            .map_err(StoreError::Read)?;
+        rows.collect::<Result<_, _>>().map_err(StoreError::Read)
     }
 
     /// Count of stored events, for tests and status.

@@ -48,6 +48,8 @@ pub struct AppState {
     pub allowed_hosts: Vec<String>,
     /// Store reads beside the ledger.
     pub reads: Arc<crate::reads::Reads>,
+    /// Spend by hour, kept by the ledger, for the status and the page.
+    pub spend: crate::spend::SharedSpend,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -700,14 +702,9 @@ async fn overview(
 > {
     let budgets = budget_statuses(state).await?;
     let now = jiff::Timestamp::now().as_millisecond();
-    let for_reports = budgets.clone();
-    let (day, week) = read(state, move |store| {
-        Ok((
-            store.report(now - 86_400_000, now, for_reports.clone())?,
-            store.report(now - 7 * 86_400_000, now, for_reports)?,
-        ))
-    })
-    .await?;
+    // From the hourly rollup the ledger keeps: no scan of raw events, however many.
+    let day = crate::spend::report(&state.spend, now - 86_400_000, now, budgets.clone());
+    let week = crate::spend::report(&state.spend, now - 7 * 86_400_000, now, budgets.clone());
     Ok((day, week, budgets))
 }
 

@@ -116,6 +116,14 @@ impl Ledger {
                     }
                 }
                 let cost = priced.cost.map_or(0.0, |c| c.usd);
+                // The rollup buckets the event's time into its hour.
+                self.spend_batch.push(crate::store::HourlySpend {
+                    hour_ms: event.ts_ms,
+                    agent: usage.agent.clone(),
+                    model: usage.model.clone(),
+                    tokens: usage.input_tokens + usage.output_tokens,
+                    usd: cost,
+                });
                 series.usd.0.inc_by(cost, exemplar, None);
                 let tokens = (usage.input_tokens + usage.output_tokens) as f64;
                 for (resource, amount) in [(Resource::Usd, cost), (Resource::Tokens, tokens)] {

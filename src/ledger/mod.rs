@@ -190,6 +190,10 @@ pub struct Ledger {
     last_report: Option<Instant>,
     /// Recent budget transitions, to become span events on the spans open at the time.
     recent_transitions: VecDeque<(i64, String, String, String)>,
+    /// Spend by hour over the last eight days, shared with the API; and this batch's additions,
+    /// put in under one lock after the commit.
+    spend: crate::spend::SharedSpend,
+    spend_batch: Vec<crate::store::HourlySpend>,
     /// Cumulative OTLP streams and which signal family meters each agent instance.
     otlp: crate::otlp::OtlpState,
 }
@@ -436,6 +440,24 @@ impl Ledger {
             });
             let _ = reply.send(answer);
         }
+        // The spend rollup takes the batch's usage under one short write lock.
+        {
+            let mut spend = self
+                .spend
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for usage in self.spend_batch.drain(..) {
+                spend.add(
+                    usage.hour_ms,
+                    &usage.agent,
+                    &usage.model,
+                    usage.tokens,
+                    usage.usd,
+                    received,
+                );
+            }
+            spend.prune(received);
+        }
         // Effects after answers: the status files of the runs this batch changed.
         if let Some(writer) = &self.status_files {
             self.stale_runs.retain(|run| !writer.mark(run));
@@ -445,6 +467,11 @@ impl Ledger {
     }
 
     /// Wires the enforcer, the webhook and the span exporter once they run.
+    /// The spend rollup, for reads beside the ledger.
+    pub fn spend(&self) -> crate::spend::SharedSpend {
+        self.spend.clone()
+    }
+
     pub fn with_actions(
         mut self,
         enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,

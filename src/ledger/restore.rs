@@ -69,6 +69,8 @@ impl Ledger {
             last_report: None,
             recent_transitions: VecDeque::new(),
             otlp: crate::otlp::OtlpState::default(),
+            spend: crate::spend::SharedSpend::default(),
+            spend_batch: Vec::new(),
         };
         ledger.otlp = ledger.store.otlp_state()?;
         if let Some(template) = &config.status_file {
@@ -87,6 +89,22 @@ impl Ledger {
         let totals = ledger.store.totals()?;
         ledger.restore(&totals);
         ledger.restore_budgets(now)?;
+        {
+            let mut spend = ledger
+                .spend
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for hour in ledger.store.spend_by_hour(now - crate::spend::KEPT_MS)? {
+                spend.add(
+                    hour.hour_ms,
+                    &hour.agent,
+                    &hour.model,
+                    hour.tokens,
+                    hour.usd,
+                    now,
+                );
+            }
+        }
         let baselines = ledger.store.baselines()?;
         info!(
             store = %ledger.store.path().display(),

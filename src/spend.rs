@@ -1,0 +1,152 @@
+//! Spend by hour, agent and model over the last eight days, kept as events commit (the ledger
+//! adds each new usage event; a store scan fills it once at start). `/v1/status` and the page
+//! read their 24-hour and 7-day figures from it — whole hours, by the events' timestamps —
+//! instead of scanning raw events, so neither grows slower as the store fills.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, PoisonError, RwLock};
+
+use crate::budget::BudgetStatus;
+use crate::report::{MAX_SPEND_LINES, Omitted, Report, SpendLine};
+
+const HOUR_MS: i64 = 3_600_000;
+/// How far back the rollup keeps hours.
+pub const KEPT_MS: i64 = 8 * 24 * HOUR_MS;
+
+/// (agent, model) → (tokens, USD) within one hour.
+type Pairs = HashMap<(String, String), (u64, f64)>;
+
+#[derive(Debug, Default)]
+pub struct SpendByHour {
+    /// Hour start (ms) → its pairs.
+    hours: BTreeMap<i64, Pairs>,
+}
+
+/// The rollup shared by the ledger (writer) and the API (readers).
+pub type SharedSpend = Arc<RwLock<SpendByHour>>;
+
+fn hour_of(ts_ms: i64) -> i64 {
+    ts_ms - ts_ms.rem_euclid(HOUR_MS)
+}
+
+fn iso(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+impl SpendByHour {
+    /// Adds one event's usage, if it falls within the kept hours before `now_ms`.
+    pub fn add(
+        &mut self,
+        ts_ms: i64,
+        agent: &str,
+        model: &str,
+        tokens: u64,
+        usd: f64,
+        now_ms: i64,
+    ) {
+        if ts_ms < now_ms - KEPT_MS {
+            return;
+        }
+        let slot = self
+            .hours
+            .entry(hour_of(ts_ms))
+            .or_default()
+            .entry((agent.to_string(), model.to_string()))
+            .or_default();
+        slot.0 += tokens;
+        slot.1 += usd;
+    }
+
+    /// Drops hours older than the kept span.
+    pub fn prune(&mut self, now_ms: i64) {
+        let horizon = hour_of(now_ms - KEPT_MS);
+        self.hours = self.hours.split_off(&horizon);
+    }
+
+    /// A report of the whole hours from `from_ms` to `to_ms`: totals, and the costliest
+    /// (day, agent, model) lines with the rest summed; no tasks or failures (those need the
+    /// store: `GET /v1/report`).
+    pub fn report(&self, from_ms: i64, to_ms: i64, budgets: Vec<BudgetStatus>) -> Report {
+        let mut lines: HashMap<(String, &str, &str), (u64, f64)> = HashMap::new();
+        for (hour, pairs) in self.hours.range(hour_of(from_ms)..=to_ms) {
+            let day = iso(*hour).get(..10).unwrap_or_default().to_string();
+            for ((agent, model), (tokens, usd)) in pairs {
+                let line = lines
+                    .entry((day.clone(), agent.as_str(), model.as_str()))
+                    .or_default();
+                line.0 += tokens;
+                line.1 += usd;
+            }
+        }
+        let total_tokens = lines.values().map(|l| l.0).sum();
+        let total_usd = lines.values().fold(0.0, |sum, l| sum + l.1);
+        let mut spend: Vec<SpendLine> = lines
+            .into_iter()
+            .map(|((day, agent, model), (tokens, usd))| SpendLine {
+                day,
+                agent: agent.to_string(),
+                model: model.to_string(),
+                tokens,
+                usd,
+            })
+            .collect();
+        let count = spend.len();
+        spend.sort_by(|a, b| b.usd.total_cmp(&a.usd).then(b.tokens.cmp(&a.tokens)));
+        spend.truncate(MAX_SPEND_LINES);
+        spend.sort_by(|a, b| (&a.day, &a.agent, &a.model).cmp(&(&b.day, &b.agent, &b.model)));
+        let spend_omitted = (count > spend.len()).then(|| Omitted {
+            lines: (count - spend.len()) as u64,
+            tokens: total_tokens - spend.iter().map(|s| s.tokens).sum::<u64>(),
+            usd: (total_usd - spend.iter().fold(0.0, |sum, s| sum + s.usd)).max(0.0),
+        });
+        Report {
+            from: iso(from_ms),
+            to: iso(to_ms),
+            total_usd,
+            total_tokens,
+            spend,
+            spend_omitted,
+            top_tasks: Vec::new(),
+            budgets,
+            failures: Vec::new(),
+        }
+    }
+}
+
+/// Reads the shared rollup.
+pub fn report(spend: &SharedSpend, from_ms: i64, to_ms: i64, budgets: Vec<BudgetStatus>) -> Report {
+    spend
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .report(from_ms, to_ms, budgets)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_795_428_000_000;
+
+    #[test]
+    fn hours_add_up_into_windows_and_old_ones_go() {
+        let mut spend = SpendByHour::default();
+        spend.add(NOW - HOUR_MS, "a", "m", 100, 1.0, NOW);
+        spend.add(NOW - 2 * 86_400_000, "a", "m", 10, 0.5, NOW);
+        spend.add(NOW - 9 * 86_400_000, "a", "m", 999, 9.0, NOW);
+        let day = spend.report(NOW - 86_400_000, NOW, Vec::new());
+        assert_eq!((day.total_tokens, day.total_usd), (100, 1.0));
+        let week = spend.report(NOW - 7 * 86_400_000, NOW, Vec::new());
+        assert_eq!((week.total_tokens, week.total_usd), (110, 1.5));
+        assert_eq!(week.spend.len(), 2, "one line per day");
+        spend.prune(NOW + 7 * 86_400_000);
+        assert_eq!(
+            spend.report(0, NOW * 2, Vec::new()).total_tokens,
+            100,
+            "the day-old hour is still kept"
+        );
+        spend.prune(NOW + 8 * 86_400_000);
+        assert_eq!(spend.report(0, NOW * 2, Vec::new()).total_tokens, 0);
+    }
+}
