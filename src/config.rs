@@ -720,33 +720,18 @@ fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
             ns.into_inner()
         }
     };
-    let max_label_values = match raw.metrics.max_label_values {
-        None => defaults.metrics.max_label_values,
-        Some(max) => {
-            let value = *max.get_ref();
-            if !(1..=1_000_000).contains(&value) {
-                locator.report(
-                    max.span(),
-                    format!("metrics.max_label_values: {value} must be between 1 and 1000000"),
-                );
-            }
-            usize::try_from(value).unwrap_or(defaults.metrics.max_label_values)
-        }
-    };
-
-    let max_series = match raw.metrics.max_series {
-        None => defaults.metrics.max_series,
-        Some(max) => {
-            let value = *max.get_ref();
-            if !(1..=1_000_000).contains(&value) {
-                locator.report(
-                    max.span(),
-                    format!("metrics.max_series: {value} must be between 1 and 1000000"),
-                );
-            }
-            usize::try_from(value).unwrap_or(defaults.metrics.max_series)
-        }
-    };
+    let max_label_values = count_setting(
+        locator,
+        raw.metrics.max_label_values.as_ref(),
+        "metrics.max_label_values",
+        defaults.metrics.max_label_values,
+    );
+    let max_series = count_setting(
+        locator,
+        raw.metrics.max_series.as_ref(),
+        "metrics.max_series",
+        defaults.metrics.max_series,
+    );
 
     let mut targets: Vec<TargetConfig> = Vec::new();
     for raw_target in raw.targets {
@@ -873,6 +858,26 @@ pub fn read_token_file(path: &Path) -> Result<String, String> {
         ));
     }
     Ok(token)
+}
+
+/// A count between 1 and a million.
+fn count_setting(
+    locator: &mut Locator<'_>,
+    raw: Option<&Spanned<i64>>,
+    key: &str,
+    default: usize,
+) -> usize {
+    let Some(max) = raw else {
+        return default;
+    };
+    let value = *max.get_ref();
+    if !(1..=1_000_000).contains(&value) {
+        locator.report(
+            max.span(),
+            format!("{key}: {value} must be between 1 and 1000000"),
+        );
+    }
+    usize::try_from(value).unwrap_or(default)
 }
 
 /// A body cap in bytes, between 1 KiB and 256 MiB.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use serde::Serialize;
 
 pub use crate::metrics::{RefusalReason, Route};
+use crate::report::iso;
 use crate::telemetry::ExportHealth;
 
 /// Readiness facts, set by the parts that know them.
@@ -57,12 +58,6 @@ pub struct Problem {
     pub name: &'static str,
     pub detail: String,
     pub fix: String,
-}
-
-fn iso(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
 }
 
 impl Health {

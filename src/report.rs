@@ -63,7 +63,8 @@ pub struct Report {
     pub failures: Vec<FailureLine>,
 }
 
-fn iso(ms: i64) -> String {
+/// An RFC 3339 time for ms since the epoch; empty when out of range.
+pub fn iso(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
         .map(|t| t.to_string())
         .unwrap_or_default()

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::budget::BudgetStatus;
-use crate::report::{MAX_SPEND_LINES, Omitted, Report, SpendLine};
+use crate::report::{MAX_SPEND_LINES, Omitted, Report, SpendLine, iso};
 
 const HOUR_MS: i64 = 3_600_000;
 /// How far back the rollup keeps hours.
@@ -27,12 +27,6 @@ pub type SharedSpend = Arc<RwLock<SpendByHour>>;
 
 fn hour_of(ts_ms: i64) -> i64 {
     ts_ms - ts_ms.rem_euclid(HOUR_MS)
-}
-
-fn iso(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms)
-        .map(|t| t.to_string())
-        .unwrap_or_default()
 }
 
 impl SpendByHour {

@@ -273,20 +273,9 @@ impl Ledger {
                     let start = priced.len();
                     let mut refused = Vec::new();
                     for (index, event) in events.into_iter().enumerate() {
-                        if let Err(problem) = check_age(event.ts_ms, received, self.retention) {
-                            self.count_event(source, event.body.type_name(), "rejected");
+                        if let Err(problem) = self.admit(event, source, received, &mut priced) {
                             refused.push((index, problem));
-                            continue;
                         }
-                        let cost = match &event.body {
-                            EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
-                            _ => None,
-                        };
-                        priced.push(PricedEvent {
-                            event,
-                            source,
-                            cost,
-                        });
                     }
                     requests.push((start..priced.len(), refused, reply));
                 }
@@ -308,20 +297,11 @@ impl Ledger {
                     let start = priced.len();
                     let mut resolved = resolved;
                     for event in std::mem::take(&mut resolved.events) {
-                        if let Err(problem) = check_age(event.ts_ms, received, self.retention) {
-                            self.count_event(crate::otlp::SOURCE, "llm_usage", "rejected");
+                        if let Err(problem) =
+                            self.admit(event, crate::otlp::SOURCE, received, &mut priced)
+                        {
                             resolved.rejected.push(problem);
-                            continue;
                         }
-                        let cost = match &event.body {
-                            EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
-                            _ => None,
-                        };
-                        priced.push(PricedEvent {
-                            event,
-                            source: crate::otlp::SOURCE,
-                            cost,
-                        });
                     }
                     otlp_rows.extend(resolved.rows);
                     otlp_undo.push(resolved.undo);
@@ -467,6 +447,31 @@ impl Ledger {
     }
 
     /// Wires the enforcer, the webhook and the span exporter once they run.
+    /// Prices an event for this batch's commit, or refuses it (counted) when it is older than
+    /// retention.
+    fn admit(
+        &mut self,
+        event: Event,
+        source: &'static str,
+        received: i64,
+        priced: &mut Vec<PricedEvent>,
+    ) -> Result<(), String> {
+        if let Err(problem) = check_age(event.ts_ms, received, self.retention) {
+            self.count_event(source, event.body.type_name(), "rejected");
+            return Err(problem);
+        }
+        let cost = match &event.body {
+            EventBody::LlmUsage(usage) => Some(self.prices.cost(usage)),
+            _ => None,
+        };
+        priced.push(PricedEvent {
+            event,
+            source,
+            cost,
+        });
+        Ok(())
+    }
+
     /// The spend rollup, for reads beside the ledger.
     pub fn spend(&self) -> crate::spend::SharedSpend {
         self.spend.clone()

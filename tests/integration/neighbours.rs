@@ -93,23 +93,11 @@ document.getElementById("f").submit();
     );
     let site = attacker_site(page);
     let profile = scratch_dir();
-    let output = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--virtual-time-budget=3000",
-            "--dump-dom",
-        ])
-        .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg(&site)
-        .output()
-        .expect("run chromium");
+    let output = crate::util::headless_chromium(
+        browser,
+        profile.path(),
+        &["--dump-dom".to_string(), site.clone()],
+    );
     assert!(output.status.success(), "chromium ran");
     // The browser's requests arrived and were refused as a web page's.
     wait_for("the page's requests to be refused", SETTLE, || {

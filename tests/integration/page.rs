@@ -2,8 +2,6 @@
 //! errors, shows the budget states pushed in, and is captured at desktop and phone widths under
 //! `target/` for a person to look at.
 
-use std::process::Command;
-
 use serde_json::json;
 
 use crate::util::Daemon;
@@ -12,26 +10,9 @@ fn chromium() -> Option<&'static str> {
     crate::util::require_tool("chromium", "apt-get install chromium")
 }
 
-/// Runs headless Chromium with the flags this machine needs; returns (stdout, stderr).
+/// Runs headless Chromium; returns (stdout, stderr).
 fn headless(browser: &str, profile: &std::path::Path, args: &[String]) -> (String, String) {
-    let output = Command::new(browser)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--virtual-time-budget=3000",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .output()
-        .expect("run chromium");
+    let output = crate::util::headless_chromium(browser, profile, args);
     (
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),

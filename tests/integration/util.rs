@@ -558,6 +558,29 @@ pub fn post_oversize(daemon: &Daemon, path: &str, bytes: usize) -> String {
         .to_string()
 }
 
+/// Runs Debian's headless Chromium with the flags this machine needs (no sandbox as root, no
+/// background networking on a closed network) and a fresh profile; returns its output.
+pub fn headless_chromium(browser: &str, profile: &Path, args: &[String]) -> std::process::Output {
+    Command::new(browser)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--virtual-time-budget=3000",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .args(args)
+        .output()
+        .expect("run chromium")
+}
+
 /// Whether `pid` runs. A zombie is dead for this purpose: it runs nothing.
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
