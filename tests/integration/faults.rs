@@ -361,6 +361,14 @@ fn a_target_whose_processes_die_while_it_is_stopped_is_handled() {
             .parse()
             .ok()
     });
+    // The sampler must have seen the tree with its child (it is started before the churn), so
+    // the child is known when its parent's exit orphans it.
+    daemon.wait_metric(
+        "haios_target_processes",
+        &[("target", "agent")],
+        SETTLE,
+        |v| v >= 2.0,
+    );
     daemon.post_events(&usage("over"));
     let status = wait_for("the agent to go", SETTLE, || {
         agent.try_wait().ok().flatten()
