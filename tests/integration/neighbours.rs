@@ -4,7 +4,6 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -193,12 +192,21 @@ fn as_nobody(args: &[&str]) -> Option<()> {
     Some(())
 }
 
-/// A folder owned by `nobody`, as an unprivileged agent's working folder is.
-fn nobody_folder(parent: &Path) -> std::path::PathBuf {
-    let folder = parent.join("agent-owned");
+/// A folder owned by `nobody`, as an unprivileged agent's working folder is. It lives under the
+/// system's temporary folder in a parent anyone may traverse, whatever the permissions of the
+/// checkout's own folders (CI clones into a folder of its own).
+fn nobody_folder() -> (tempfile::TempDir, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = tempfile::Builder::new()
+        .prefix("costmeter-nobody-")
+        .tempdir_in(std::env::temp_dir())
+        .expect("a temporary folder");
+    std::fs::set_permissions(parent.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("traversable");
+    let folder = parent.path().join("agent-owned");
     std::fs::create_dir(&folder).expect("folder");
     std::os::unix::fs::chown(&folder, Some(65534), Some(65534)).expect("chown to nobody");
-    folder
+    (parent, folder)
 }
 
 #[test]
@@ -206,7 +214,7 @@ fn status_file_and_report_writes_never_follow_a_planted_link() {
     let dir = scratch_dir();
     let victim = dir.path().join("root-only");
     std::fs::write(&victim, "secret").expect("victim");
-    let folder = nobody_folder(dir.path());
+    let (_parent, folder) = nobody_folder();
     let link = |name: &str| {
         let target = victim.display().to_string();
         let at = folder.join(name).display().to_string();
@@ -259,7 +267,7 @@ fn a_pid_file_linked_to_root_s_pid_file_is_refused_and_nothing_is_killed() {
     let root_process = Workload::shell("exec sleep 600");
     let root_pid_file = dir.path().join("root-daemon.pid");
     std::fs::write(&root_pid_file, format!("{}\n", root_process.pid())).expect("pid file");
-    let folder = nobody_folder(dir.path());
+    let (_parent, folder) = nobody_folder();
     let agent_pid_file = folder.join("agent.pid");
     if as_nobody(&[
         "ln",
@@ -323,7 +331,9 @@ fn a_fifo_or_a_device_as_pid_file_never_stalls_sampling_or_shutdown() {
         v == 1.0
     });
     assert_eq!(first, 1.0);
-    assert!(daemon.log_count("not a regular file") >= 2);
+    wait_for("both pid files to be refused in the log", SETTLE, || {
+        (daemon.log_count("not a regular file") >= 2).then_some(())
+    });
     let started = std::time::Instant::now();
     let status = daemon.stop();
     assert!(status.success(), "SIGTERM still ends the daemon: {status}");
@@ -600,7 +610,9 @@ fn smaller_holes_are_closed_each_by_name() {
     std::fs::write(&token_file, "second-token-0123456789").expect("new token");
     let (status, _) = daemon.post_with("/v1/reload", "application/json", b"", token);
     assert_eq!(status, 200);
-    assert_eq!(daemon.log_count("the bearer token changed"), 1);
+    wait_for("the token change to be logged", SETTLE, || {
+        (daemon.log_count("the bearer token changed") == 1).then_some(())
+    });
 }
 
 #[test]
