@@ -168,11 +168,11 @@ fn a_process_born_during_the_soft_kill_gets_the_polite_signal_and_its_grace() {
         "term",
         "the process born during the kill got SIGTERM before the SIGKILL"
     );
-    assert!(
+    wait_for("the late SIGTERM to be logged", SETTLE, || {
         daemon
             .logs()
             .iter()
-            .any(|l| l.contains("processes that joined the tree got the signal")),
-        "the late SIGTERM is logged"
-    );
+            .any(|l| l.contains("processes that joined the tree got the signal"))
+            .then_some(())
+    });
 }

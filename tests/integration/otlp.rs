@@ -672,15 +672,17 @@ fn a_body_over_the_cap_is_counted_logged_red_in_doctor_and_its_twin_counts() {
             |v| v == 1.0,
         );
     }
-    assert!(
+    crate::util::wait_for("the log to name the size and the setting", SETTLE, || {
         daemon
             .logs()
             .iter()
-            .any(|l| l.contains("request body over the limit refused")
-                && l.contains("otlp.max_body_bytes")
-                && l.contains(&format!("{}", large.len()))),
-        "the log names the size and the setting"
-    );
+            .any(|l| {
+                l.contains("request body over the limit refused")
+                    && l.contains("otlp.max_body_bytes")
+                    && l.contains(&format!("{}", large.len()))
+            })
+            .then_some(())
+    });
     let (code, answer) = crate::verbs::doctor(&format!("http://{}", daemon.addr));
     assert_eq!(code, 3, "{answer}");
     let refused = crate::verbs::finding(&answer, "refused bodies");
