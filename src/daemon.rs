@@ -210,7 +210,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                 .map_err(|source| DaemonError::BindGrpc { addr, source })?;
             let grpc_addr = grpc_listener.local_addr().map_err(DaemonError::Serve)?;
             let receiver = crate::api::otlp_grpc::Receiver {
-                ledger: ledger_tx.clone(),
+                ledger: crate::ledger::LedgerHandle::new(ledger_tx.clone()),
                 defaults: crate::otlp::Defaults {
                     agent: config.otlp.default_agent.clone(),
                 },
@@ -245,7 +245,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         reload: reload_tx,
         metrics,
         health: health.clone(),
-        ledger: ledger_tx.clone(),
+        ledger: crate::ledger::LedgerHandle::new(ledger_tx.clone()),
         token: token.clone(),
         max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
         targets: config.targets.iter().map(|t| t.name.clone()).collect(),

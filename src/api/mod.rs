@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use crate::budget::{BudgetStatus, State as BudgetState};
 use crate::health::{Health, Refusal, RefusalReason, Route};
 use crate::ingest::{self, BodyError, event};
-use crate::ledger::{LedgerInput, LedgerSender};
+use crate::ledger::{LedgerHandle, LedgerInput, LedgerUnavailable};
 use crate::metrics::Metrics;
 use crate::metrics::exposition::{Format, render};
 use crate::runs::RunFilter;
@@ -28,7 +28,7 @@ pub mod otlp_grpc;
 pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub health: Arc<Health>,
-    pub ledger: LedgerSender,
+    pub ledger: LedgerHandle,
     /// Bearer token `/v1/*` writes must present, when configured.
     pub token: Option<String>,
     pub max_body_bytes: usize,
@@ -199,23 +199,7 @@ async fn post_events(
         )
             .into_response();
     }
-    let (reply, answer) = oneshot::channel();
-    let sent = state
-        .ledger
-        .send(LedgerInput::Events {
-            source: "http",
-            events,
-            rejected: rejected_types,
-            reply,
-        })
-        .await;
-    let stored = match sent {
-        Ok(()) => answer
-            .await
-            .unwrap_or_else(|_| Err("the ledger stopped".to_string())),
-        Err(_) => Err("the ledger stopped".to_string()),
-    };
-    match stored {
+    match state.ledger.events("http", events, rejected_types).await {
         Ok(answer) => {
             let accepted = answer.fresh.iter().filter(|new| **new).count();
             for (sent, problem) in answer.refused {
@@ -238,13 +222,16 @@ async fn post_events(
             )
                 .into_response()
         }
-        Err(problem) => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the store cannot take writes ({problem}); nothing from this request was recorded, retry later"
-            ),
-        ),
+        Err(problem) => unavailable(&problem),
     }
+}
+
+/// The one answer to a ledger that could not answer: 503, nothing recorded, retry.
+fn unavailable(problem: &LedgerUnavailable) -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!("{problem}; nothing from this request was recorded, retry later"),
+    )
 }
 
 /// The answer to a body that could not be read.
@@ -286,7 +273,7 @@ async fn refuse_oversize(
     };
     let _ = state
         .ledger
-        .send(LedgerInput::Refused { refusal, signal })
+        .tell(LedgerInput::Refused { refusal, signal })
         .await;
 }
 
@@ -294,7 +281,7 @@ async fn refuse_oversize(
 async fn blocked(state: &AppState, route: Route, reason: RefusalReason) {
     let _ = state
         .ledger
-        .send(LedgerInput::Blocked { route, reason })
+        .tell(LedgerInput::Blocked { route, reason })
         .await;
 }
 
@@ -303,7 +290,7 @@ async fn count_rejected(state: &AppState, source: &'static str, types: Vec<&'sta
     let (reply, _) = oneshot::channel();
     let _ = state
         .ledger
-        .send(LedgerInput::Events {
+        .tell(LedgerInput::Events {
             source,
             events: Vec::new(),
             rejected: types,
@@ -314,18 +301,9 @@ async fn count_rejected(state: &AppState, source: &'static str, types: Vec<&'sta
 
 /// `GET /v1/pricing/status`: the price table's health and the models priced at 0.
 async fn pricing_status(State(state): State<Arc<AppState>>) -> Response {
-    let (reply, answer) = oneshot::channel();
-    if state
-        .ledger
-        .send(LedgerInput::PricingStatus(reply))
-        .await
-        .is_err()
-    {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped");
-    }
-    match answer.await {
+    match state.ledger.pricing_status().await {
         Ok(status) => axum::Json(status).into_response(),
-        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped"),
+        Err(problem) => unavailable(&problem),
     }
 }
 
@@ -362,18 +340,11 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 /// Asks the ledger for every budget's state.
 async fn budget_statuses(state: &AppState) -> Result<Vec<BudgetStatus>, Response> {
-    let (reply, answer) = oneshot::channel();
-    if state
+    state
         .ledger
-        .send(LedgerInput::Budgets(reply))
+        .budgets()
         .await
-        .is_err()
-    {
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped"));
-    }
-    answer
-        .await
-        .map_err(|_| error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped"))
+        .map_err(|problem| unavailable(&problem))
 }
 
 /// `GET /v1/budgets`: every budget with limit, used, ratio, state and window.
@@ -469,13 +440,8 @@ async fn alerts(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bo
         match decision.action {
             Ok(order) => {
                 let target = order.target.clone();
-                if state
-                    .ledger
-                    .send(LedgerInput::Enforce(order))
-                    .await
-                    .is_err()
-                {
-                    return error(StatusCode::SERVICE_UNAVAILABLE, "the ledger stopped");
+                if let Err(problem) = state.ledger.tell(LedgerInput::Enforce(order)).await {
+                    return unavailable(&problem);
                 }
                 actions.push(json!({"alert": decision.alert, "target": target, "action": "soft_kill", "fingerprint": decision.fingerprint}));
             }

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use super::{AppState, authorized, count_rejected};
 use crate::health::{RefusalReason, Route};
-use crate::ledger::{LedgerInput, LedgerSender, OtlpAnswer};
+use crate::ledger::OtlpAnswer;
 use crate::otlp::decode::{self, DecodeError, Encoding, Signal};
 use crate::otlp::{Mapped, SOURCE, mapping};
 use crate::server::BodyProblem;
@@ -218,7 +218,7 @@ async fn receive(
             decode::success_body(signal, encoding, 0, ""),
         );
     }
-    match submit(&state.ledger, mapped).await {
+    match state.ledger.otlp(mapped).await {
         Ok(result) => {
             let (rejected, message) = partial_success(&result);
             answer(
@@ -232,21 +232,9 @@ async fn receive(
             encoding,
             UNAVAILABLE,
             &format!(
-                "the store cannot take writes ({problem}); nothing from this request was recorded, the exporter should retry"
+                "{problem}; nothing from this request was recorded, the exporter should retry"
             ),
         ),
-    }
-}
-
-/// Hands one mapped request to the ledger and waits for its verdict; the error means nothing
-/// was recorded and the exporter should retry.
-pub(crate) async fn submit(ledger: &LedgerSender, mapped: Mapped) -> Result<OtlpAnswer, String> {
-    let (reply, answered) = tokio::sync::oneshot::channel();
-    match ledger.send(LedgerInput::Otlp { mapped, reply }).await {
-        Ok(()) => answered
-            .await
-            .unwrap_or_else(|_| Err("the ledger stopped".to_string())),
-        Err(_) => Err("the ledger stopped".to_string()),
     }
 }
 

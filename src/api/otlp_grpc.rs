@@ -28,14 +28,14 @@ use tokio::net::TcpListener;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
-use super::otlp::{partial_success, submit};
-use crate::ledger::LedgerSender;
+use super::otlp::partial_success;
+use crate::ledger::LedgerHandle;
 use crate::otlp::{Defaults, Mapped, mapping};
 
 /// What the three services share.
 #[derive(Clone)]
 pub struct Receiver {
-    pub ledger: LedgerSender,
+    pub ledger: LedgerHandle,
     pub defaults: Defaults,
     /// Bearer token exporters must send (`authorization` metadata), when configured.
     pub token: Option<String>,
@@ -65,9 +65,9 @@ impl Receiver {
         if mapped.records.is_empty() && mapped.points.is_empty() && mapped.rejected.is_empty() {
             return Ok((0, String::new()));
         }
-        let answer = submit(&self.ledger, mapped).await.map_err(|problem| {
+        let answer = self.ledger.otlp(mapped).await.map_err(|problem| {
             Status::unavailable(format!(
-                "the store cannot take writes ({problem}); nothing from this request was recorded, retry later"
+                "{problem}; nothing from this request was recorded, retry later"
             ))
         })?;
         let (rejected, message) = partial_success(&answer);
@@ -145,13 +145,13 @@ impl LogsService for Receiver {
 #[derive(Clone)]
 struct CountOversize<S> {
     inner: S,
-    ledger: LedgerSender,
+    ledger: LedgerHandle,
     limit: u64,
 }
 
 #[derive(Clone)]
 struct CountOversizeLayer {
-    ledger: LedgerSender,
+    ledger: LedgerHandle,
     limit: u64,
 }
 
@@ -228,7 +228,7 @@ where
                 });
             if let Some(refusal) = refusal {
                 let _ = ledger
-                    .send(crate::ledger::LedgerInput::Refused { refusal, signal })
+                    .tell(crate::ledger::LedgerInput::Refused { refusal, signal })
                     .await;
             }
             Ok(response)

@@ -56,12 +56,12 @@ pub enum LedgerInput {
         source: &'static str,
         events: Vec<Event>,
         rejected: Vec<&'static str>,
-        reply: oneshot::Sender<Result<EventsAnswer, String>>,
+        reply: oneshot::Sender<Result<EventsAnswer, LedgerUnavailable>>,
     },
     /// One OTLP export request, mapped; cumulative streams become deltas here.
     Otlp {
         mapped: crate::otlp::Mapped,
-        reply: oneshot::Sender<Result<OtlpAnswer, String>>,
+        reply: oneshot::Sender<Result<OtlpAnswer, LedgerUnavailable>>,
     },
     Reading(TargetReading),
     /// A target was removed from the config: its gauges go.
@@ -222,6 +222,8 @@ fn now_ms() -> i64 {
 }
 
 mod apply;
+mod handle;
+pub use handle::{LedgerHandle, LedgerUnavailable};
 mod effects;
 mod judge;
 mod restore;
@@ -351,7 +353,7 @@ impl Ledger {
             })
             .collect();
 
-        let outcome: Result<Vec<bool>, String> = if priced.is_empty()
+        let outcome: Result<Vec<bool>, LedgerUnavailable> = if priced.is_empty()
             && rows.is_empty()
             && otlp_rows.is_empty()
         {
@@ -380,7 +382,7 @@ impl Ledger {
                     for undo in otlp_undo.into_iter().rev() {
                         self.otlp.rollback(undo);
                     }
-                    Err(failure.to_string())
+                    Err(LedgerUnavailable::Store(failure.to_string()))
                 }
             }
         };
