@@ -44,6 +44,22 @@ pub struct Omitted {
     pub usd: f64,
 }
 
+impl Omitted {
+    /// What `listed` left out of `count` lines summing to the totals; `None` when nothing.
+    pub fn of(
+        count: usize,
+        total_tokens: u64,
+        total_usd: f64,
+        listed: &[SpendLine],
+    ) -> Option<Omitted> {
+        (count > listed.len()).then(|| Omitted {
+            lines: (count - listed.len()) as u64,
+            tokens: total_tokens.saturating_sub(listed.iter().map(|s| s.tokens).sum()),
+            usd: (total_usd - listed.iter().fold(0.0, |sum, s| sum + s.usd)).max(0.0),
+        })
+    }
+}
+
 /// Most spend lines a report lists: the costliest; the rest are summed in `spend_omitted`.
 pub const MAX_SPEND_LINES: usize = 200;
 
@@ -116,11 +132,12 @@ impl Store {
             .map_err(read)?;
         spend.sort_by(|a, b| (&a.day, &a.agent, &a.model).cmp(&(&b.day, &b.agent, &b.model)));
         let total_tokens = u64::try_from(total_tokens).unwrap_or(0);
-        let spend_omitted = (usize::try_from(count).unwrap_or(0) > spend.len()).then(|| Omitted {
-            lines: u64::try_from(count).unwrap_or(0) - spend.len() as u64,
-            tokens: total_tokens.saturating_sub(spend.iter().map(|s| s.tokens).sum()),
-            usd: (total_usd - spend.iter().fold(0.0, |sum, s| sum + s.usd)).max(0.0),
-        });
+        let spend_omitted = Omitted::of(
+            usize::try_from(count).unwrap_or(0),
+            total_tokens,
+            total_usd,
+            &spend,
+        );
         let mut statement = self
             .conn()
             .prepare(

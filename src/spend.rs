@@ -90,11 +90,7 @@ impl SpendByHour {
         spend.sort_by(|a, b| b.usd.total_cmp(&a.usd).then(b.tokens.cmp(&a.tokens)));
         spend.truncate(MAX_SPEND_LINES);
         spend.sort_by(|a, b| (&a.day, &a.agent, &a.model).cmp(&(&b.day, &b.agent, &b.model)));
-        let spend_omitted = (count > spend.len()).then(|| Omitted {
-            lines: (count - spend.len()) as u64,
-            tokens: total_tokens - spend.iter().map(|s| s.tokens).sum::<u64>(),
-            usd: (total_usd - spend.iter().fold(0.0, |sum, s| sum + s.usd)).max(0.0),
-        });
+        let spend_omitted = Omitted::of(count, total_tokens, total_usd, &spend);
         Report {
             from: iso(from_ms),
             to: iso(to_ms),
