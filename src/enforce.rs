@@ -311,12 +311,17 @@ impl Enforcer {
                     }
                 }
             };
-        let seen: HashSet<i32> = roots.iter().map(|m| m.pid).collect();
+        // The tree is taken before the roots are signalled: a root that exits at once orphans
+        // its children, which a scan after the signal no longer finds below it (and the next
+        // sample may already have replaced what the sampler last published). Entries of the
+        // snapshot are checked by start time when their pidfd is opened, so none is stale.
+        let snapshot = self.members(target, &mut report.refused);
+        let mut seen: HashSet<i32> = roots.iter().map(|m| m.pid).collect();
         signal_all(roots, &mut handles, &mut report);
-        let rest: Vec<Identity> = self
-            .members(target, &mut report.refused)
+        let rest: Vec<Identity> = snapshot
             .into_iter()
-            .filter(|m| !seen.contains(&m.pid))
+            .chain(self.members(target, &mut Vec::new()))
+            .filter(|m| seen.insert(m.pid))
             .collect();
         signal_all(rest, &mut handles, &mut report);
         info!(target_name = %order.target, reason = %order.reason, signal = %self.config.signal_name, signalled = report.signalled, "soft-kill: signal sent");
