@@ -277,12 +277,18 @@ async fn refuse_oversize(
         .await;
 }
 
-/// Tells the ledger about a request the guard or a content-type check refused.
+/// Counts a request the guard or a content-type check refused, and logs it at the 1st, 2nd,
+/// 4th, 8th… time, so a flood fills neither the log nor the ledger's inbox.
 async fn blocked(state: &AppState, route: Route, reason: RefusalReason) {
-    let _ = state
-        .ledger
-        .tell(LedgerInput::Blocked { route, reason })
-        .await;
+    let count = state.metrics.count_refused(route, reason);
+    if count.is_power_of_two() {
+        tracing::warn!(
+            route = route.label(),
+            reason = reason.label(),
+            count,
+            "request refused before its handler (web page, foreign Host, content type or item count); logged at the 1st, 2nd, 4th, 8th… time"
+        );
+    }
 }
 
 /// Tells the ledger about events rejected before reaching it, so `events_total` counts them.

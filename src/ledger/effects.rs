@@ -62,27 +62,6 @@ impl Ledger {
         signal.map(|s| self.otlp.release(s)).unwrap_or_default()
     }
 
-    pub(super) fn blocked(
-        &mut self,
-        route: crate::health::Route,
-        reason: crate::health::RefusalReason,
-    ) {
-        let counter = self
-            .metrics
-            .requests_refused_total
-            .get_or_create(&crate::metrics::RefusedLabels { route, reason });
-        counter.inc();
-        let count = counter.get();
-        if count.is_power_of_two() {
-            warn!(
-                route = route.label(),
-                reason = reason.label(),
-                count,
-                "request refused before its handler (web page, foreign Host or content type); logged at the 1st, 2nd, 4th, 8th… time"
-            );
-        }
-    }
-
     pub(super) fn pricing_status(&self) -> PricingStatus {
         let mut unknown: Vec<&UnknownModel> = self.unknown_models.values().collect();
         unknown.sort_by(|a, b| b.events.cmp(&a.events).then_with(|| a.model.cmp(&b.model)));

@@ -77,12 +77,6 @@ pub enum LedgerInput {
         refusal: crate::health::Refusal,
         signal: Option<crate::otlp::Signal>,
     },
-    /// A request refused by the cross-site guard or for its content type: counted, and logged
-    /// at growing intervals so a flood cannot flood the log.
-    Blocked {
-        route: crate::health::Route,
-        reason: crate::health::RefusalReason,
-    },
     /// What enforcement did, to count and record.
     Enforced(KillReport),
 }
@@ -326,7 +320,6 @@ impl Ledger {
                 LedgerInput::Refused { refusal, signal } => {
                     otlp_rows.extend(self.refused(refusal, signal, received));
                 }
-                LedgerInput::Blocked { route, reason } => self.blocked(route, reason),
                 LedgerInput::Enforced(report) => {
                     // Sightings from before the report are of processes it just stopped.
                     self.kills_in_flight.remove(&report.target);

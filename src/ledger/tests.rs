@@ -288,29 +288,6 @@ fn a_refused_body_is_counted_and_becomes_a_problem() {
 }
 
 #[test]
-fn blocked_requests_are_counted_by_route_and_reason() {
-    let mut f = fixture("");
-    for _ in 0..3 {
-        f.ledger.process(
-            vec![LedgerInput::Blocked {
-                route: Route::alerts,
-                reason: RefusalReason::foreign_origin,
-            }],
-            NOW,
-        );
-    }
-    let counted = f
-        .metrics
-        .requests_refused_total
-        .get_or_create(&RefusedLabels {
-            route: Route::alerts,
-            reason: RefusalReason::foreign_origin,
-        })
-        .get();
-    assert_eq!(counted, 3);
-}
-
-#[test]
 fn an_unpriced_model_is_tallied_counted_and_marked_for_usd_budgets() {
     let mut f = fixture("");
     let event = crate::ingest::event::validate(

@@ -265,6 +265,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a request refused before its handler (the cross-site guard, a content type, an
+    /// item count); returns the count so far. An atomic, on the request's task: a flood of
+    /// refused requests never queues in the ledger's inbox beside real events.
+    pub fn count_refused(&self, route: Route, reason: RefusalReason) -> u64 {
+        let counter = self
+            .requests_refused_total
+            .get_or_create(&RefusedLabels { route, reason });
+        counter.inc();
+        counter.get()
+    }
+
     /// (target, up, CPU seconds, RSS bytes) of each of `targets`, read from the series, not
     /// from a rendered exposition.
     pub fn target_figures(&self, targets: &[String]) -> Vec<(String, f64, f64, f64)> {
@@ -557,4 +568,25 @@ impl Metrics {
 
 fn saturating_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refused_requests_are_counted_by_route_and_reason() {
+        let metrics = Metrics::new("haios", 10, 10);
+        for expected in 1..=3 {
+            assert_eq!(
+                metrics.count_refused(Route::alerts, RefusalReason::foreign_origin),
+                expected
+            );
+        }
+        assert_eq!(
+            metrics.count_refused(Route::events, RefusalReason::foreign_origin),
+            1,
+            "each route has its own series"
+        );
+    }
 }
