@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Workload, alive, scratch_dir, wait_for};
+use crate::util::{Daemon, Workload, alive, at, scratch_dir, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(20);
 /// The exit status `costmeter exec` leaves with when a budget stopped the command.
@@ -228,6 +228,8 @@ fn a_calendar_budget_publishes_its_window_end() {
         "[[budget]]\nname = \"daily\"\nresource = \"usd\"\nlimit = 10.0\nwindow = \"day\"\nagent = \"coder\"\n",
     );
     daemon.post_events(&usage("u1", "coder", 10, 1.0));
+    // Read the clock on both sides of the scrape: the test may straddle midnight UTC.
+    let before = jiff::Timestamp::now().as_second() as f64;
     let end = daemon
         .scrape()
         .value(
@@ -235,9 +237,9 @@ fn a_calendar_budget_publishes_its_window_end() {
             &[("budget", "daily"), ("resource", "usd")],
         )
         .expect("a calendar window has an end");
-    let now = jiff::Timestamp::now().as_second() as f64;
+    let after = jiff::Timestamp::now().as_second() as f64;
     assert!(
-        end > now && end <= now + 86_400.0 && end % 86_400.0 == 0.0,
+        end > before && end <= after + 86_400.0 && end % 86_400.0 == 0.0,
         "next UTC midnight: {end}"
     );
 }
@@ -284,7 +286,7 @@ fn alertmanager_payload(target: &str) -> Value {
             "labels": {"alertname": "BudgetExceeded", "code": "BUDGET_EXCEEDED", "costmeter_action": "soft_kill",
                        "target": target, "severity": "critical", "budget": "fleet-usd"},
             "annotations": {"summary": "fleet spend over budget"},
-            "startsAt": "2026-11-23T10:00:00.000Z",
+            "startsAt": at("10:00:00.000"),
             "endsAt": "0001-01-01T00:00:00Z",
             "generatorURL": "http://prometheus:9090/graph?g0.expr=...",
             "fingerprint": "c2d4d0ab3f6f9a8e"
@@ -292,7 +294,7 @@ fn alertmanager_payload(target: &str) -> Value {
             "status": "firing",
             "labels": {"alertname": "BudgetExceeded", "costmeter_action": "soft_kill", "target": "not-here"},
             "annotations": {},
-            "startsAt": "2026-11-23T10:00:00.000Z",
+            "startsAt": at("10:00:00.000"),
             "endsAt": "0001-01-01T00:00:00Z",
             "generatorURL": "",
             "fingerprint": "0000000000000001"

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Workload, proc_cpu_seconds, wait_for, write};
+use crate::util::{Daemon, Workload, at, proc_cpu_seconds, wait_for, write};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -33,13 +33,13 @@ fn every_event_type_is_accepted_and_moves_its_series() {
     let daemon = Daemon::start("");
     let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
     let answer = daemon.post_events(&json!([
-        {"type": "run_start", "run_id": "r1", "agent": "coder", "ts": "2026-11-23T10:00:00Z"},
-        {"type": "task_start", "task_id": "t1", "run_id": "r1", "task_type": "build", "ts": "2026-11-23T10:00:00Z"},
+        {"type": "run_start", "run_id": "r1", "agent": "coder", "ts": at("10:00:00")},
+        {"type": "task_start", "task_id": "t1", "run_id": "r1", "task_type": "build", "ts": at("10:00:00")},
         {"type": "llm_usage", "agent": "coder", "model": "claude-sonnet-4-5", "task_id": "t1", "trace_id": trace,
          "input_tokens": 10000, "cache_read_tokens": 6000, "cache_write_tokens": 2000, "output_tokens": 1000},
         {"type": "lock_wait", "seconds": 0.003, "lock": "registry"},
         {"type": "file_write", "task_id": "t1", "bytes": 4096, "path": "/tmp/out.txt"},
-        {"type": "task_end", "task_id": "t1", "run_id": "r1", "task_type": "build", "result": "success", "ts": "2026-11-23T10:00:42Z"},
+        {"type": "task_end", "task_id": "t1", "run_id": "r1", "task_type": "build", "result": "success", "ts": at("10:00:42")},
         {"type": "run_end", "run_id": "r1", "result": "failure", "failure_class": "tool", "error_summary": "pytest exited 1"}
     ]));
     assert_eq!(

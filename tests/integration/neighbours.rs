@@ -342,8 +342,10 @@ fn a_fifo_or_a_device_as_pid_file_never_stalls_sampling_or_shutdown() {
 
 #[test]
 fn a_back_dated_ts_is_charged_at_receipt_and_one_older_than_retention_is_refused() {
+    // Rolling windows: a calendar day would roll over between the post and the read when the
+    // test runs at midnight UTC (it once did, in CI).
     let daemon = Daemon::start(
-        "[[budget]]\nname = \"daily\"\nresource = \"usd\"\nlimit = 10.0\nwindow = \"day\"\n\n\
+        "[[budget]]\nname = \"daily\"\nresource = \"usd\"\nlimit = 10.0\nwindow = \"24h\"\n\n\
          [[budget]]\nname = \"hourly\"\nresource = \"usd\"\nlimit = 10.0\nwindow = \"1h\"\non_exceed = \"alert\"\n",
     );
     let twenty_days_ago = jiff::Timestamp::now()

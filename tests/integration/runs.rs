@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, Workload};
+use crate::util::{Daemon, Workload, at};
 
 const SETTLE: Duration = Duration::from_secs(20);
 
@@ -17,8 +17,8 @@ fn get_json(daemon: &Daemon, path: &str) -> (u16, Value) {
 fn post_runs(daemon: &Daemon, count: usize) {
     let mut events = Vec::new();
     for i in 0..count {
-        let start = format!("2026-11-23T10:{:02}:00Z", i);
-        let end = format!("2026-11-23T10:{:02}:30Z", i);
+        let start = at(&format!("10:{:02}:00", i));
+        let end = at(&format!("10:{:02}:30", i));
         let (result, class) = if i % 2 == 0 {
             ("success", Value::Null)
         } else {
@@ -106,7 +106,7 @@ fn filters_narrow_the_list_and_a_filter_can_match_nothing() {
         vec!["r03", "r01"]
     );
     assert_eq!(
-        ids("/v1/runs?since=2026-11-23T10:05:00Z"),
+        ids(&format!("/v1/runs?since={}", at("10:05:00"))),
         vec!["r06", "r05"]
     );
     assert!(ids("/v1/runs?agent=nobody").is_empty());
@@ -185,11 +185,11 @@ fn a_task_carries_its_cost_record() {
 fn the_status_file_holds_each_task_with_its_cost_record() {
     let daemon = Daemon::start("[status_file]\npath = \"exec_status_{g}.txt\"\n");
     daemon.post_events(&json!([
-        {"type": "task_start", "task_id": "t-1", "run_id": "run-9", "task_type": "build", "ts": "2026-11-23T10:00:00Z"},
+        {"type": "task_start", "task_id": "t-1", "run_id": "run-9", "task_type": "build", "ts": at("10:00:00")},
         {"type": "llm_usage", "agent": "coder", "model": "gpt-5", "task_id": "t-1", "input_tokens": 500, "output_tokens": 20, "cost_usd": 0.01},
-        {"type": "task_end", "task_id": "t-1", "run_id": "run-9", "task_type": "build", "result": "success", "ts": "2026-11-23T10:00:10Z"},
-        {"type": "task_start", "task_id": "t-2", "run_id": "run-9", "task_type": "test", "ts": "2026-11-23T10:00:10Z"},
-        {"type": "task_end", "task_id": "t-2", "run_id": "run-9", "task_type": "test", "result": "failure", "failure_class": "tool", "ts": "2026-11-23T10:00:15Z"}
+        {"type": "task_end", "task_id": "t-1", "run_id": "run-9", "task_type": "build", "result": "success", "ts": at("10:00:10")},
+        {"type": "task_start", "task_id": "t-2", "run_id": "run-9", "task_type": "test", "ts": at("10:00:10")},
+        {"type": "task_end", "task_id": "t-2", "run_id": "run-9", "task_type": "test", "result": "failure", "failure_class": "tool", "ts": at("10:00:15")}
     ]));
     let path = daemon.dir.path().join("exec_status_run-9.txt");
     // Written after the answer, by the status-file writer.

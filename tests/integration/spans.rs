@@ -17,7 +17,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 use serde_json::json;
 
-use crate::util::{Daemon, wait_for};
+use crate::util::{Daemon, at, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(20);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -132,14 +132,14 @@ fn nanos(iso: &str) -> u64 {
 
 fn drive_a_run(daemon: &Daemon) {
     daemon.post_events(&json!([
-        {"type": "run_start", "run_id": "run-7", "agent": "coder", "ts": "2026-11-23T10:00:00Z", "trace_id": TRACE},
+        {"type": "run_start", "run_id": "run-7", "agent": "coder", "ts": at("10:00:00"), "trace_id": TRACE},
         {"type": "task_start", "task_id": "t-1", "run_id": "run-7", "task_type": "build", "agent": "coder",
-         "ts": "2026-11-23T10:00:01Z", "trace_id": TRACE, "span_id": AGENT_SPAN},
+         "ts": at("10:00:01"), "trace_id": TRACE, "span_id": AGENT_SPAN},
         {"type": "llm_usage", "agent": "coder", "model": "claude-sonnet-4-5", "task_id": "t-1", "run_id": "run-7",
          "input_tokens": 10000, "cache_read_tokens": 6000, "cache_write_tokens": 2000, "output_tokens": 1000, "trace_id": TRACE},
-        {"type": "file_write", "task_id": "t-1", "bytes": 4096, "path": "src/main.rs", "ts": "2026-11-23T10:00:05Z"},
-        {"type": "task_end", "task_id": "t-1", "run_id": "run-7", "task_type": "build", "result": "success", "ts": "2026-11-23T10:00:20Z"},
-        {"type": "run_end", "run_id": "run-7", "result": "failure", "failure_class": "tool", "error_summary": "tests failed", "ts": "2026-11-23T10:00:30Z"}
+        {"type": "file_write", "task_id": "t-1", "bytes": 4096, "path": "src/main.rs", "ts": at("10:00:05")},
+        {"type": "task_end", "task_id": "t-1", "run_id": "run-7", "task_type": "build", "result": "success", "ts": at("10:00:20")},
+        {"type": "run_end", "run_id": "run-7", "result": "failure", "failure_class": "tool", "error_summary": "tests failed", "ts": at("10:00:30")}
     ]));
 }
 
@@ -176,11 +176,11 @@ fn assert_spans_of_the_run(received: &Received) {
         file.parent_span_id, task.span_id,
         "file_write is a child of its task"
     );
-    assert_eq!(plan.start_time_unix_nano, nanos("2026-11-23T10:00:00Z"));
-    assert_eq!(plan.end_time_unix_nano, nanos("2026-11-23T10:00:30Z"));
-    assert_eq!(task.start_time_unix_nano, nanos("2026-11-23T10:00:01Z"));
-    assert_eq!(task.end_time_unix_nano, nanos("2026-11-23T10:00:20Z"));
-    assert_eq!(file.start_time_unix_nano, nanos("2026-11-23T10:00:05Z"));
+    assert_eq!(plan.start_time_unix_nano, nanos(&at("10:00:00")));
+    assert_eq!(plan.end_time_unix_nano, nanos(&at("10:00:30")));
+    assert_eq!(task.start_time_unix_nano, nanos(&at("10:00:01")));
+    assert_eq!(task.end_time_unix_nano, nanos(&at("10:00:20")));
+    assert_eq!(file.start_time_unix_nano, nanos(&at("10:00:05")));
     let task_attributes = attributes(task);
     assert_eq!(task_attributes["task.type"], "build");
     assert_eq!(task_attributes["result"], "success");

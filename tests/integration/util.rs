@@ -670,3 +670,17 @@ pub fn otel_python() -> Option<PathBuf> {
         })
         .clone()
 }
+
+/// A timestamp at `time` (`HH:MM:SS`, optionally with a fraction) on yesterday's UTC date, fixed
+/// for the whole test process: old enough that `since=1h` excludes it, and always within the
+/// store's retention, however far the calendar moves from when the test was written.
+pub fn at(time: &str) -> String {
+    static DAY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let day = DAY.get_or_init(|| {
+        let yesterday = jiff::Timestamp::now()
+            .checked_sub(jiff::SignedDuration::from_hours(24))
+            .expect("time");
+        yesterday.strftime("%Y-%m-%d").to_string()
+    });
+    format!("{day}T{time}Z")
+}

@@ -4,7 +4,7 @@ use std::process::Command;
 
 use serde_json::{Value, json};
 
-use crate::util::{Daemon, costmeter_bin};
+use crate::util::{Daemon, at, costmeter_bin};
 
 fn verb(daemon: &Daemon, args: &[&str]) -> (i32, String, String) {
     let output = Command::new(costmeter_bin())
@@ -30,14 +30,14 @@ fn seeded() -> Daemon {
         "[[budget]]\nname = \"coder-usd\"\nresource = \"usd\"\nlimit = 2.0\nagent = \"coder\"\non_exceed = \"alert\"\n",
     );
     daemon.post_events(&json!([
-        {"type": "run_start", "run_id": "run-ok", "agent": "coder", "ts": "2026-11-23T09:00:00Z"},
-        {"type": "run_end", "run_id": "run-ok", "result": "success", "ts": "2026-11-23T09:01:00Z"},
-        {"type": "run_start", "run_id": "run-bad", "agent": "coder", "ts": "2026-11-23T10:00:00Z"},
-        {"type": "task_start", "task_id": "t-9", "run_id": "run-bad", "task_type": "test", "ts": "2026-11-23T10:00:01Z"},
+        {"type": "run_start", "run_id": "run-ok", "agent": "coder", "ts": at("09:00:00")},
+        {"type": "run_end", "run_id": "run-ok", "result": "success", "ts": at("09:01:00")},
+        {"type": "run_start", "run_id": "run-bad", "agent": "coder", "ts": at("10:00:00")},
+        {"type": "task_start", "task_id": "t-9", "run_id": "run-bad", "task_type": "test", "ts": at("10:00:01")},
         {"type": "llm_usage", "agent": "coder", "model": "gpt-5", "task_id": "t-9", "input_tokens": 1000, "output_tokens": 100, "cost_usd": 1.9},
         {"type": "llm_usage", "agent": "coder", "model": "secret-model", "input_tokens": 10, "output_tokens": 1},
-        {"type": "task_end", "task_id": "t-9", "run_id": "run-bad", "task_type": "test", "result": "failure", "ts": "2026-11-23T10:00:09Z"},
-        {"type": "run_end", "run_id": "run-bad", "result": "failure", "failure_class": "tool", "error_summary": "pytest exited 1", "ts": "2026-11-23T10:00:10Z"}
+        {"type": "task_end", "task_id": "t-9", "run_id": "run-bad", "task_type": "test", "result": "failure", "ts": at("10:00:09")},
+        {"type": "run_end", "run_id": "run-bad", "result": "failure", "failure_class": "tool", "error_summary": "pytest exited 1", "ts": at("10:00:10")}
     ]));
     daemon
 }
