@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use jiff::tz::TimeZone;
 use jiff::{Timestamp, ToSpan};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// What a budget limits. Base units: USD, tokens, CPU seconds, bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Resource {
     Usd,
@@ -130,7 +130,7 @@ pub enum Scope {
     Target(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnExceed {
     SoftKill,
@@ -149,7 +149,7 @@ pub struct BudgetSpec {
     pub on_exceed: OnExceed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum State {
     Ok = 0,
@@ -177,7 +177,7 @@ impl State {
 }
 
 /// A state change worth announcing.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TransitionKind {
     /// Crossed `warn_at`.
     #[serde(rename = "budget_warning")]
@@ -219,7 +219,7 @@ pub struct Charge<'a> {
 }
 
 /// A budget's state now, for the API and metrics.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BudgetStatus {
     pub name: String,
     pub resource: Resource,
@@ -245,6 +245,35 @@ pub struct BudgetStatus {
 }
 
 impl BudgetStatus {
+    /// A USD budget of $10 scoped to `agent` with `used` spent, for tests elsewhere.
+    #[cfg(test)]
+    pub(crate) fn sample(name: &str, agent: Option<&str>, used: f64) -> BudgetStatus {
+        let ratio = used / 10.0;
+        BudgetStatus {
+            name: name.into(),
+            resource: Resource::Usd,
+            limit: 10.0,
+            used,
+            remaining: (10.0 - used).max(0.0),
+            ratio,
+            state: match ratio {
+                r if r >= 1.0 => State::Exceeded,
+                r if r >= 0.9 => State::Warning,
+                _ => State::Ok,
+            },
+            window: "lifetime".into(),
+            window_start: None,
+            window_end: None,
+            window_start_ms: None,
+            window_end_ms: None,
+            agent: agent.map(str::to_string),
+            target: None,
+            warn_at: 0.9,
+            on_exceed: OnExceed::Alert,
+            projected_exhaustion_seconds: None,
+        }
+    }
+
     /// At or past the limit now. For memory that is the current RSS, so a memory budget stops
     /// holding once its target is gone; every other resource holds until its window resets.
     pub fn is_exceeded(&self) -> bool {

@@ -48,13 +48,7 @@ pub enum Command {
     /// Daemon up, version, uptime, recent spend, budgets at a glance.
     Status(ClientArgs),
     /// The health check: each finding green, yellow or red with its fix; exit 3 on red.
-    Doctor {
-        #[command(flatten)]
-        client: ClientArgs,
-        /// The metric prefix the daemon uses ([metrics] namespace).
-        #[arg(long, default_value = "haios")]
-        namespace: String,
-    },
+    Doctor(ClientArgs),
     /// Every budget with a bar: used / limit, state, window end.
     Budgets(ClientArgs),
     /// Runs, newest first: which failed most recently and why; `runs show ID` for one run.

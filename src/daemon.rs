@@ -184,8 +184,9 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         .map_err(DaemonError::LedgerThread)?
     };
     let spend = ledger.spend();
+    let view = ledger.view();
     let (ledger_tx, ledger_thread) = ledger
-        .with_actions(Some(enforcer.clone()), webhook, telemetry)
+        .with_actions(Some(enforcer.clone()), webhook, telemetry)?
         .spawn()
         .map_err(DaemonError::LedgerThread)?;
     *report_slot
@@ -210,7 +211,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                 .map_err(|source| DaemonError::BindGrpc { addr, source })?;
             let grpc_addr = grpc_listener.local_addr().map_err(DaemonError::Serve)?;
             let receiver = crate::api::otlp_grpc::Receiver {
-                ledger: crate::ledger::LedgerHandle::new(ledger_tx.clone()),
+                ledger: crate::ledger::LedgerHandle::new(ledger_tx.clone(), view.clone()),
                 defaults: crate::otlp::Defaults {
                     agent: config.otlp.default_agent.clone(),
                 },
@@ -245,7 +246,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         reload: reload_tx,
         metrics,
         health: health.clone(),
-        ledger: crate::ledger::LedgerHandle::new(ledger_tx.clone()),
+        ledger: crate::ledger::LedgerHandle::new(ledger_tx.clone(), view.clone()),
         token: token.clone(),
         max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
         targets: config.targets.iter().map(|t| t.name.clone()).collect(),

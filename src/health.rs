@@ -53,12 +53,8 @@ pub struct Refusal {
 
 /// A condition `/v1/status` reports and `doctor` shows red: not a readiness failure (the
 /// daemon works), but numbers that are wrong until someone acts.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Problem {
-    pub name: &'static str,
-    pub detail: String,
-    pub fix: String,
-}
+pub use crate::wire::Problem;
+use crate::wire::{Check, ReportHealth};
 
 impl Health {
     pub fn mark_sampled(&self) {
@@ -82,12 +78,14 @@ impl Health {
         }
     }
 
-    /// (configured, last success in ms, last error) of the weekly report.
-    pub fn report(&self) -> (bool, Option<i64>, Option<String>) {
-        self.report
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+    /// The weekly report's health.
+    pub fn report(&self) -> ReportHealth {
+        let (configured, last_success, last_error) = lock(&self.report).clone();
+        ReportHealth {
+            configured,
+            last_success: last_success.map(iso),
+            last_error,
+        }
     }
 
     pub fn watch_export(&self, export: Arc<ExportHealth>) {
@@ -144,7 +142,7 @@ impl Health {
                 |b| format!("{b} bytes"),
             );
             problems.push(Problem {
-                name: "refused bodies",
+                name: "refused bodies".into(),
                 detail: format!(
                     "{count} request bod{} refused for size since start, the last at {} on {}: {size}, the limit is {} bytes ({}); senders drop refused batches, so their usage is missing",
                     if count == 1 { "y" } else { "ies" },
@@ -159,7 +157,7 @@ impl Health {
         let (count, last) = lock(&self.unpriced).clone();
         if usd_budgets && let Some((at, model)) = last.filter(|(at, _)| recent(*at)) {
             problems.push(Problem {
-                name: "unpriced usage",
+                name: "unpriced usage".into(),
                 detail: format!(
                     "{count} usage event{} priced at 0 since start (last: model '{model}' at {}) while USD budgets are configured: they cannot see that spend",
                     if count == 1 { "" } else { "s" },
@@ -173,8 +171,8 @@ impl Health {
         problems
     }
 
-    /// Each readiness check: name, passing, detail.
-    pub fn checks(&self) -> Vec<(&'static str, bool, String)> {
+    /// Each readiness check.
+    pub fn checks(&self) -> Vec<Check> {
         let sampled = self.sampled.load(Ordering::Relaxed);
         let store = self
             .store_failure
@@ -186,12 +184,17 @@ impl Health {
         } else {
             "waiting for the first sample"
         };
+        let check = |name: &str, ok: bool, detail: String| Check {
+            name: name.to_string(),
+            ok,
+            detail,
+        };
         let mut checks = vec![
-            ("config", true, "configuration loaded".to_string()),
-            ("sampler", sampled, sampler_detail.to_string()),
+            check("config", true, "configuration loaded".to_string()),
+            check("sampler", sampled, sampler_detail.to_string()),
             match store {
-                None => ("store", true, "last write succeeded".to_string()),
-                Some(failure) => ("store", false, failure),
+                None => check("store", true, "last write succeeded".to_string()),
+                Some(failure) => check("store", false, failure),
             },
         ];
         let export = self
@@ -201,9 +204,9 @@ impl Health {
             .clone();
         if let Some(export) = export {
             checks.push(if export.working() {
-                ("telemetry", true, "OTLP collector reachable".to_string())
+                check("telemetry", true, "OTLP collector reachable".to_string())
             } else {
-                (
+                check(
                     "telemetry",
                     false,
                     "OTLP collector unreachable or the last export failed (mode = \"strict\"); spans are dropped, ingestion goes on".to_string(),

@@ -4,6 +4,7 @@
 //! [`daemon`] wires them for `costmeter run`; `main.rs` only parses arguments and maps errors to
 //! exit codes. See ARCHITECTURE.md for the map.
 
+pub mod admission;
 pub mod alerts;
 pub mod api;
 pub mod budget;
@@ -31,3 +32,4 @@ pub mod spend;
 pub mod status_files;
 pub mod store;
 pub mod telemetry;
+pub mod wire;

@@ -79,14 +79,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 format,
             ))
         }
-        Command::Doctor {
-            client: args,
-            namespace,
-        } => Ok(client::doctor(
-            &Client::new(&args.url),
-            &namespace,
-            args.format,
-        )),
+        Command::Doctor(args) => Ok(client::doctor(&Client::new(&args.url), args.format)),
         Command::Emit {
             client: args,
             token,

@@ -5,8 +5,8 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
+use crate::wire::BudgetNotice;
 use backon::{BlockingRetryable, ExponentialBuilder};
-use serde_json::Value;
 use tracing::{debug, warn};
 
 /// Notifications waiting to be sent before new ones are dropped.
@@ -14,13 +14,13 @@ const QUEUE: usize = 1024;
 
 #[derive(Clone)]
 pub struct Webhook {
-    queue: mpsc::SyncSender<Value>,
+    queue: mpsc::SyncSender<BudgetNotice>,
 }
 
 impl Webhook {
     /// Starts the sender thread for `url`.
     pub fn spawn(url: String) -> std::io::Result<Webhook> {
-        let (queue, inbox) = mpsc::sync_channel::<Value>(QUEUE);
+        let (queue, inbox) = mpsc::sync_channel::<BudgetNotice>(QUEUE);
         std::thread::Builder::new()
             .name("costmeter-webhook".into())
             .spawn(move || {
@@ -33,7 +33,7 @@ impl Webhook {
                     .with_max_delay(Duration::from_secs(10))
                     .with_max_times(5);
                 while let Ok(payload) = inbox.recv() {
-                    let body = payload.to_string();
+                    let body = serde_json::to_string(&payload).unwrap_or_default();
                     let send = || {
                         http.post(&url)
                             .header("Content-Type", "application/json")
@@ -50,7 +50,7 @@ impl Webhook {
     }
 
     /// Queues a notification; never blocks.
-    pub fn notify(&self, payload: Value) {
+    pub fn notify(&self, payload: BudgetNotice) {
         if self.queue.try_send(payload).is_err() {
             warn!("webhook queue full or closed; notification dropped");
         }

@@ -1,9 +1,11 @@
 //! The built-in status page at `/`: server-rendered HTML, no scripts, no external assets; it
 //! refreshes itself and fits a phone. Read-only: it shows what the API already answers.
 
-use serde_json::Value;
-
+use crate::budget::BudgetStatus;
 use crate::client::number;
+use crate::report::Report;
+use crate::runs::RunPage;
+use crate::wire::Status;
 
 /// Escapes text for HTML element content and attribute values.
 pub fn escape(text: &str) -> String {
@@ -21,10 +23,6 @@ pub fn escape(text: &str) -> String {
     out
 }
 
-fn s(value: &Value) -> String {
-    escape(value.as_str().unwrap_or("-"))
-}
-
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;padding:1rem;background:#fafafa;color:#222}\
 h1{font-size:1.3rem;margin:0 0 .5rem}h2{font-size:1.05rem;margin:1.2rem 0 .4rem}\
 table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.3rem .5rem;border-bottom:1px solid #eee;text-align:left;font-size:.9rem}\
@@ -36,46 +34,51 @@ table{border-collapse:collapse;width:100%;background:#fff}td,th{padding:.3rem .5
 /// Most rows a table on the page shows; the rest are counted.
 pub const PAGE_ROWS: usize = 20;
 
-/// Renders the page from `/v1/status`, `/v1/budgets`, `/v1/report` (7 days and 24 hours), the
-/// recent runs and the target figures.
-pub fn render(
-    status: &Value,
-    budgets: &Value,
-    week: &Value,
-    day: &Value,
-    runs: &Value,
-    targets: &[(String, f64, f64, f64)],
-) -> String {
+/// What the page shows: the `/v1/status`, `/v1/budgets` and `/v1/report` (7 days and 24
+/// hours) answers, the recent runs, and (target, up, CPU seconds, RSS bytes) of each target.
+pub struct Sections<'a> {
+    pub status: &'a Status,
+    pub budgets: &'a [BudgetStatus],
+    pub week: &'a Report,
+    pub day: &'a Report,
+    pub runs: &'a RunPage,
+    pub targets: &'a [(String, f64, f64, f64)],
+}
+
+/// Renders the page.
+pub fn render(sections: &Sections<'_>) -> String {
+    let Sections {
+        status,
+        budgets,
+        week,
+        day,
+        runs,
+        targets,
+    } = sections;
     let mut html = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
 <meta http-equiv=\"refresh\" content=\"10\"><title>costmeter</title><style>{STYLE}</style></head><body>\
 <h1>costmeter {}</h1><p class=\"muted\">{} · up {:.0} s · <a href=\"/metrics\">/metrics</a></p>",
-        s(&status["version"]),
-        if status["ready"] == true {
-            "ready"
-        } else {
-            "NOT READY"
-        },
-        status["uptime_seconds"].as_f64().unwrap_or(0.0)
+        escape(&status.version),
+        if status.ready { "ready" } else { "NOT READY" },
+        status.uptime_seconds
     );
     html.push_str("<h2>Budgets</h2><table id=\"budgets\"><tr><th>budget</th><th>used / limit</th><th></th><th>state</th></tr>");
-    let list = budgets["budgets"].as_array().cloned().unwrap_or_default();
-    if list.is_empty() {
+    if budgets.is_empty() {
         html.push_str("<tr><td colspan=\"4\" class=\"muted\">no budgets configured</td></tr>");
     }
-    for b in &list {
-        let state = b["state"].as_str().unwrap_or("ok");
-        let percent = (b["ratio"].as_f64().unwrap_or(0.0) * 100.0).clamp(0.0, 100.0);
+    for b in budgets.iter() {
+        let state = b.state.label();
+        let percent = (b.ratio * 100.0).clamp(0.0, 100.0);
         html.push_str(&format!(
             "<tr class=\"budget\" data-budget=\"{name}\" data-state=\"{state}\"><td>{name}<br><span class=\"muted\">{resource} · {window}</span></td>\
 <td>{used} / {limit}</td><td><div class=\"bar {state}\"><div class=\"fill\" style=\"width:{percent:.0}%\"></div></div></td>\
 <td class=\"state-{state}\">{state}</td></tr>",
-            name = s(&b["name"]),
-            resource = s(&b["resource"]),
-            window = s(&b["window"]),
-            used = number(&b["used"]),
-            limit = number(&b["limit"]),
-            state = escape(state),
+            name = escape(&b.name),
+            resource = b.resource.label(),
+            window = escape(&b.window),
+            used = number(b.used),
+            limit = number(b.limit),
         ));
     }
     html.push_str("</table>");
@@ -83,31 +86,28 @@ pub fn render(
         ("Spend in the last 24 hours", day),
         ("Spend in the last 7 days", week),
     ] {
-        html.push_str(&format!("<h2>{title}: ${}</h2><table><tr><th>agent</th><th>model</th><th>tokens</th><th>USD</th></tr>", number(&report["total_usd"])));
+        html.push_str(&format!("<h2>{title}: ${}</h2><table><tr><th>agent</th><th>model</th><th>tokens</th><th>USD</th></tr>", number(report.total_usd)));
         // Days folded into (agent, model) pairs, linear in the lines; the costliest shown.
-        let mut by_pair: std::collections::HashMap<(&str, &str), (f64, f64)> =
+        let mut by_pair: std::collections::HashMap<(&str, &str), (u64, f64)> =
             std::collections::HashMap::new();
-        for line in report["spend"].as_array().into_iter().flatten() {
+        for line in &report.spend {
             let pair = by_pair
-                .entry((
-                    line["agent"].as_str().unwrap_or("-"),
-                    line["model"].as_str().unwrap_or("-"),
-                ))
+                .entry((line.agent.as_str(), line.model.as_str()))
                 .or_default();
-            pair.0 += line["tokens"].as_f64().unwrap_or(0.0);
-            pair.1 += line["usd"].as_f64().unwrap_or(0.0);
+            pair.0 += line.tokens;
+            pair.1 += line.usd;
         }
         let mut pairs: Vec<_> = by_pair.into_iter().collect();
         pairs.sort_by(|a, b| b.1.1.total_cmp(&a.1.1).then_with(|| a.0.cmp(&b.0)));
         for ((agent, model), (tokens, usd)) in pairs.iter().take(PAGE_ROWS) {
             html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{tokens:.0}</td><td>{usd:.4}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{tokens}</td><td>{usd:.4}</td></tr>",
                 escape(agent),
                 escape(model)
             ));
         }
         let hidden = pairs.len().saturating_sub(PAGE_ROWS) as u64
-            + report["spend_omitted"]["lines"].as_u64().unwrap_or(0);
+            + report.spend_omitted.as_ref().map_or(0, |o| o.lines);
         if hidden > 0 {
             html.push_str(&format!(
                 "<tr><td colspan=\"4\" class=\"muted\">and {hidden} more lines (see GET /v1/report)</td></tr>"
@@ -119,7 +119,7 @@ pub fn render(
         html.push_str("</table>");
     }
     html.push_str("<h2>Targets</h2><table><tr><th>target</th><th>up</th><th>CPU s</th><th>memory MiB</th></tr>");
-    for (target, up, cpu, rss) in targets {
+    for (target, up, cpu, rss) in targets.iter() {
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{cpu:.1}</td><td>{:.1}</td></tr>",
             escape(target),
@@ -128,20 +128,18 @@ pub fn render(
         ));
     }
     html.push_str("</table><h2>Recent runs</h2><table><tr><th>run</th><th>status</th><th class=\"wide\">ended</th><th>why</th></tr>");
-    for r in runs["runs"].as_array().into_iter().flatten() {
-        let status = r["status"].as_str().unwrap_or("-");
-        let why = [r["failure_class"].as_str(), r["error_summary"].as_str()]
+    for r in &runs.runs {
+        let why = [r.failure_class.as_deref(), r.error_summary.as_deref()]
             .into_iter()
             .flatten()
             .collect::<Vec<_>>()
             .join(": ");
         html.push_str(&format!(
-            "<tr><td>{}</td><td class=\"state-{}\">{}</td><td class=\"wide\">{}</td><td>{}</td></tr>",
-            s(&r["id"]),
-            escape(status),
-            escape(status),
-            s(&r["ended"]),
-            escape(&why)
+            "<tr><td>{}</td><td class=\"state-{status}\">{status}</td><td class=\"wide\">{}</td><td>{}</td></tr>",
+            escape(&r.id),
+            escape(r.ended.as_deref().unwrap_or("-")),
+            escape(&why),
+            status = escape(&r.status),
         ));
     }
     html.push_str("</table></body></html>");
@@ -158,15 +156,34 @@ mod tests {
             escape("<b a=\"x\">&'"),
             "&lt;b a=&quot;x&quot;&gt;&amp;&#39;"
         );
-        let budgets = serde_json::json!({"budgets": [{"name": "<script>", "state": "warning", "ratio": 0.95}]});
-        let html = render(
-            &serde_json::json!({}),
-            &budgets,
-            &Value::Null,
-            &Value::Null,
-            &Value::Null,
-            &[],
-        );
-        assert!(!html.contains("<script>") && html.contains("&lt;script&gt;"));
+        let status: Status = serde_json::from_value(serde_json::json!({
+            "version": "<v>", "now": "", "started": "", "uptime_seconds": 1.0, "ready": true,
+            "checks": [], "problems": [],
+            "spend": {"last_24h": {"usd": 0.0, "tokens": 0}, "last_7d": {"usd": 0.0, "tokens": 0}},
+            "budgets": [], "targets": [],
+            "report": {"configured": false, "last_success": null, "last_error": null},
+            "attention": {"targets_down": [], "unpriced_models": [], "folded_labels": [], "agents_seen": []},
+            "hints": []
+        }))
+        .expect("a status");
+        let report = Report::assemble(0, 0, Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let runs = RunPage {
+            runs: Vec::new(),
+            next_cursor: None,
+        };
+        let mut budget = BudgetStatus::sample("<script>", None, 9.5);
+        budget.window = "<w>".into();
+        let html = render(&Sections {
+            status: &status,
+            budgets: &[budget],
+            week: &report,
+            day: &report,
+            runs: &runs,
+            targets: &[("<t>".into(), 1.0, 0.0, 0.0)],
+        });
+        for raw in ["<script>", "<v>", "<w>", "<t>"] {
+            assert!(!html.contains(raw), "{raw} is escaped");
+        }
+        assert!(html.contains("&lt;script&gt;") && html.contains("data-state=\"warning\""));
     }
 }

@@ -32,7 +32,7 @@ pub struct Price {
     pub source: PriceSource,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum PriceSource {
     Baseline,
@@ -82,7 +82,7 @@ pub struct Cost {
 }
 
 /// A price row that was not loaded, and why.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RejectedRow {
     pub source: PriceSource,
     pub model: String,

@@ -3,12 +3,12 @@
 //! `GET /v1/report` and written every `[report] every` to `cost_report_<ISO week>.md`.
 
 use rusqlite::params;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::budget::BudgetStatus;
 use crate::store::{Store, StoreError};
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SpendLine {
     pub day: String,
     pub agent: String,
@@ -17,7 +17,7 @@ pub struct SpendLine {
     pub usd: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskLine {
     pub task_id: String,
     pub task_type: Option<String>,
@@ -26,7 +26,7 @@ pub struct TaskLine {
     pub usd: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct FailureLine {
     pub run_id: String,
     pub agent: Option<String>,
@@ -37,7 +37,7 @@ pub struct FailureLine {
 }
 
 /// What a bounded list left out, summed.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Omitted {
     pub lines: u64,
     pub tokens: u64,
@@ -63,7 +63,7 @@ impl Omitted {
 /// Most spend lines a report lists: the costliest; the rest are summed in `spend_omitted`.
 pub const MAX_SPEND_LINES: usize = 200;
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Report {
     pub from: String,
     pub to: String,
@@ -79,6 +79,35 @@ pub struct Report {
     pub failures: Vec<FailureLine>,
 }
 
+/// The query of `GET /v1/report`, as sent.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ReportQuery {
+    pub window: Option<String>,
+    pub format: Option<String>,
+}
+
+impl ReportQuery {
+    /// The window in ms (default 7 days, at least a minute) and whether Markdown is wanted;
+    /// or what is wrong, naming the parameter.
+    pub fn parse(&self) -> Result<(i64, bool), String> {
+        let window = self.window.as_deref().unwrap_or("7d");
+        let window_ms = match humantime::parse_duration(window) {
+            Ok(d) if d.as_secs() >= 60 => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+            _ => {
+                return Err(format!(
+                    "window '{window}' is not a duration of at least 1m such as \"7d\""
+                ));
+            }
+        };
+        let markdown = match self.format.as_deref() {
+            None | Some("json") => false,
+            Some("md" | "markdown") => true,
+            Some(other) => return Err(format!("format '{other}' is not md or json")),
+        };
+        Ok((window_ms, markdown))
+    }
+}
+
 /// An RFC 3339 time for ms since the epoch; empty when out of range.
 pub fn iso(ms: i64) -> String {
     jiff::Timestamp::from_millisecond(ms)
@@ -86,8 +115,149 @@ pub fn iso(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+impl Report {
+    /// A report from its spend lines, in any order and possibly split (the same day, agent
+    /// and model twice: they are added up): totals over every line, the costliest
+    /// [`MAX_SPEND_LINES`] listed by day, agent and model, the rest summed.
+    pub fn assemble(
+        from_ms: i64,
+        to_ms: i64,
+        lines: Vec<SpendLine>,
+        top_tasks: Vec<TaskLine>,
+        failures: Vec<FailureLine>,
+        budgets: Vec<BudgetStatus>,
+    ) -> Report {
+        let mut merged: std::collections::HashMap<(String, String, String), (u64, f64)> =
+            std::collections::HashMap::with_capacity(lines.len());
+        for line in lines {
+            let slot = merged
+                .entry((line.day, line.agent, line.model))
+                .or_default();
+            slot.0 += line.tokens;
+            slot.1 += line.usd;
+        }
+        let mut spend: Vec<SpendLine> = merged
+            .into_iter()
+            .map(|((day, agent, model), (tokens, usd))| SpendLine {
+                day,
+                agent,
+                model,
+                tokens,
+                usd,
+            })
+            .collect();
+        let total_tokens = spend.iter().map(|l| l.tokens).sum();
+        let total_usd = spend.iter().fold(0.0, |sum, l| sum + l.usd);
+        let count = spend.len();
+        spend.sort_by(|a, b| {
+            b.usd
+                .total_cmp(&a.usd)
+                .then(b.tokens.cmp(&a.tokens))
+                .then_with(|| (&a.day, &a.agent, &a.model).cmp(&(&b.day, &b.agent, &b.model)))
+        });
+        spend.truncate(MAX_SPEND_LINES);
+        spend.sort_by(|a, b| (&a.day, &a.agent, &a.model).cmp(&(&b.day, &b.agent, &b.model)));
+        let spend_omitted = Omitted::of(count, total_tokens, total_usd, &spend);
+        Report {
+            from: iso(from_ms),
+            to: iso(to_ms),
+            total_usd,
+            total_tokens,
+            spend,
+            spend_omitted,
+            top_tasks,
+            budgets,
+            failures,
+        }
+    }
+}
+
+/// The spend lines of raw events in [from_ms, to_ms), by day, agent and model; the window is
+/// short (the part of an hour the rollup does not split), so the lines are few.
+const RAW_LINES: &str =
+    "SELECT strftime('%Y-%m-%d', ts_ms / 1000, 'unixepoch') AS day, agent, model,
+        SUM(input_tokens + output_tokens), COALESCE(SUM(cost_usd), 0) + 0.0
+    FROM events WHERE type = 'llm_usage' AND ts_ms >= ?1 AND ts_ms < ?2
+    GROUP BY day, agent, model";
+
+fn spend_line(r: &rusqlite::Row<'_>) -> rusqlite::Result<SpendLine> {
+    Ok(SpendLine {
+        day: r.get(0)?,
+        agent: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+        model: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+        tokens: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+        usd: r.get(4)?,
+    })
+}
+
 impl Store {
-    /// The report for [from_ms, to_ms).
+    /// The spend lines of raw usage events in [from_ms, to_ms) (rollups not included).
+    pub fn raw_spend_lines(&self, from_ms: i64, to_ms: i64) -> Result<Vec<SpendLine>, StoreError> {
+        let read = StoreError::Read;
+        let mut statement = self.conn().prepare_cached(RAW_LINES).map_err(read)?;
+        statement
+            .query_map(params![from_ms, to_ms], spend_line)
+            .map_err(read)?
+            .collect::<Result<_, _>>()
+            .map_err(read)
+    }
+
+    /// The costliest tasks and the failed runs of [from_ms, to_ms): the report's parts that
+    /// are not spend lines.
+    pub fn report_details(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<(Vec<TaskLine>, Vec<FailureLine>), StoreError> {
+        let read = StoreError::Read;
+        let mut statement = self
+            .conn()
+            .prepare_cached(
+                "SELECT e.task_id, t.task_type, t.run_id, SUM(e.input_tokens + e.output_tokens), COALESCE(SUM(e.cost_usd), 0) AS usd
+                 FROM events e LEFT JOIN tasks t ON t.task_id = e.task_id
+                 WHERE e.type = 'llm_usage' AND e.task_id IS NOT NULL AND e.ts_ms >= ?1 AND e.ts_ms < ?2
+                 GROUP BY e.task_id ORDER BY usd DESC, e.task_id LIMIT 10",
+            )
+            .map_err(read)?;
+        let top_tasks: Vec<TaskLine> = statement
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok(TaskLine {
+                    task_id: r.get(0)?,
+                    task_type: r.get(1)?,
+                    run_id: r.get(2)?,
+                    tokens: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    usd: r.get(4)?,
+                })
+            })
+            .map_err(read)?
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        let mut statement = self
+            .conn()
+            .prepare_cached(
+                "SELECT run_id, agent, ended_ms, result, failure_class, error_summary FROM runs
+                 WHERE result IS NOT NULL AND result != 'success' AND ended_ms >= ?1 AND ended_ms < ?2
+                 ORDER BY ended_ms DESC LIMIT 50",
+            )
+            .map_err(read)?;
+        let failures: Vec<FailureLine> = statement
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok(FailureLine {
+                    run_id: r.get(0)?,
+                    agent: r.get(1)?,
+                    ended: r.get::<_, Option<i64>>(2)?.map(iso),
+                    result: r.get(3)?,
+                    failure_class: r.get(4)?,
+                    error_summary: r.get(5)?,
+                })
+            })
+            .map_err(read)?
+            .collect::<Result<_, _>>()
+            .map_err(read)?;
+        Ok((top_tasks, failures))
+    }
+
+    /// The report for [from_ms, to_ms), from the store alone (any window).
     pub fn report(
         &self,
         from_ms: i64,
@@ -118,15 +288,7 @@ impl Store {
             ))
             .map_err(read)?;
         let mut spend: Vec<SpendLine> = statement
-            .query_map(params![from_ms, to_ms], |r| {
-                Ok(SpendLine {
-                    day: r.get(0)?,
-                    agent: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    model: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    tokens: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                    usd: r.get(4)?,
-                })
-            })
+            .query_map(params![from_ms, to_ms], spend_line)
             .map_err(read)?
             .collect::<Result<_, _>>()
             .map_err(read)?;
@@ -138,50 +300,7 @@ impl Store {
             total_usd,
             &spend,
         );
-        let mut statement = self
-            .conn()
-            .prepare(
-                "SELECT e.task_id, t.task_type, t.run_id, SUM(e.input_tokens + e.output_tokens), COALESCE(SUM(e.cost_usd), 0) AS usd
-                 FROM events e LEFT JOIN tasks t ON t.task_id = e.task_id
-                 WHERE e.type = 'llm_usage' AND e.task_id IS NOT NULL AND e.ts_ms >= ?1 AND e.ts_ms < ?2
-                 GROUP BY e.task_id ORDER BY usd DESC, e.task_id LIMIT 10",
-            )
-            .map_err(read)?;
-        let top_tasks: Vec<TaskLine> = statement
-            .query_map(params![from_ms, to_ms], |r| {
-                Ok(TaskLine {
-                    task_id: r.get(0)?,
-                    task_type: r.get(1)?,
-                    run_id: r.get(2)?,
-                    tokens: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
-                    usd: r.get(4)?,
-                })
-            })
-            .map_err(read)?
-            .collect::<Result<_, _>>()
-            .map_err(read)?;
-        let mut statement = self
-            .conn()
-            .prepare(
-                "SELECT run_id, agent, ended_ms, result, failure_class, error_summary FROM runs
-                 WHERE result IS NOT NULL AND result != 'success' AND ended_ms >= ?1 AND ended_ms < ?2
-                 ORDER BY ended_ms DESC LIMIT 50",
-            )
-            .map_err(read)?;
-        let failures: Vec<FailureLine> = statement
-            .query_map(params![from_ms, to_ms], |r| {
-                Ok(FailureLine {
-                    run_id: r.get(0)?,
-                    agent: r.get(1)?,
-                    ended: r.get::<_, Option<i64>>(2)?.map(iso),
-                    result: r.get(3)?,
-                    failure_class: r.get(4)?,
-                    error_summary: r.get(5)?,
-                })
-            })
-            .map_err(read)?
-            .collect::<Result<_, _>>()
-            .map_err(read)?;
+        let (top_tasks, failures) = self.report_details(from_ms, to_ms)?;
         Ok(Report {
             from: iso(from_ms),
             to: iso(to_ms),

@@ -1,11 +1,11 @@
 //! Runs and tasks as the API shows them: "which run failed most recently, why, and what did it
-//! cost?" without reading logs. Reads from the store on the ledger thread (the store's only
-//! connection); answers carry no prompt text because none is stored.
+//! cost?" without reading logs. Read from a reader connection beside the ledger; answers carry
+//! no prompt text because none is stored.
 
 use std::collections::BTreeMap;
 
 use rusqlite::{OptionalExtension, params};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::store::{Store, StoreError};
 
@@ -26,7 +26,7 @@ pub struct RunFilter {
 }
 
 /// The resources and usage one task cost (ADR 19-O3).
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct CostRecord {
     /// CPU seconds the agent's target used over the task's time.
     pub cpu_seconds: f64,
@@ -41,7 +41,7 @@ pub struct CostRecord {
     pub trace_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct UsageLine {
     pub task_type: Option<String>,
     pub model: String,
@@ -49,7 +49,7 @@ pub struct UsageLine {
     pub usd: f64,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunSummary {
     pub id: String,
     pub agent: Option<String>,
@@ -72,7 +72,7 @@ pub struct RunSummary {
     pub parent_span_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TaskDetail {
     pub id: String,
     pub run_id: Option<String>,
@@ -91,7 +91,7 @@ pub struct TaskDetail {
     pub parent_span_id: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunDetail {
     #[serde(flatten)]
     pub run: RunSummary,
@@ -99,7 +99,7 @@ pub struct RunDetail {
 }
 
 /// One page of runs and the cursor for the next.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct RunPage {
     pub runs: Vec<RunSummary>,
     pub next_cursor: Option<String>,
@@ -114,6 +114,75 @@ fn duration(start: Option<i64>, end: Option<i64>) -> Option<f64> {
     match (start, end) {
         (Some(start), Some(end)) if end >= start => Some((end - start) as f64 / 1000.0),
         _ => None,
+    }
+}
+
+/// The query of `GET /v1/runs`, as sent.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RunsQuery {
+    pub status: Option<String>,
+    pub agent: Option<String>,
+    pub since: Option<String>,
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// Default and largest page of `GET /v1/runs`.
+pub const RUNS_PAGE: usize = 50;
+pub const RUNS_PAGE_MAX: usize = 500;
+
+impl RunFilter {
+    /// The filter a query asks for, at `now_ms` (for `since=7d`); or what is wrong with it,
+    /// naming the parameter and the rule.
+    pub fn from_query(query: RunsQuery, now_ms: i64) -> Result<RunFilter, String> {
+        let status = match query.status.as_deref() {
+            None => None,
+            Some("failed") => Some("failure".to_string()),
+            Some(s @ ("running" | "success" | "failure" | "cancelled" | "timeout")) => {
+                Some(s.to_string())
+            }
+            Some(other) => {
+                return Err(format!(
+                    "status '{other}' is not one of running, success, failure (or failed), cancelled, timeout"
+                ));
+            }
+        };
+        let since_ms = match query.since.as_deref() {
+            None => None,
+            Some(text) => match (
+                humantime::parse_duration(text),
+                text.parse::<jiff::Timestamp>(),
+            ) {
+                (Ok(ago), _) => {
+                    Some(now_ms.saturating_sub(i64::try_from(ago.as_millis()).unwrap_or(i64::MAX)))
+                }
+                (_, Ok(at)) => Some(at.as_millisecond()),
+                _ => {
+                    return Err(format!(
+                        "since '{text}' is neither a duration such as \"7d\" nor an RFC 3339 time"
+                    ));
+                }
+            },
+        };
+        let limit = query.limit.unwrap_or(RUNS_PAGE);
+        if !(1..=RUNS_PAGE_MAX).contains(&limit) {
+            return Err(format!(
+                "limit {limit} must be between 1 and {RUNS_PAGE_MAX}"
+            ));
+        }
+        let after = match query.cursor.as_deref() {
+            None => None,
+            Some(cursor) => Some(decode_cursor(cursor).ok_or_else(|| {
+                "cursor is not one this API gave out; start again without it".to_string()
+            })?),
+        };
+        Ok(RunFilter {
+            status,
+            agent: query.agent,
+            since_ms,
+            limit,
+            after,
+        })
     }
 }
 

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::budget::BudgetStatus;
-use crate::report::{MAX_SPEND_LINES, Omitted, Report, SpendLine, iso};
+use crate::report::{Report, SpendLine, iso};
 
 const HOUR_MS: i64 = 3_600_000;
 /// How far back the rollup keeps hours.
@@ -59,10 +59,9 @@ impl SpendByHour {
         self.hours = self.hours.split_off(&horizon);
     }
 
-    /// A report of the whole hours from `from_ms` to `to_ms`: totals, and the costliest
-    /// (day, agent, model) lines with the rest summed; no tasks or failures (those need the
-    /// store: `GET /v1/report`).
-    pub fn report(&self, from_ms: i64, to_ms: i64, budgets: Vec<BudgetStatus>) -> Report {
+    /// The (day, agent, model) lines of the whole hours from `from_ms` (rounded down to its
+    /// hour) to `to_ms`.
+    pub fn lines(&self, from_ms: i64, to_ms: i64) -> Vec<SpendLine> {
         let mut lines: HashMap<(String, &str, &str), (u64, f64)> = HashMap::new();
         for (hour, pairs) in self.hours.range(hour_of(from_ms)..=to_ms) {
             let day = iso(*hour).get(..10).unwrap_or_default().to_string();
@@ -74,9 +73,7 @@ impl SpendByHour {
                 line.1 += usd;
             }
         }
-        let total_tokens = lines.values().map(|l| l.0).sum();
-        let total_usd = lines.values().fold(0.0, |sum, l| sum + l.1);
-        let mut spend: Vec<SpendLine> = lines
+        lines
             .into_iter()
             .map(|((day, agent, model), (tokens, usd))| SpendLine {
                 day,
@@ -85,24 +82,33 @@ impl SpendByHour {
                 tokens,
                 usd,
             })
-            .collect();
-        let count = spend.len();
-        spend.sort_by(|a, b| b.usd.total_cmp(&a.usd).then(b.tokens.cmp(&a.tokens)));
-        spend.truncate(MAX_SPEND_LINES);
-        spend.sort_by(|a, b| (&a.day, &a.agent, &a.model).cmp(&(&b.day, &b.agent, &b.model)));
-        let spend_omitted = Omitted::of(count, total_tokens, total_usd, &spend);
-        Report {
-            from: iso(from_ms),
-            to: iso(to_ms),
-            total_usd,
-            total_tokens,
-            spend,
-            spend_omitted,
-            top_tasks: Vec::new(),
-            budgets,
-            failures: Vec::new(),
-        }
+            .collect()
     }
+
+    /// A report of the whole hours from `from_ms` to `to_ms`: totals, and the costliest
+    /// (day, agent, model) lines with the rest summed; no tasks or failures (those need the
+    /// store: `GET /v1/report`).
+    pub fn report(&self, from_ms: i64, to_ms: i64, budgets: Vec<BudgetStatus>) -> Report {
+        Report::assemble(
+            from_ms,
+            to_ms,
+            self.lines(from_ms, to_ms),
+            Vec::new(),
+            Vec::new(),
+            budgets,
+        )
+    }
+}
+
+/// Whether the rollup holds every whole hour from `from_ms` on at `now_ms`.
+pub fn covers(from_ms: i64, now_ms: i64) -> bool {
+    from_ms >= now_ms - KEPT_MS + HOUR_MS
+}
+
+/// The first hour boundary at or after `ms`: where a window's whole hours begin.
+pub fn next_hour(ms: i64) -> i64 {
+    let start = hour_of(ms);
+    if start == ms { ms } else { start + HOUR_MS }
 }
 
 /// Reads the shared rollup.
@@ -111,6 +117,14 @@ pub fn report(spend: &SharedSpend, from_ms: i64, to_ms: i64, budgets: Vec<Budget
         .read()
         .unwrap_or_else(PoisonError::into_inner)
         .report(from_ms, to_ms, budgets)
+}
+
+/// The whole hours' lines from `from_ms` (an hour boundary) to `to_ms`.
+pub fn lines(spend: &SharedSpend, from_ms: i64, to_ms: i64) -> Vec<SpendLine> {
+    spend
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .lines(from_ms, to_ms)
 }
 
 #[cfg(test)]
@@ -138,5 +152,13 @@ mod tests {
         );
         spend.prune(NOW + 8 * 86_400_000);
         assert_eq!(spend.report(0, NOW * 2, Vec::new()).total_tokens, 0);
+    }
+
+    #[test]
+    fn a_window_starts_at_its_first_whole_hour() {
+        assert_eq!(next_hour(NOW), NOW, "NOW is on the hour");
+        assert_eq!(next_hour(NOW + 1), NOW + HOUR_MS);
+        assert!(covers(NOW - 7 * 86_400_000, NOW));
+        assert!(!covers(NOW - 8 * 86_400_000, NOW));
     }
 }

@@ -85,6 +85,9 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE otlp_claims (
         owner TEXT PRIMARY KEY, family TEXT NOT NULL, last_ms INTEGER NOT NULL
     );",
+    // 4: the report's costliest tasks read only usage tagged with a task.
+    "CREATE INDEX events_task_usage ON events(ts_ms, task_id)
+        WHERE type = 'llm_usage' AND task_id IS NOT NULL;",
 ];
 
 /// Usage of one agent and model in one hour.

@@ -164,7 +164,7 @@ async fn receive(
         Ok(encoding) => encoding,
         Err(problem) => {
             super::blocked(&state, route_of(signal), RefusalReason::content_type).await;
-            count_rejected(&state, SOURCE, vec!["unknown"]).await;
+            count_rejected(&state, SOURCE, &["unknown"]);
             return failure(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 Encoding::Json,
@@ -178,7 +178,7 @@ async fn receive(
         Ok(bytes) => decode_gated(&state, bytes, &headers, encoding, signal).await,
         Err(BodyProblem::TooLarge) => Err(DecodeError::TooLarge { limit }),
         Err(BodyProblem::TimedOut) => {
-            count_rejected(&state, SOURCE, vec!["unknown"]).await;
+            count_rejected(&state, SOURCE, &["unknown"]);
             return failure(
                 StatusCode::REQUEST_TIMEOUT,
                 encoding,
@@ -205,7 +205,7 @@ async fn receive(
                 )
                 .await;
             }
-            count_rejected(&state, SOURCE, vec!["unknown"]).await;
+            count_rejected(&state, SOURCE, &["unknown"]);
             let (status, code) = status_of(&problem);
             return failure(status, encoding, code, &problem.to_string());
         }

@@ -91,7 +91,9 @@ impl Ledger {
             trace_id: trace_id.clone(),
         });
         self.count_event(priced.source, event.body.type_name(), "accepted");
-        self.emit_span(event);
+        if self.spans.is_some() && spans::makes_span(event) {
+            self.span_batch.push(spans::SpanInput::Ended(event.clone()));
+        }
         if let EventBody::TaskEnd { run_id, .. } = &event.body
             && self.status_files.is_some()
         {
@@ -163,6 +165,7 @@ impl Ledger {
                     });
                     entry.events += 1;
                     entry.tokens += tokens;
+                    self.pricing_changed = true;
                     self.health.record_unpriced(&usage.model, now);
                     let labels = crate::metrics::ModelLabels {
                         model: m.cap.admit("model", &usage.model),

@@ -80,7 +80,7 @@ impl Ledger {
                 .prices
                 .models_by_source
                 .iter()
-                .map(|(source, n)| (source.label(), *n))
+                .map(|(source, n)| (source.label().to_string(), *n))
                 .collect(),
             rejected_rows: self.prices.rejected.clone(),
             unknown_models: unknown,

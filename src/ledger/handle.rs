@@ -1,6 +1,8 @@
-//! The typed way to talk to the ledger: one async method per question, one error type for
+//! The typed way to talk to the ledger: one async method per write, one error type for
 //! "no answer", mapped to an HTTP status in one place (`api::unavailable`). Fire-and-forget
-//! inputs (refusals, kill orders) go through [`LedgerHandle::tell`].
+//! inputs (refusals, kill orders) go through [`LedgerHandle::tell`]. Reads — budget states,
+//! the price table's health — never enter the inbox: they are answered from the [`View`]
+//! the ledger publishes after each batch and each tick.
 
 use super::*;
 use crate::budget::BudgetStatus;
@@ -15,12 +17,35 @@ pub enum LedgerUnavailable {
     Store(String),
 }
 
+/// What the ledger last published: budget states as of `at_ms` (a batch, or the tick at
+/// most [`TICK`] ago) and the price table's health.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    pub at_ms: i64,
+    pub budgets: Vec<BudgetStatus>,
+    pub pricing: Arc<PricingStatus>,
+}
+
+/// The view, shared: the ledger swaps in a new one under a short write lock.
+pub type SharedView = Arc<std::sync::RwLock<Arc<View>>>;
+
 #[derive(Clone)]
-pub struct LedgerHandle(LedgerSender);
+pub struct LedgerHandle {
+    sender: LedgerSender,
+    view: SharedView,
+}
 
 impl LedgerHandle {
-    pub fn new(sender: LedgerSender) -> LedgerHandle {
-        LedgerHandle(sender)
+    pub fn new(sender: LedgerSender, view: SharedView) -> LedgerHandle {
+        LedgerHandle { sender, view }
+    }
+
+    /// The last published view; never waits for the ledger.
+    pub fn view(&self) -> Arc<View> {
+        self.view
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
     }
 
     async fn ask<T>(
@@ -28,24 +53,22 @@ impl LedgerHandle {
         input: impl FnOnce(oneshot::Sender<T>) -> LedgerInput,
     ) -> Result<T, LedgerUnavailable> {
         let (reply, answer) = oneshot::channel();
-        self.0
+        self.sender
             .send(input(reply))
             .await
             .map_err(|_| LedgerUnavailable::Stopped)?;
         answer.await.map_err(|_| LedgerUnavailable::Stopped)
     }
 
-    /// Stores validated events (and counts the rejected types); what became of each.
+    /// Stores validated events; what became of each.
     pub async fn events(
         &self,
         source: &'static str,
         events: Vec<Event>,
-        rejected: Vec<&'static str>,
     ) -> Result<EventsAnswer, LedgerUnavailable> {
         self.ask(|reply| LedgerInput::Events {
             source,
             events,
-            rejected,
             reply,
         })
         .await?
@@ -57,18 +80,9 @@ impl LedgerHandle {
             .await?
     }
 
-    /// Every budget's state now (in memory, answered at once).
-    pub async fn budgets(&self) -> Result<Vec<BudgetStatus>, LedgerUnavailable> {
-        self.ask(LedgerInput::Budgets).await
-    }
-
-    pub async fn pricing_status(&self) -> Result<PricingStatus, LedgerUnavailable> {
-        self.ask(LedgerInput::PricingStatus).await
-    }
-
     /// Sends an input that needs no answer.
     pub async fn tell(&self, input: LedgerInput) -> Result<(), LedgerUnavailable> {
-        self.0
+        self.sender
             .send(input)
             .await
             .map_err(|_| LedgerUnavailable::Stopped)

@@ -76,29 +76,28 @@ impl Ledger {
                     info!(event, budget = %spec.name, resource = spec.resource.label(), used = transition.used, limit = transition.limit, "budget back to ok");
                 }
             }
-            if let Some(webhook) = &self.webhook {
-                webhook.notify(json!({
-                    "event": event,
-                    "budget": spec.name,
-                    "resource": spec.resource.label(),
-                    "used": transition.used,
-                    "limit": transition.limit,
-                    "ratio": transition.used / transition.limit,
-                    "window": status.window,
-                    "window_start": status.window_start,
-                    "window_end": status.window_end,
-                    "on_exceed": spec.on_exceed,
-                    "at": jiff::Timestamp::from_millisecond(now).map(|t| t.to_string()).unwrap_or_default(),
-                }));
+            if self.webhook.is_some() {
+                self.webhook_batch.push(crate::wire::BudgetNotice {
+                    event: transition.kind,
+                    budget: spec.name.clone(),
+                    resource: spec.resource,
+                    used: transition.used,
+                    limit: transition.limit,
+                    ratio: transition.used / transition.limit,
+                    window: status.window.clone(),
+                    window_start: status.window_start.clone(),
+                    window_end: status.window_end.clone(),
+                    on_exceed: spec.on_exceed,
+                    at: crate::report::iso(now),
+                });
             }
-            self.recent_transitions.push_back((
-                now,
-                event.to_string(),
-                spec.name.clone(),
-                spec.resource.label().to_string(),
-            ));
-            if self.recent_transitions.len() > MAX_RECENT_TRANSITIONS {
-                self.recent_transitions.pop_front();
+            if self.spans.is_some() {
+                self.span_batch.push(spans::SpanInput::Transition(
+                    now,
+                    event.to_string(),
+                    spec.name.clone(),
+                    spec.resource.label().to_string(),
+                ));
             }
             let state = status.state.label();
             if let Err(failure) =

@@ -11,11 +11,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::CounterWithExemplar;
-use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
-
-use serde_json::json;
 
 use crate::budget::{
     BudgetStatus, Budgets, Charge, OnExceed, Resource, Scope, State, TransitionKind, charge_time,
@@ -32,7 +29,7 @@ use crate::metrics::{
     UsdCounter,
 };
 use crate::notify::Webhook;
-use crate::pricing::{Confidence, PriceSource, PriceTable, PricingError, RejectedRow};
+use crate::pricing::{Confidence, PriceSource, PriceTable, PricingError};
 use crate::sampler::{StoredBaselines, TargetReading};
 use crate::store::{PricedEvent, ResourceRow, Store, StoreError, Totals};
 use crate::telemetry::{SpanRecord, Telemetry, derived_span_id, derived_trace_id, hex_bytes};
@@ -45,17 +42,18 @@ pub const LEDGER_QUEUE: usize = 8192;
 const MAX_BATCH: usize = 4096;
 /// Budget transitions kept to become span events.
 const MAX_RECENT_TRANSITIONS: usize = 256;
+/// How often the ledger wakes without input, so windows move and the view stays fresh.
+pub const TICK: Duration = Duration::from_secs(1);
 /// How often old rows are folded into daily rollups.
 const COMPACTION_EVERY: Duration = Duration::from_secs(3600);
 
 /// What sources send to the ledger.
 #[derive(Debug)]
 pub enum LedgerInput {
-    /// Validated events from one request, and the type labels of the ones it rejected.
+    /// Validated events from one request (the ones it rejected were counted by the API).
     Events {
         source: &'static str,
         events: Vec<Event>,
-        rejected: Vec<&'static str>,
         reply: oneshot::Sender<Result<EventsAnswer, LedgerUnavailable>>,
     },
     /// One OTLP export request, mapped; cumulative streams become deltas here.
@@ -66,9 +64,8 @@ pub enum LedgerInput {
     Reading(TargetReading),
     /// A target was removed from the config: its gauges go.
     TargetRemoved(String),
-    PricingStatus(oneshot::Sender<PricingStatus>),
-    /// Every budget's state now.
-    Budgets(oneshot::Sender<Vec<BudgetStatus>>),
+    /// Time passed: windows move, rolling totals age, and the view is published again.
+    Tick,
     /// An order from outside (Alertmanager) to stop a local target.
     Enforce(KillOrder),
     /// A request refused unread for its size: counted, logged, shown by `doctor`; for OTLP,
@@ -112,26 +109,7 @@ pub enum LedgerError {
     Thread(#[source] std::io::Error),
 }
 
-/// `GET /v1/pricing/status`.
-#[derive(Debug, Clone, Serialize)]
-pub struct PricingStatus {
-    pub baseline_version: String,
-    pub baseline_taken: String,
-    pub manifest: Option<String>,
-    pub models: HashMap<&'static str, usize>,
-    pub rejected_rows: Vec<RejectedRow>,
-    /// The most frequent unpriced models, at most a hundred.
-    pub unknown_models: Vec<UnknownModel>,
-    /// How many more models are unpriced than listed.
-    pub unknown_models_omitted: usize,
-}
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct UnknownModel {
-    pub model: String,
-    pub events: u64,
-    pub tokens: u64,
-}
+pub use crate::wire::{PricingStatus, UnknownModel};
 
 /// Models without a price tallied by name; more are tallied under `__other__`.
 const MAX_UNKNOWN_MODELS: usize = 10_000;
@@ -176,20 +154,25 @@ pub struct Ledger {
     dry_run: bool,
     dry_run_told: HashSet<String>,
     webhook: Option<Webhook>,
-    telemetry: Option<Telemetry>,
+    /// The span thread, and this batch's inputs for it, sent after the replies.
+    spans: Option<spans::SpanQueue>,
+    span_batch: Vec<spans::SpanInput>,
+    /// This batch's webhook payloads, sent after the replies.
+    webhook_batch: Vec<crate::wire::BudgetNotice>,
     /// The `[status_file]` writer, and the runs whose file it has yet to be told about.
     status_files: Option<crate::status_files::StatusFiles>,
     stale_runs: std::collections::BTreeSet<String>,
     report: Option<crate::config::ReportConfig>,
     last_report: Option<Instant>,
-    /// Recent budget transitions, to become span events on the spans open at the time.
-    recent_transitions: VecDeque<(i64, String, String, String)>,
     /// Spend by hour over the last eight days, shared with the API; and this batch's additions,
     /// put in under one lock after the commit.
     spend: crate::spend::SharedSpend,
     spend_batch: Vec<crate::store::HourlySpend>,
     /// Cumulative OTLP streams and which signal family meters each agent instance.
     otlp: crate::otlp::OtlpState,
+    /// What reads are answered from, and whether the price table's health needs redoing.
+    view: SharedView,
+    pricing_changed: bool,
 }
 
 /// Targets a budget without its own target scope stops: every configured target but the
@@ -217,7 +200,7 @@ fn now_ms() -> i64 {
 
 mod apply;
 mod handle;
-pub use handle::{LedgerHandle, LedgerUnavailable};
+pub use handle::{LedgerHandle, LedgerUnavailable, SharedView, View};
 mod effects;
 mod judge;
 mod restore;
@@ -229,6 +212,20 @@ impl Ledger {
     /// Runs the ledger on its own thread until every sender is gone.
     pub fn spawn(mut self) -> std::io::Result<(LedgerSender, std::thread::JoinHandle<()>)> {
         let (sender, mut inbox) = mpsc::channel::<LedgerInput>(LEDGER_QUEUE);
+        // The ticker holds only a weak sender, so the ledger still ends with its last source.
+        let ticker = sender.downgrade();
+        std::thread::Builder::new()
+            .name("costmeter-tick".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    let Some(sender) = ticker.upgrade() else {
+                        return;
+                    };
+                    // A full inbox means batches are flowing: this tick is not needed.
+                    let _ = sender.try_send(LedgerInput::Tick);
+                }
+            })?;
         let thread = std::thread::Builder::new()
             .name("costmeter-ledger".into())
             .spawn(move || {
@@ -260,12 +257,8 @@ impl Ledger {
                 LedgerInput::Events {
                     source,
                     events,
-                    rejected,
                     reply,
                 } => {
-                    for event_type in &rejected {
-                        self.count_event(source, event_type, "rejected");
-                    }
                     let start = priced.len();
                     let mut refused = Vec::new();
                     for (index, event) in events.into_iter().enumerate() {
@@ -310,12 +303,7 @@ impl Ledger {
                 }
                 LedgerInput::Reading(reading) => readings.push(reading),
                 LedgerInput::TargetRemoved(name) => self.metrics.forget_target(&name),
-                LedgerInput::PricingStatus(reply) => {
-                    let _ = reply.send(self.pricing_status());
-                }
-                LedgerInput::Budgets(reply) => {
-                    let _ = reply.send(self.budgets.status(received));
-                }
+                LedgerInput::Tick => {}
                 LedgerInput::Enforce(order) => self.order_kill(order),
                 LedgerInput::Refused { refusal, signal } => {
                     otlp_rows.extend(self.refused(refusal, signal, received));
@@ -390,8 +378,9 @@ impl Ledger {
             self.charge_reading(reading, received);
         }
         // Budgets are judged before anyone is answered: a crossing event's 2xx leaves only
-        // after the kill order did.
+        // after the kill order did, and a read after the 2xx sees the event.
         self.judge_budgets(received);
+        self.publish(received);
         for (range, refused, reply) in requests {
             let _ = reply.send(
                 outcome
@@ -433,7 +422,22 @@ impl Ledger {
             }
             spend.prune(received);
         }
-        // Effects after answers: the status files of the runs this batch changed.
+        // Effects after answers: spans, webhook notices, the status files of the runs this
+        // batch changed.
+        if let Some(queue) = &mut self.spans {
+            for input in self.span_batch.drain(..) {
+                queue.send(input);
+            }
+        } else {
+            self.span_batch.clear();
+        }
+        if let Some(webhook) = &self.webhook {
+            for notice in self.webhook_batch.drain(..) {
+                webhook.notify(notice);
+            }
+        } else {
+            self.webhook_batch.clear();
+        }
         if let Some(writer) = &self.status_files {
             self.stale_runs.retain(|run| !writer.mark(run));
         }
@@ -441,7 +445,6 @@ impl Ledger {
         self.report_if_due(received);
     }
 
-    /// Wires the enforcer, the webhook and the span exporter once they run.
     /// Prices an event for this batch's commit, or refuses it (counted) when it is older than
     /// retention.
     fn admit(
@@ -472,15 +475,49 @@ impl Ledger {
         self.spend.clone()
     }
 
+    /// The published view, for reads beside the ledger.
+    pub fn view(&self) -> SharedView {
+        self.view.clone()
+    }
+
+    /// Swaps in a new view: budget states at `now`, and the price table's health when it
+    /// changed.
+    fn publish(&mut self, now: i64) {
+        let pricing = if self.pricing_changed {
+            self.pricing_changed = false;
+            Arc::new(self.pricing_status())
+        } else {
+            self.view
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .pricing
+                .clone()
+        };
+        let view = Arc::new(View {
+            at_ms: now,
+            budgets: self.budgets.status(now),
+            pricing,
+        });
+        *self
+            .view
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = view;
+    }
+
+    /// Wires the enforcer, the webhook and the span exporter once they run; spans are
+    /// assembled on a thread of their own, reading the store beside the ledger.
     pub fn with_actions(
         mut self,
         enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,
         webhook: Option<Webhook>,
         telemetry: Option<Telemetry>,
-    ) -> Ledger {
+    ) -> Result<Ledger, LedgerError> {
         self.enforcer = enforcer;
         self.webhook = webhook;
-        self.telemetry = telemetry;
-        self
+        self.spans = match telemetry {
+            Some(telemetry) => Some(spans::SpanQueue::spawn(self.store.path(), telemetry)?),
+            None => None,
+        };
+        Ok(self)
     }
 }

@@ -1,14 +1,101 @@
-//! Spans (plan, task, file_write) built from what the store recorded, for the exporter.
+//! Spans (plan, task, file_write), built on a thread of their own from what the store
+//! recorded, for the exporter. The ledger sends the batch's ending events and budget
+//! transitions here after it answered the batch: assembling a span reads the store (on a
+//! reader connection, beside the writer), and no reply waits for that.
 
 use super::*;
 
-impl Ledger {
-    /// Builds and queues the span an ending event closes. Reads the run or task back from the
-    /// store, which has just recorded both halves.
-    pub(super) fn emit_span(&mut self, event: &Event) {
-        if self.telemetry.is_none() {
-            return;
+/// What the ledger tells the span thread, in order.
+#[derive(Debug)]
+pub(super) enum SpanInput {
+    /// A budget transition at (ms, event name, budget, resource): a span event on the spans
+    /// open at the time.
+    Transition(i64, String, String, String),
+    /// An event that may close a span (run_end, task_end) or be one (file_write).
+    Ended(Event),
+}
+
+/// Inputs the span thread may have queued before more are dropped (and counted in the log).
+const SPAN_QUEUE: usize = 8192;
+
+/// The ledger's end of the span thread.
+pub(super) struct SpanQueue {
+    sender: std::sync::mpsc::SyncSender<SpanInput>,
+    dropped: u64,
+}
+
+impl SpanQueue {
+    /// Starts the span thread on a reader of the store at `path`.
+    pub(super) fn spawn(
+        path: &std::path::Path,
+        telemetry: Telemetry,
+    ) -> Result<SpanQueue, LedgerError> {
+        let store = Store::open_reader(path)?;
+        let (sender, inbox) = std::sync::mpsc::sync_channel(SPAN_QUEUE);
+        let mut sink = SpanSink {
+            store,
+            telemetry,
+            recent_transitions: VecDeque::new(),
+        };
+        std::thread::Builder::new()
+            .name("costmeter-spans".into())
+            .spawn(move || {
+                // Ends when the ledger (the only sender) is gone; dropping the telemetry
+                // handle then lets the exporter drain and stop.
+                for input in inbox {
+                    sink.take(input);
+                }
+            })
+            .map_err(LedgerError::Thread)?;
+        Ok(SpanQueue { sender, dropped: 0 })
+    }
+
+    /// Queues without waiting; a full queue drops the input and says so at the 1st, 2nd, 4th…
+    pub(super) fn send(&mut self, input: SpanInput) {
+        if self.sender.try_send(input).is_err() {
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                warn!(
+                    dropped = self.dropped,
+                    "span queue full or closed; span input dropped"
+                );
+            }
         }
+    }
+}
+
+/// Whether an event is one the span thread wants.
+pub(super) fn makes_span(event: &Event) -> bool {
+    matches!(
+        event.body,
+        EventBody::RunEnd { .. } | EventBody::TaskEnd { .. } | EventBody::FileWrite { .. }
+    )
+}
+
+struct SpanSink {
+    store: Store,
+    telemetry: Telemetry,
+    /// Recent budget transitions, to become span events on the spans open at the time.
+    recent_transitions: VecDeque<(i64, String, String, String)>,
+}
+
+impl SpanSink {
+    fn take(&mut self, input: SpanInput) {
+        match input {
+            SpanInput::Transition(at, name, budget, resource) => {
+                self.recent_transitions
+                    .push_back((at, name, budget, resource));
+                if self.recent_transitions.len() > MAX_RECENT_TRANSITIONS {
+                    self.recent_transitions.pop_front();
+                }
+            }
+            SpanInput::Ended(event) => self.emit_span(&event),
+        }
+    }
+
+    /// Builds and queues the span an ending event closes. Reads the run or task back from the
+    /// store, which has recorded both halves before the ledger sent the event here.
+    fn emit_span(&mut self, event: &Event) {
         let record = match &event.body {
             EventBody::RunEnd { run_id, .. } => self.plan_span(run_id, event),
             EventBody::TaskEnd { task_id, .. } => self.task_span(task_id, event),
@@ -19,28 +106,23 @@ impl Ledger {
             } => self.file_write_span(task_id.as_deref(), *bytes, path_hash.as_deref(), event),
             _ => None,
         };
-        match (record, &self.telemetry) {
-            (Some(record), Some(telemetry)) => telemetry.record(record),
-            (None, Some(_))
-                if matches!(
-                    event.body,
-                    EventBody::RunEnd { .. } | EventBody::TaskEnd { .. }
-                ) =>
+        match record {
+            Some(record) => self.telemetry.record(record),
+            None if matches!(
+                event.body,
+                EventBody::RunEnd { .. } | EventBody::TaskEnd { .. }
+            ) =>
             {
                 warn!(
                     event = event.body.type_name(),
                     "no span built: its run or task could not be read back"
                 );
             }
-            _ => {}
+            None => {}
         }
     }
 
-    pub(super) fn transitions_between(
-        &self,
-        start: i64,
-        end: i64,
-    ) -> Vec<(String, i64, Vec<KeyValue>)> {
+    fn transitions_between(&self, start: i64, end: i64) -> Vec<(String, i64, Vec<KeyValue>)> {
         self.recent_transitions
             .iter()
             .filter(|(at, ..)| *at >= start && *at <= end)
@@ -54,7 +136,7 @@ impl Ledger {
             .collect()
     }
 
-    pub(super) fn run_trace(&self, run_id: &str) -> [u8; 16] {
+    fn run_trace(&self, run_id: &str) -> [u8; 16] {
         self.store
             .run_trace_id(run_id)
             .ok()
@@ -63,7 +145,7 @@ impl Ledger {
             .unwrap_or_else(|| derived_trace_id("run", run_id))
     }
 
-    pub(super) fn plan_span(&self, run_id: &str, event: &Event) -> Option<SpanRecord> {
+    fn plan_span(&self, run_id: &str, event: &Event) -> Option<SpanRecord> {
         let run = self.store.run(run_id).ok().flatten()?.run;
         let start = parse_ms(run.started.as_deref()).unwrap_or(event.ts_ms);
         let mut attributes = vec![
@@ -106,7 +188,7 @@ impl Ledger {
         })
     }
 
-    pub(super) fn task_span(&self, task_id: &str, event: &Event) -> Option<SpanRecord> {
+    fn task_span(&self, task_id: &str, event: &Event) -> Option<SpanRecord> {
         let task = self.store.task(task_id).ok().flatten()?;
         let start = parse_ms(task.started.as_deref()).unwrap_or(event.ts_ms);
         let trace_id = task
@@ -159,7 +241,7 @@ impl Ledger {
         })
     }
 
-    pub(super) fn file_write_span(
+    fn file_write_span(
         &self,
         task_id: Option<&str>,
         bytes: u64,

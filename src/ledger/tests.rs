@@ -32,7 +32,9 @@ fn open_with(config: Config, dir: tempfile::TempDir, now: i64) -> Fixture {
         Ledger::open(&config, metrics.clone(), health.clone(), now).expect("ledger opens");
     let (sender, kills) = channel();
     Fixture {
-        ledger: ledger.with_actions(Some(sender), None, None),
+        ledger: ledger
+            .with_actions(Some(sender), None, None)
+            .expect("no threads to start"),
         kills,
         metrics,
         health,
@@ -69,7 +71,6 @@ impl Fixture {
             vec![LedgerInput::Events {
                 source: "http",
                 events,
-                rejected: Vec::new(),
                 reply,
             }],
             now,
@@ -342,4 +343,48 @@ fn an_enforcement_that_found_nothing_frees_the_target_without_a_record() {
     assert_eq!(recorded, 0);
     f.reading(1, NOW + 20);
     assert_eq!(f.orders().len(), 1, "the target is free for the next order");
+}
+
+#[test]
+fn reads_see_the_view_published_with_the_batch_and_ticks_age_rolling_windows() {
+    let mut f = fixture(
+        "[[budget]]\nname = \"hourly\"\nresource = \"tokens\"\nlimit = 100\nwindow = \"1h\"\non_exceed = \"alert\"\n",
+    );
+    let view = f.ledger.view();
+    let read = |view: &SharedView| view.read().expect("view").clone();
+    f.post(vec![usage("e1", 60, NOW)], NOW);
+    let now = read(&view);
+    assert_eq!(now.at_ms, NOW);
+    assert_eq!(now.budgets[0].used, 60.0, "published before the reply left");
+    // No input for an hour but ticks: the usage ages out of the rolling window.
+    f.ledger
+        .process(vec![LedgerInput::Tick], NOW + 2 * 3_600_000);
+    let later = read(&view);
+    assert_eq!(later.at_ms, NOW + 2 * 3_600_000);
+    assert_eq!(later.budgets[0].used, 0.0);
+}
+
+#[test]
+fn the_price_table_health_is_redone_only_when_unpriced_usage_arrived() {
+    let mut f = fixture("");
+    let view = f.ledger.view();
+    let pricing = |view: &SharedView| view.read().expect("view").pricing.clone();
+    f.post(vec![usage("e1", 10, NOW)], NOW);
+    let priced = pricing(&view);
+    assert!(priced.unknown_models.is_empty());
+    f.ledger.process(vec![LedgerInput::Tick], NOW + 1000);
+    assert!(
+        Arc::ptr_eq(&priced, &pricing(&view)),
+        "nothing new: the same table health"
+    );
+    let mystery = crate::ingest::event::validate(
+        &serde_json::json!({"type": "llm_usage", "event_id": "m1", "agent": "coder",
+                            "model": "mystery-1", "input_tokens": 5, "output_tokens": 0}),
+        NOW,
+    )
+    .expect("valid event");
+    f.post(vec![mystery], NOW + 2000);
+    let unpriced = pricing(&view);
+    assert_eq!(unpriced.unknown_models.len(), 1);
+    assert_eq!(unpriced.unknown_models[0].model, "mystery-1");
 }

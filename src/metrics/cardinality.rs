@@ -20,6 +20,8 @@ pub struct CardinalityCap {
     pairs: Mutex<HashSet<(String, String)>>,
     max_pairs: usize,
     overflow: Family<LabelLabels, Counter>,
+    /// The overflow counts again, by label, for `/v1/status` to say without a scrape.
+    folded: Mutex<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 /// The `label` value of the overflow counter for a pair folded as a whole.
@@ -37,6 +39,7 @@ impl CardinalityCap {
             pairs: Mutex::new(HashSet::new()),
             max_pairs,
             overflow,
+            folded: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -57,11 +60,7 @@ impl CardinalityCap {
             return pair;
         }
         drop(pairs);
-        self.overflow
-            .get_or_create(&LabelLabels {
-                label: PAIR_LABEL.to_string(),
-            })
-            .inc();
+        self.fold(PAIR_LABEL);
         (OVERFLOW_VALUE.to_string(), OVERFLOW_VALUE.to_string())
     }
 
@@ -81,12 +80,42 @@ impl CardinalityCap {
             return value.to_string();
         }
         drop(seen);
+        self.fold(label);
+        OVERFLOW_VALUE.to_string()
+    }
+
+    fn fold(&self, label: &'static str) {
         self.overflow
             .get_or_create(&LabelLabels {
                 label: label.to_string(),
             })
             .inc();
-        OVERFLOW_VALUE.to_string()
+        *self
+            .folded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(label)
+            .or_default() += 1;
+    }
+
+    /// Values folded into `__other__` so far, by label.
+    pub fn folded(&self) -> Vec<(&'static str, u64)> {
+        self.folded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(label, count)| (*label, *count))
+            .collect()
+    }
+
+    /// The agents of the usage series, sorted (`__other__` among them once any folded).
+    pub fn usage_agents(&self) -> Vec<String> {
+        let pairs = self
+            .pairs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let agents: std::collections::BTreeSet<&String> = pairs.iter().map(|(a, _)| a).collect();
+        agents.into_iter().cloned().collect()
     }
 }
 

@@ -295,6 +295,51 @@ impl Metrics {
             .collect()
     }
 
+    /// Counts events refused before they reached the ledger (bad JSON, failed validation),
+    /// by their type label, on the request's own task: a flood of bad bodies never queues in
+    /// the ledger's inbox.
+    pub fn count_rejected(&self, source: &str, types: &[&'static str]) {
+        for event_type in types {
+            self.events_total
+                .get_or_create(&EventLabels {
+                    source: source.to_string(),
+                    r#type: (*event_type).to_string(),
+                    result: "rejected".to_string(),
+                })
+                .inc();
+        }
+    }
+
+    /// What `doctor` warns about that the metrics know: targets not found, label values
+    /// folded, agents that reported usage. (Unpriced models come from the price table.)
+    pub fn attention(&self, targets: &[String]) -> crate::wire::Attention {
+        crate::wire::Attention {
+            targets_down: targets
+                .iter()
+                .filter(|target| {
+                    self.target_up
+                        .get_or_create(&TargetLabels {
+                            target: (*target).clone(),
+                        })
+                        .get()
+                        == 0
+                })
+                .cloned()
+                .collect(),
+            unpriced_models: Vec::new(),
+            folded_labels: self
+                .cap
+                .folded()
+                .into_iter()
+                .map(|(label, count)| crate::wire::Tally {
+                    name: label.to_string(),
+                    count,
+                })
+                .collect(),
+            agents_seen: self.cap.usage_agents(),
+        }
+    }
+
     /// Registers the whole taxonomy under `namespace` (`haios` by default).
     pub fn new(namespace: &str, max_label_values: usize, max_series: usize) -> Metrics {
         let mut registry = Registry::with_prefix(namespace);

@@ -569,3 +569,47 @@ fn a_config_price_override_wins_over_manifest_and_baseline() {
         "override $3, not the manifest's $1 nor the baseline's $1.25"
     );
 }
+
+#[test]
+fn the_report_window_is_exact_whether_read_from_the_rollup_or_the_store() {
+    let daemon = Daemon::start("");
+    let now = jiff::Timestamp::now();
+    let ago = |minutes: i64| {
+        now.checked_sub(jiff::SignedDuration::from_mins(minutes))
+            .expect("time")
+            .to_string()
+    };
+    let week = 7 * 24 * 60;
+    // Two events a few minutes either side of the 7-day edge (inside the rollup's first,
+    // partial hour), one yesterday, one 8.5 days ago (only the store has it in reach).
+    let events: Vec<Value> = [
+        ("inside-edge", week - 3, 100),
+        ("outside-edge", week + 3, 1000),
+        ("yesterday", 24 * 60, 10),
+        ("long-ago", week + 36 * 60, 10000),
+    ]
+    .iter()
+    .map(|(id, minutes, tokens)| {
+        json!({"type": "llm_usage", "event_id": id, "ts": ago(*minutes), "agent": "coder",
+               "model": "gpt-5", "input_tokens": tokens, "output_tokens": 0, "cost_usd": 0.0})
+    })
+    .collect();
+    assert_eq!(daemon.post_events(&Value::Array(events))["accepted"], 4);
+    let tokens = |window: &str| -> u64 {
+        let (status, _, body) = daemon.get(&format!("/v1/report?window={window}"), None);
+        assert_eq!(status, 200, "{body}");
+        let report: Value = serde_json::from_str(&body).expect("JSON");
+        report["total_tokens"].as_u64().expect("tokens")
+    };
+    assert_eq!(
+        tokens("7d"),
+        110,
+        "to the minute at the 7-day edge (rollup + raw head)"
+    );
+    assert_eq!(
+        tokens("10d"),
+        11_110,
+        "beyond the rollup's reach the store answers"
+    );
+    assert_eq!(tokens("2d"), 10);
+}

@@ -554,7 +554,13 @@ fn doctor_warns_when_the_daemon_clock_is_off() {
     // A stand-in daemon whose clock says 2020.
     let url = crate::util::stand_in(std::time::Duration::ZERO, |path| match path {
         "/v1/status" => {
-            r#"{"version":"0.0.0","now":"2020-01-01T00:00:00Z","checks":[],"report":{"configured":false}}"#
+            r#"{"version":"0.0.0","now":"2020-01-01T00:00:00Z","started":"2020-01-01T00:00:00Z",
+                "uptime_seconds":1.0,"ready":true,"checks":[],"problems":[],
+                "spend":{"last_24h":{"usd":0.0,"tokens":0},"last_7d":{"usd":0.0,"tokens":0}},
+                "budgets":[],"targets":[],
+                "report":{"configured":false,"last_success":null,"last_error":null},
+                "attention":{"targets_down":[],"unpriced_models":[],"folded_labels":[],"agents_seen":[]},
+                "hints":[]}"#
         }
         "/v1/budgets" => r#"{"budgets":[]}"#,
         _ => "",

@@ -1,0 +1,89 @@
+//! Admission: may an agent spend now? Pure: it reads budget states and says which apply and
+//! which hold, so `GET /v1/budgets/check` (and the proxy, later) decide the same way.
+
+use crate::budget::{BudgetStatus, State};
+use crate::wire::{BudgetCheck, Remaining};
+
+/// Whether a budget constrains `agent`'s spending: unscoped budgets constrain everyone; a
+/// budget scoped to an agent constrains that agent, and an agent that does not say who it is.
+pub fn applies(status: &BudgetStatus, agent: Option<&str>) -> bool {
+    match (agent, status.agent.as_deref()) {
+        (_, None) | (None, Some(_)) => true,
+        (Some(agent), Some(scoped)) => agent == scoped,
+    }
+}
+
+/// The answer to "may `agent` spend?": not allowed while any budget that applies is exceeded.
+pub fn check(agent: Option<&str>, statuses: &[BudgetStatus]) -> BudgetCheck {
+    let relevant: Vec<&BudgetStatus> = statuses.iter().filter(|s| applies(s, agent)).collect();
+    let exceeded: Vec<&BudgetStatus> = relevant
+        .iter()
+        .copied()
+        .filter(|s| s.state == State::Exceeded)
+        .collect();
+    let budgets = relevant
+        .iter()
+        .map(|s| Remaining {
+            budget: s.name.clone(),
+            resource: s.resource,
+            remaining: s.remaining,
+            limit: s.limit,
+            used: s.used,
+            state: s.state,
+        })
+        .collect();
+    BudgetCheck {
+        allowed: exceeded.is_empty(),
+        agent: agent.map(str::to_string),
+        error: exceeded.first().map(|first| {
+            format!(
+                "budget '{}' exceeded: {} of {} {} used",
+                first.name,
+                first.used,
+                first.limit,
+                first.resource.label()
+            )
+        }),
+        exceeded: exceeded.iter().map(|s| s.name.clone()).collect(),
+        budgets,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(name: &str, agent: Option<&str>, used: f64) -> BudgetStatus {
+        BudgetStatus::sample(name, agent, used)
+    }
+
+    #[test]
+    fn an_exceeded_budget_of_another_agent_does_not_refuse() {
+        let statuses = [
+            status("theirs", Some("reviewer"), 12.0),
+            status("all", None, 3.0),
+        ];
+        let answer = check(Some("coder"), &statuses);
+        assert!(answer.allowed);
+        assert_eq!(
+            answer.budgets.len(),
+            1,
+            "only the budgets that apply are listed"
+        );
+        assert_eq!(answer.budgets[0].budget, "all");
+        let theirs = check(Some("reviewer"), &statuses);
+        assert!(!theirs.allowed);
+        assert_eq!(theirs.exceeded, vec!["theirs".to_string()]);
+        assert!(
+            theirs
+                .error
+                .is_some_and(|e| e.contains("'theirs' exceeded: 12 of 10 usd"))
+        );
+    }
+
+    #[test]
+    fn an_agent_that_does_not_say_who_it_is_is_held_by_every_budget() {
+        let statuses = [status("theirs", Some("reviewer"), 12.0)];
+        assert!(!check(None, &statuses).allowed);
+    }
+}
