@@ -1,12 +1,18 @@
-//! The event schema of `POST /v1/events` and its validation.
+//! The event schema and its validation: the one place that says which fields each event type
+//! has and what each may hold. HTTP ingest hands it JSON objects; the OTLP mapping hands it a
+//! [`Draft`] built from span, metric and log attributes (no JSON in between); both end as the
+//! same [`Event`], checked by the same rules, and `emit` builds what it sends from the same
+//! field names.
 //!
-//! Events are checked field by field from a JSON object rather than through serde derive, so
-//! every rejection names the field and the rule (`field 'input_tokens': must be a whole number
-//! from 0 to 100000000, got -5`) and all problems of one event are reported together.
-//! Unknown fields are refused: that is also how prompt or completion text is kept out.
+//! Events are checked field by field rather than through serde derive, so every rejection
+//! names the field and the rule (`field 'input_tokens': must be a whole number from 0 to
+//! 100000000, got -5`) and all problems of one event are reported together. Unknown fields are
+//! refused: that is also how prompt or completion text is kept out.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+pub use super::fields::{Draft, Fields, Raw};
 
 /// Most tokens one usage event may carry: above any context window sold today.
 pub const MAX_TOKENS_PER_EVENT: u64 = 100_000_000;
@@ -182,9 +188,9 @@ fn fields_of(event_type: &str) -> &'static [&'static str] {
     }
 }
 
-/// Reads typed fields out of one JSON object, collecting every problem.
+/// Reads typed fields out of one event's fields, collecting every problem.
 struct Reader<'a> {
-    object: &'a Map<String, Value>,
+    fields: &'a dyn Fields,
     problems: Vec<String>,
 }
 
@@ -204,18 +210,19 @@ impl<'a> Reader<'a> {
         self.problems.push(format!("field '{field}': {rule}"));
     }
 
+    /// The field's value, or `None` (a problem when it is required).
+    fn given(&mut self, field: &str, required: bool) -> Option<Raw> {
+        let value = self.fields.raw(field);
+        if value.is_none() && required {
+            self.fail(field, "is required");
+        }
+        value
+    }
+
     fn string(&mut self, field: &str, kind: Text, required: bool) -> Option<String> {
-        let value = match self.object.get(field) {
-            None | Some(Value::Null) => {
-                if required {
-                    self.fail(field, "is required");
-                }
-                return None;
-            }
-            Some(value) => value,
-        };
-        let Some(text) = value.as_str() else {
-            self.fail(field, format!("must be a string, got {}", json_kind(value)));
+        let value = self.given(field, required)?;
+        let Raw::Text(text) = value else {
+            self.fail(field, format!("must be a string, got {}", value.kind()));
             return None;
         };
         let (max, name) = match kind {
@@ -241,55 +248,46 @@ impl<'a> Reader<'a> {
             self.fail(field, "must not contain control characters");
             return None;
         }
-        Some(text.to_string())
+        Some(text)
     }
 
     fn count(&mut self, field: &str, max: u64, required: bool) -> Option<u64> {
-        let value = match self.object.get(field) {
-            None | Some(Value::Null) => {
-                if required {
-                    self.fail(field, "is required");
-                }
-                return None;
-            }
-            Some(value) => value,
-        };
+        let value = self.given(field, required)?;
         let rule = format!("must be a whole number from 0 to {max}");
         match value {
-            Value::Number(n) => {
-                if let Some(v) = n.as_u64().filter(|v| *v <= max) {
+            Raw::Int(i) => {
+                if let Some(v) = u64::try_from(i).ok().filter(|v| *v <= max) {
                     return Some(v);
                 }
-                self.fail(field, format!("{rule}, got {n}"));
+                self.fail(field, format!("{rule}, got {i}"));
             }
-            other => self.fail(field, format!("{rule}, got {}", json_kind(other))),
+            Raw::Float(f) => self.fail(field, format!("{rule}, got {f}")),
+            other => self.fail(field, format!("{rule}, got {}", other.kind())),
         }
         None
     }
 
     fn amount(&mut self, field: &str, max: f64, required: bool) -> Option<f64> {
-        let value = match self.object.get(field) {
-            None | Some(Value::Null) => {
-                if required {
-                    self.fail(field, "is required");
-                }
-                return None;
-            }
-            Some(value) => value,
-        };
-        match value.as_f64() {
-            Some(v) if v.is_finite() && (0.0..=max).contains(&v) => Some(v),
-            Some(v) => {
-                self.fail(field, format!("must be a number from 0 to {max}, got {v}"));
-                None
-            }
-            None => {
+        let value = self.given(field, required)?;
+        let number = match value {
+            Raw::Int(i) => i as f64,
+            Raw::Float(f) => f,
+            other => {
                 self.fail(
                     field,
-                    format!("must be a number from 0 to {max}, got {}", json_kind(value)),
+                    format!("must be a number from 0 to {max}, got {}", other.kind()),
                 );
-                None
+                return None;
             }
+        };
+        if number.is_finite() && (0.0..=max).contains(&number) {
+            Some(number)
+        } else {
+            self.fail(
+                field,
+                format!("must be a number from 0 to {max}, got {number}"),
+            );
+            None
         }
     }
 
@@ -336,7 +334,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-fn json_kind(value: &Value) -> &'static str {
+pub(super) fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "a boolean",
@@ -398,13 +396,22 @@ pub fn validate(value: &Value, now_ms: i64) -> Result<Event, String> {
         }
         None => return Err("field 'type': is required".to_string()),
     };
+    check_fields(event_type, object, now_ms)
+}
+
+/// Checks one event of `event_type` (a known type) from its fields.
+pub(super) fn check_fields(
+    event_type: &str,
+    fields: &dyn Fields,
+    now_ms: i64,
+) -> Result<Event, String> {
     let mut reader = Reader {
-        object,
+        fields,
         problems: Vec::new(),
     };
     let allowed = fields_of(event_type);
-    for key in object.keys() {
-        if !COMMON_FIELDS.contains(&key.as_str()) && !allowed.contains(&key.as_str()) {
+    for key in fields.names() {
+        if !COMMON_FIELDS.contains(&key) && !allowed.contains(&key) {
             let shown: String = key.chars().take(64).collect();
             reader.problems.push(format!(
                 "field '{shown}': unknown for type {event_type}; allowed: {}",
@@ -575,6 +582,52 @@ fn llm_usage(reader: &mut Reader<'_>) -> Option<LlmUsage> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_draft_and_a_json_object_are_held_to_the_same_rules() {
+        let mut draft = Draft::default();
+        draft
+            .text("agent", "a")
+            .text("model", "m")
+            .set("input_tokens", Raw::Float(f64::NAN))
+            .set("output_tokens", Raw::parse_number(" 12 "))
+            .set("cache_read_tokens", Raw::parse_number("lots"));
+        let problem = draft.llm_usage(0).expect_err("NaN is no count");
+        assert!(
+            problem.contains("field 'input_tokens': must be a whole number from 0 to 100000000, got NaN")
+                && problem.contains("field 'cache_read_tokens': must be a whole number from 0 to 100000000, got a string"),
+            "{problem}"
+        );
+        let from_json = validate(
+            &serde_json::json!({"type": "llm_usage", "agent": "a", "model": "m",
+                                "input_tokens": 1.5, "output_tokens": 12, "cache_read_tokens": "lots"}),
+            0,
+        )
+        .expect_err("1.5 is no count");
+        assert!(from_json.contains("got 1.5") && from_json.contains("'cache_read_tokens'"));
+        draft
+            .count("input_tokens", 20)
+            .set("cache_read_tokens", Raw::Int(5));
+        let event = draft.llm_usage(7).expect("now valid");
+        let EventBody::LlmUsage(usage) = event.body else {
+            panic!("usage")
+        };
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens
+            ),
+            (20, 12, 5)
+        );
+        assert_eq!(event.ts_ms, 7, "no ts: now");
+        draft.text("prompt", "secret");
+        let unknown = draft.llm_usage(0).expect_err("no prompt field");
+        assert!(
+            unknown.contains("field 'prompt': unknown for type llm_usage"),
+            "{unknown}"
+        );
+    }
 
     #[test]
     fn events_older_than_retention_are_refused_by_name() {

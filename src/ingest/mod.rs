@@ -2,6 +2,7 @@
 //! them and hands the result to the ledger.
 
 pub mod event;
+mod fields;
 
 use serde_json::Value;
 

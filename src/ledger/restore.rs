@@ -115,6 +115,8 @@ impl Ledger {
             priced_models = ledger.prices.len(),
             "ledger opened"
         );
+        // Reads answer from the view: it holds the restored state before any input arrives.
+        ledger.publish(now);
         Ok((ledger, baselines))
     }
 

@@ -243,15 +243,21 @@ fn back_dated_usage_is_charged_at_receipt() {
     assert!(status.is_exceeded());
 }
 
-#[test]
-fn an_exceeded_state_survives_reopening_and_holds_the_exec_target() {
+/// A ledger over a 100-token lifetime budget that took 150 tokens at NOW, closed and opened
+/// again on the same store a second later.
+fn reopened_over_budget() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = config_in(dir.path(), "[budgets]\ntokens = 100\n");
     let mut f = open_with(config.clone(), dir, NOW);
     f.post(vec![usage("e1", 150, NOW)], NOW);
     let Fixture { ledger, _dir, .. } = f;
     drop(ledger);
-    let reopened = open_with(config, _dir, NOW + 1000);
+    open_with(config, _dir, NOW + 1000)
+}
+
+#[test]
+fn an_exceeded_state_survives_reopening_and_holds_the_exec_target() {
+    let reopened = reopened_over_budget();
     let holding = reopened.ledger.holding("agent", NOW + 1000);
     assert_eq!(holding.len(), 1);
     assert_eq!(holding[0].name, "lifetime-tokens");
@@ -387,4 +393,14 @@ fn the_price_table_health_is_redone_only_when_unpriced_usage_arrived() {
     let unpriced = pricing(&view);
     assert_eq!(unpriced.unknown_models.len(), 1);
     assert_eq!(unpriced.unknown_models[0].model, "mystery-1");
+}
+
+#[test]
+fn the_view_holds_the_restored_state_before_any_input() {
+    let reopened = reopened_over_budget();
+    let view = reopened.ledger.view();
+    let view = view.read().expect("view");
+    assert_eq!(view.at_ms, NOW + 1000);
+    assert_eq!(view.budgets.len(), 1);
+    assert_eq!(view.budgets[0].used, 150.0);
 }

@@ -1,0 +1,119 @@
+//! Per-request log events: Claude Code's `api_request`, Gemini CLI's `api_response`.
+
+use super::*;
+
+/// Which per-request log event a record is, if any.
+pub(super) fn log_family(record: &LogRecord, attributes: &Attributes<'_>) -> Option<Family> {
+    let body = match record.body.as_ref().and_then(|b| b.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.as_str(),
+        _ => "",
+    };
+    let attribute = attributes.string("event.name").unwrap_or_default();
+    let service = attributes.string("service.name").unwrap_or_default();
+    let named = |name: &str| record.event_name == name || body == name || attribute == name;
+    if named("claude_code.api_request") || (attribute == "api_request" && service == "claude-code")
+    {
+        Some(Family::ClaudeCodeLogs)
+    } else if named("gemini_cli.api_response") {
+        Some(Family::GeminiCliLogs)
+    } else {
+        None
+    }
+}
+
+/// Adds counts, keeping the first value that is not a whole number so the rule names it.
+pub(super) fn sum(values: &[Option<Raw>]) -> Raw {
+    let mut total: i64 = 0;
+    for value in values.iter().flatten() {
+        match value {
+            Raw::Int(n) => total = total.saturating_add(*n),
+            other => return other.clone(),
+        }
+    }
+    Raw::Int(total)
+}
+
+/// Claude Code's `api_request` and Gemini CLI's `api_response` log events: one model call each,
+/// with its tokens (and, from Claude Code, its cost).
+pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64) -> Mapped {
+    let mut mapped = Mapped::default();
+    let empty = Vec::new();
+    for resource_logs in &request.resource_logs {
+        let resource = resource_logs
+            .resource
+            .as_ref()
+            .map_or(&empty, |r| &r.attributes);
+        for scope_logs in &resource_logs.scope_logs {
+            for record in &scope_logs.log_records {
+                let attributes = Attributes {
+                    item: &record.attributes,
+                    resource,
+                };
+                let Some(family) = log_family(record, &attributes) else {
+                    continue;
+                };
+                let n = |key: &str| attributes.number(key);
+                let (input, output, cache_read, cache_write, reasoning, cost) = match family {
+                    // Claude Code's input_tokens excludes the cache, as Anthropic's API does.
+                    Family::ClaudeCodeLogs => (
+                        sum(&[
+                            n("input_tokens"),
+                            n("cache_read_tokens"),
+                            n("cache_creation_tokens"),
+                        ]),
+                        sum(&[n("output_tokens")]),
+                        n("cache_read_tokens"),
+                        n("cache_creation_tokens"),
+                        None,
+                        n("cost_usd"),
+                    ),
+                    _ => (
+                        sum(&[n("input_token_count"), n("tool_token_count")]),
+                        sum(&[n("output_token_count"), n("thoughts_token_count")]),
+                        n("cached_content_token_count"),
+                        None,
+                        n("thoughts_token_count"),
+                        None,
+                    ),
+                };
+                let time_ns = if record.time_unix_nano > 0 {
+                    record.time_unix_nano
+                } else {
+                    record.observed_time_unix_nano
+                };
+                let labels = attributes.labels(defaults, &["model"]);
+                let mut draft = Draft::default();
+                draft
+                    .text("agent", labels.agent)
+                    .text("model", labels.model)
+                    .set("input_tokens", input)
+                    .set("output_tokens", output)
+                    .text(
+                        "event_id",
+                        format!(
+                            "otlp-log-{}",
+                            digest(&[resource, &record.attributes], &time_ns.to_string())
+                        ),
+                    )
+                    .maybe("provider", labels.provider.map(Raw::Text))
+                    .maybe("cache_read_tokens", cache_read)
+                    .maybe("cache_write_tokens", cache_write)
+                    .maybe("reasoning_tokens", reasoning)
+                    .maybe("cost_usd", cost)
+                    .maybe("trace_id", hex(&record.trace_id).map(Raw::Text))
+                    .maybe("span_id", hex(&record.span_id).map(Raw::Text))
+                    .maybe("ts", rfc3339(time_ns).map(Raw::Text));
+                let origin = format!("log event '{}'", family.label());
+                match checked(&draft, &origin, now_ms) {
+                    Ok(event) => mapped.records.push(Record {
+                        owner: attributes.owner(),
+                        family,
+                        event,
+                    }),
+                    Err(problem) => mapped.rejected.push(problem),
+                }
+            }
+        }
+    }
+    mapped
+}

@@ -1,0 +1,346 @@
+//! The mapping driven with hand-built export requests.
+
+use super::*;
+use opentelemetry_proto::tonic::common::v1::AnyValue;
+use opentelemetry_proto::tonic::logs::v1::{ResourceLogs, ScopeLogs};
+use opentelemetry_proto::tonic::metrics::v1::{
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+fn s(key: &str, v: &str) -> KeyValue {
+    kv(key, any_value::Value::StringValue(v.to_string()))
+}
+fn i(key: &str, v: i64) -> KeyValue {
+    kv(key, any_value::Value::IntValue(v))
+}
+fn defaults() -> Defaults {
+    Defaults {
+        agent: "fallback".into(),
+    }
+}
+fn resource(attributes: Vec<KeyValue>) -> Option<Resource> {
+    Some(Resource {
+        attributes,
+        ..Default::default()
+    })
+}
+
+fn logs_request(service: &str, log_records: Vec<LogRecord>) -> ExportLogsServiceRequest {
+    ExportLogsServiceRequest {
+        resource_logs: vec![ResourceLogs {
+            resource: resource(vec![s("service.name", service)]),
+            scope_logs: vec![ScopeLogs {
+                log_records,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn usage(event: &Event) -> &crate::ingest::LlmUsage {
+    match &event.body {
+        crate::ingest::EventBody::LlmUsage(u) => u,
+        other => panic!("not usage: {other:?}"),
+    }
+}
+
+#[test]
+fn genai_span_attributes_become_one_usage_event_keyed_by_span_id() {
+    let span = Span {
+        trace_id: vec![0xab; 16],
+        span_id: vec![0xcd; 8],
+        name: "chat gpt-4o".into(),
+        end_time_unix_nano: 1_790_000_000_000_000_000,
+        attributes: vec![
+            s("gen_ai.request.model", "gpt-4o"),
+            s("gen_ai.response.model", "gpt-4o-2024-08-06"),
+            s("gen_ai.system", "openai"),
+            i("gen_ai.usage.input_tokens", 1200),
+            i("gen_ai.usage.output_tokens", 300),
+            i("gen_ai.usage.cache_read.input_tokens", 200),
+            s("gen_ai.agent.name", "planner"),
+        ],
+        ..Default::default()
+    };
+    let plain = Span {
+        name: "http".into(),
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: resource(vec![s("service.name", "svc")]),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span, plain],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mapped = spans(&request, &defaults(), 0);
+    assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);
+    assert_eq!(mapped.records.len(), 1, "the span without usage is ignored");
+    let record = &mapped.records[0];
+    let u = usage(&record.event);
+    assert_eq!(
+        (u.agent.as_str(), u.model.as_str(), u.provider.as_deref()),
+        ("planner", "gpt-4o-2024-08-06", Some("openai"))
+    );
+    assert_eq!(
+        (u.input_tokens, u.output_tokens, u.cache_read_tokens),
+        (1200, 300, 200)
+    );
+    assert_eq!(
+        record.event.event_id.as_deref(),
+        Some(format!("otlp-span-{}-{}", "ab".repeat(16), "cd".repeat(8)).as_str())
+    );
+    assert_eq!(record.event.ts_ms, 1_790_000_000_000);
+}
+
+#[test]
+fn older_llm_usage_attributes_and_service_name_fallback() {
+    let span = Span {
+        span_id: vec![1; 8],
+        trace_id: vec![2; 16],
+        attributes: vec![
+            i("llm.usage.prompt_tokens", 10),
+            i("llm.usage.completion_tokens", 5),
+            s("llm.request.model", "gpt-4o-mini"),
+        ],
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: resource(vec![s("service.name", "unknown_service:python")]),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mapped = spans(&request, &defaults(), 0);
+    let u = usage(&mapped.records[0].event);
+    assert_eq!((u.input_tokens, u.output_tokens), (10, 5));
+    assert_eq!(
+        u.agent, "fallback",
+        "the SDK's placeholder service name is no agent"
+    );
+}
+
+#[test]
+fn exclusive_cache_counts_in_a_span_are_refused_with_the_rule() {
+    let span = Span {
+        span_id: vec![1; 8],
+        trace_id: vec![2; 16],
+        attributes: vec![
+            i("gen_ai.usage.input_tokens", 10),
+            i("gen_ai.usage.output_tokens", 5),
+            i("gen_ai.usage.cache_read.input_tokens", 500),
+            s("gen_ai.request.model", "gpt-4o"),
+        ],
+        ..Default::default()
+    };
+    let request = ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            scope_spans: vec![ScopeSpans {
+                spans: vec![span],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    };
+    let mapped = spans(&request, &defaults(), 0);
+    assert!(mapped.records.is_empty());
+    assert!(
+        mapped.rejected[0].starts_with("span 0101010101010101")
+            && mapped.rejected[0].contains("cache"),
+        "{:?}",
+        mapped.rejected
+    );
+}
+
+fn claude_metrics(points: Vec<(&str, &str, f64)>) -> ExportMetricsServiceRequest {
+    let sum = |metric: &str| Metric {
+        name: metric.to_string(),
+        data: Some(metric::Data::Sum(Sum {
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            is_monotonic: true,
+            data_points: points
+                .iter()
+                .filter(|(m, _, _)| *m == metric)
+                .map(|(_, kind, v)| NumberDataPoint {
+                    attributes: [
+                        Some(s("model", "claude-sonnet-4-5")),
+                        Some(s("session.id", "s-1")),
+                        (!kind.is_empty()).then(|| s("type", kind)),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .collect(),
+                    time_unix_nano: 1_790_000_000_000_000_000,
+                    value: Some(number_data_point::Value::AsDouble(*v)),
+                    ..Default::default()
+                })
+                .collect(),
+        })),
+        ..Default::default()
+    };
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: resource(vec![s("service.name", "claude-code")]),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: vec![
+                    sum("claude_code.token.usage"),
+                    sum("claude_code.cost.usage"),
+                ],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn claude_code_token_types_add_to_inclusive_input() {
+    let mapped = metrics(
+        &claude_metrics(vec![
+            ("claude_code.token.usage", "input", 100.0),
+            ("claude_code.token.usage", "cacheRead", 1000.0),
+            ("claude_code.token.usage", "cacheCreation", 50.0),
+            ("claude_code.token.usage", "output", 20.0),
+            ("claude_code.token.usage", "bogus", 1.0),
+            ("claude_code.cost.usage", "", 0.5),
+        ]),
+        &defaults(),
+    );
+    assert_eq!(mapped.points.len(), 5);
+    assert_eq!(
+        mapped.points[4].parts,
+        &[Part::Usd],
+        "cost points carry no type"
+    );
+    assert_eq!(mapped.rejected.len(), 1, "an unknown token type is named");
+    assert!(mapped.rejected[0].contains("'bogus'"));
+    let cache_read = &mapped.points[1];
+    assert_eq!(cache_read.parts, &[Part::Input, Part::CacheRead]);
+    assert_eq!(cache_read.labels.agent, "claude-code");
+    assert_eq!(cache_read.owner, "claude-code||s-1");
+    assert!(!cache_read.cumulative);
+    let streams: std::collections::HashSet<_> =
+        mapped.points.iter().map(|p| p.stream.clone()).collect();
+    assert_eq!(streams.len(), 5, "each token type is its own stream");
+}
+
+#[test]
+fn claude_code_api_request_logs_carry_exact_cost() {
+    let record = LogRecord {
+        time_unix_nano: 1_790_000_000_000_000_000,
+        body: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(
+                "claude_code.api_request".into(),
+            )),
+        }),
+        attributes: vec![
+            s("event.name", "api_request"),
+            s("model", "claude-sonnet-4-5"),
+            s("input_tokens", "100"),
+            s("output_tokens", "20"),
+            s("cache_read_tokens", "1000"),
+            s("cache_creation_tokens", "50"),
+            s("cost_usd", "0.0123"),
+            s("session.id", "s-1"),
+        ],
+        ..Default::default()
+    };
+    let request = logs_request("claude-code", vec![record, LogRecord::default()]);
+    let mapped = logs(&request, &defaults(), 0);
+    assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);
+    assert_eq!(mapped.records.len(), 1);
+    let u = usage(&mapped.records[0].event);
+    assert_eq!(
+        (
+            u.input_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.output_tokens
+        ),
+        (1150, 1000, 50, 20)
+    );
+    assert_eq!(u.cost_usd, Some(0.0123));
+    assert_eq!(mapped.records[0].family, Family::ClaudeCodeLogs);
+}
+
+#[test]
+fn gemini_api_response_counts_thoughts_as_output_and_tools_as_input() {
+    let record = LogRecord {
+        time_unix_nano: 1_790_000_000_000_000_000,
+        attributes: vec![
+            s("event.name", "gemini_cli.api_response"),
+            s("model", "gemini-2.5-pro"),
+            i("input_token_count", 1000),
+            i("output_token_count", 100),
+            i("cached_content_token_count", 400),
+            i("thoughts_token_count", 50),
+            i("tool_token_count", 10),
+        ],
+        ..Default::default()
+    };
+    let request = logs_request("gemini-cli", vec![record]);
+    let mapped = logs(&request, &defaults(), 0);
+    let u = usage(&mapped.records[0].event);
+    assert_eq!(
+        (
+            u.input_tokens,
+            u.cache_read_tokens,
+            u.output_tokens,
+            u.reasoning_tokens
+        ),
+        (1010, 400, 150, 50)
+    );
+    assert_eq!(u.cost_usd, None, "priced from the table");
+}
+
+#[test]
+fn metric_events_keep_cache_within_input_and_claude_cost_exact() {
+    let labels = UsageLabels {
+        agent: "a".into(),
+        model: "m".into(),
+        provider: None,
+    };
+    let event = metric_event(
+        Family::GeminiCliMetrics,
+        &labels,
+        0,
+        &[10.0, 15.0, 0.0, 3.0, 1.0, 0.0],
+        "x",
+        0,
+    )
+    .expect("valid");
+    let u = usage(&event);
+    assert_eq!((u.input_tokens, u.cache_read_tokens), (10, 10));
+    assert_eq!(u.cost_usd, None);
+    let claude = metric_event(
+        Family::ClaudeCodeMetrics,
+        &labels,
+        0,
+        &[10.0, 0.0, 0.0, 3.0, 0.0, 0.0],
+        "y",
+        0,
+    )
+    .expect("valid");
+    assert_eq!(
+        usage(&claude).cost_usd,
+        Some(0.0),
+        "cost comes from its own metric"
+    );
+}
