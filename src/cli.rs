@@ -380,3 +380,112 @@ pub fn check_config(file: &std::path::Path) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every `emit` subcommand, with every flag it has, makes an event the schema accepts:
+    /// a field renamed in `ingest::event` and not here fails this test.
+    #[test]
+    fn every_emitted_event_passes_the_one_schema() {
+        let common = [
+            "--event-id",
+            "e-1",
+            "--ts",
+            "2026-11-23T10:00:00Z",
+            "--trace-id",
+            "0af7651916cd43dd8448eb211c80319c",
+            "--span-id",
+            "b7ad6b7169203331",
+        ];
+        let cases: [&[&str]; 7] = [
+            &[
+                "usage",
+                "--agent",
+                "a",
+                "--model",
+                "m",
+                "--provider",
+                "p",
+                "--input",
+                "10",
+                "--output",
+                "5",
+                "--cache-read",
+                "2",
+                "--cache-write",
+                "1",
+                "--reasoning",
+                "1",
+                "--cost",
+                "0.5",
+                "--task-id",
+                "t",
+                "--run-id",
+                "r",
+            ],
+            &["run-start", "--run-id", "r", "--agent", "a", "--name", "n"],
+            &[
+                "run-end",
+                "--run-id",
+                "r",
+                "--result",
+                "failure",
+                "--failure-class",
+                "tool",
+                "--error-summary",
+                "boom",
+            ],
+            &[
+                "task-start",
+                "--task-id",
+                "t",
+                "--type",
+                "build",
+                "--run-id",
+                "r",
+                "--agent",
+                "a",
+            ],
+            &[
+                "task-end",
+                "--task-id",
+                "t",
+                "--type",
+                "build",
+                "--result",
+                "success",
+                "--run-id",
+                "r",
+                "--failure-class",
+                "tool",
+                "--error-summary",
+                "x",
+            ],
+            &["lock-wait", "--seconds", "1.5", "--lock", "cargo"],
+            &[
+                "file-write",
+                "--bytes",
+                "10",
+                "--task-id",
+                "t",
+                "--path",
+                "src/x.rs",
+            ],
+        ];
+        for case in cases {
+            let args = ["costmeter", "emit"]
+                .into_iter()
+                .chain(case.iter().copied())
+                .chain(common);
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{case:?}: {e}"));
+            let Command::Emit { event, .. } = cli.command else {
+                panic!("emit")
+            };
+            let json = event.to_json();
+            crate::ingest::event::validate(&json, 0)
+                .unwrap_or_else(|problem| panic!("{case:?} → {json}: {problem}"));
+        }
+    }
+}
