@@ -164,8 +164,15 @@ pub(super) async fn task(State(state): State<Arc<AppState>>, Path(id): Path<Stri
 
 /// `GET /v1/status`: is costmeter working, what has the agent spent, where do budgets stand.
 pub(super) async fn status(State(state): State<Arc<AppState>>) -> Response {
-    let (status, _, _, _) = overview(&state);
-    axum::Json(status).into_response()
+    let reads = state.reads.clone();
+    let computed = reads
+        .compute(move |_| serde_json::to_vec(&overview(&state).0))
+        .await;
+    match computed {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Ok(Err(problem)) => error(StatusCode::INTERNAL_SERVER_ERROR, problem.to_string()),
+        Err(problem) => error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string()),
+    }
 }
 
 /// The status, the budgets and the 24-hour and 7-day spend from the hourly rollup, which the
@@ -226,29 +233,28 @@ fn overview(state: &AppState) -> (Status, Vec<BudgetStatus>, Report, Report) {
 
 /// `GET /`: the status page.
 pub(super) async fn page(State(state): State<Arc<AppState>>) -> Response {
-    let (status, budgets, day, week) = overview(&state);
     let filter = RunFilter {
         limit: 10,
         ..RunFilter::default()
     };
-    let runs = match read(&state, move |store| store.runs(&filter)).await {
-        Ok(runs) => runs,
-        Err(response) => return response,
-    };
-    let targets = state.metrics.target_figures(&state.targets);
-    let rendered = tokio::task::spawn_blocking(move || {
-        crate::page::render(&crate::page::Sections {
-            status: &status,
-            budgets: &budgets,
-            week: &week,
-            day: &day,
-            runs: &runs,
-            targets: &targets,
+    let reads = state.reads.clone();
+    let rendered = reads
+        .run(move |store| {
+            let runs = store.runs(&filter)?;
+            let (status, budgets, day, week) = overview(&state);
+            let targets = state.metrics.target_figures(&state.targets);
+            Ok(crate::page::render(&crate::page::Sections {
+                status: &status,
+                budgets: &budgets,
+                week: &week,
+                day: &day,
+                runs: &runs,
+                targets: &targets,
+            }))
         })
-    })
-    .await;
+        .await;
     match rendered {
         Ok(html) => ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response(),
-        Err(problem) => error(StatusCode::INTERNAL_SERVER_ERROR, problem.to_string()),
+        Err(problem) => error(StatusCode::SERVICE_UNAVAILABLE, problem.to_string()),
     }
 }

@@ -381,6 +381,25 @@ impl Ledger {
         // after the kill order did, and a read after the 2xx sees the event.
         self.judge_budgets(received);
         self.publish(received);
+        // The spend rollup takes the batch's usage under one short write lock, before the
+        // answers: a report read after a 2xx includes its event.
+        {
+            let mut spend = self
+                .spend
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for usage in self.spend_batch.drain(..) {
+                spend.add(
+                    usage.hour_ms,
+                    &usage.agent,
+                    &usage.model,
+                    usage.tokens,
+                    usage.usd,
+                    received,
+                );
+            }
+            spend.prune(received);
+        }
         for (range, refused, reply) in requests {
             let _ = reply.send(
                 outcome
@@ -403,24 +422,6 @@ impl Ledger {
                 }
             });
             let _ = reply.send(answer);
-        }
-        // The spend rollup takes the batch's usage under one short write lock.
-        {
-            let mut spend = self
-                .spend
-                .write()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            for usage in self.spend_batch.drain(..) {
-                spend.add(
-                    usage.hour_ms,
-                    &usage.agent,
-                    &usage.model,
-                    usage.tokens,
-                    usage.usd,
-                    received,
-                );
-            }
-            spend.prune(received);
         }
         // Effects after answers: spans, webhook notices, the status files of the runs this
         // batch changed.

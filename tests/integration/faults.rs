@@ -300,13 +300,10 @@ fn a_pid_file_naming_another_user_s_process_is_refused_and_never_signalled() {
     wait_for("the refusal in the log", SETTLE, || {
         (daemon.log_count("refused as an unrelated process") > 0).then_some(())
     });
-    assert_eq!(
-        daemon
-            .scrape()
-            .value("haios_target_up", &[("target", "agent")]),
-        Some(0.0),
-        "not metered"
-    );
+    let up = daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 0.0
+    });
+    assert_eq!(up, 0.0, "not metered");
     // The budget fires; the process the pid file names is left alone.
     daemon.post_events(&usage("over"));
     wait_for("the soft-kill to be reported", SETTLE, || {
