@@ -52,6 +52,8 @@ pub enum DaemonError {
         path: std::path::PathBuf,
         reason: String,
     },
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Exit status of `costmeter exec` when a budget soft-killed the command.
@@ -154,14 +156,20 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     }
     let book = IdentityBook::default();
     let export_health = Arc::new(ExportHealth::default());
-    let (telemetry, exporter) = crate::telemetry::spawn(&config.telemetry, export_health.clone())
-        .map_err(|e| DaemonError::Exec(e.to_string()))?
-        .unzip();
+    // One root store and client identity for every client: the webhook and span export.
+    let client_tls = crate::tls::ClientTls::load(&config.tls)?;
+    let (telemetry, exporter) =
+        crate::telemetry::spawn(&config.telemetry, export_health.clone(), &client_tls)
+            .map_err(|e| DaemonError::Exec(e.to_string()))?
+            .unzip();
     if telemetry.is_some() {
         health.watch_export(export_health);
     }
     let webhook = match &config.enforcement.webhook {
-        Some(url) => Some(Webhook::spawn(url.clone()).map_err(DaemonError::LedgerThread)?),
+        Some(url) => Some(
+            Webhook::spawn(url.clone(), &client_tls, health.clone())
+                .map_err(DaemonError::LedgerThread)?,
+        ),
         None => None,
     };
     // The enforcer reports back to the ledger; the ledger's sender exists only once it runs,
@@ -203,6 +211,21 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     let otlp_max = usize::try_from(config.otlp.max_body_bytes).unwrap_or(usize::MAX);
     // Two of the largest bodies may be decoded at once; more wait their turn.
     let decode_gate = Arc::new(crate::otlp::DecodeGate::new(otlp_max.saturating_mul(2)));
+    // The listeners' certificates, re-read on reload.
+    let server_tls = config
+        .server
+        .tls
+        .as_ref()
+        .map(|files| crate::tls::ServerTls::load(files, &[b"http/1.1"]))
+        .transpose()?;
+    let grpc_tls = config
+        .otlp
+        .grpc_tls
+        .as_ref()
+        .map(|files| crate::tls::ServerTls::load(files, &[b"h2"]))
+        .transpose()?;
+    let listener_tls: Vec<crate::tls::ServerTls> =
+        server_tls.iter().chain(&grpc_tls).cloned().collect();
     let grpc = match config.otlp.grpc_listen {
         None => None,
         Some(addr) => {
@@ -223,11 +246,12 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                 receiver,
                 otlp_max,
                 config.server.limits,
+                grpc_tls.clone(),
                 async {
                     let _ = stopped.await;
                 },
             ));
-            info!(addr = %grpc_addr, "listening for OTLP/gRPC");
+            info!(addr = %grpc_addr, tls = grpc_tls.is_some(), "listening for OTLP/gRPC");
             Some((stop, task))
         }
     };
@@ -262,9 +286,15 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let limits = config.server.limits;
-    let server = tokio::spawn(crate::server::serve(listener, app, limits, async {
-        let _ = stop_rx.await;
-    }));
+    let server = tokio::spawn(crate::server::serve(
+        listener,
+        app,
+        limits,
+        server_tls,
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
 
     let mut signals = Signals::install()?;
     let mut running = config;
@@ -275,10 +305,10 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                     _ = signals.terminate.recv() => { info!("SIGTERM received, shutting down"); break; }
                     _ = signals.interrupt.recv() => { info!("SIGINT received, shutting down"); break; }
                     _ = signals.hangup.recv() => {
-                        let _ = reload(&mut running, &token, &sampler, &enforcer, &ledger_tx).await;
+                        let _ = reload(&mut running, &token, &sampler, &enforcer, &ledger_tx, &listener_tls).await;
                     }
                     Some(reply) = reload_rx.recv() => {
-                        let _ = reply.send(reload(&mut running, &token, &sampler, &enforcer, &ledger_tx).await);
+                        let _ = reply.send(reload(&mut running, &token, &sampler, &enforcer, &ledger_tx, &listener_tls).await);
                     }
                 }
             }
@@ -304,7 +334,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
                     _ = signals.user1.recv() => forward(rustix::process::Signal::USR1, "SIGUSR1"),
                     _ = signals.user2.recv() => forward(rustix::process::Signal::USR2, "SIGUSR2"),
                     Some(reply) = reload_rx.recv() => {
-                        let _ = reply.send(reload(&mut running, &token, &sampler, &enforcer, &ledger_tx).await);
+                        let _ = reply.send(reload(&mut running, &token, &sampler, &enforcer, &ledger_tx, &listener_tls).await);
                     }
                 }
             };
@@ -490,6 +520,7 @@ async fn reload(
     sampler: &SamplerHandle,
     enforcer: &std::sync::mpsc::Sender<EnforcerInput>,
     ledger: &LedgerSender,
+    listener_tls: &[crate::tls::ServerTls],
 ) -> Result<String, String> {
     let Some(path) = running.source.clone() else {
         let message = "costmeter runs on built-in defaults; there is no file to reload".to_string();
@@ -508,6 +539,18 @@ async fn reload(
             return Err(format!("{join}; the running config stays"));
         }
     };
+    // The listeners' certificate files are read again (renewed certificates take effect
+    // without a restart); the file was checked whole above, so this only fails on a race.
+    for tls in listener_tls {
+        if let Err(problem) = tls.reload() {
+            warn!(error = %problem, "a listener's certificate could not be re-read; it keeps the running one");
+        }
+    }
+    if new.server.tls != running.server.tls || new.otlp.grpc_tls != running.otlp.grpc_tls {
+        warn!(
+            "TLS certificate paths changed; new paths take effect after a restart (the files at the old paths were re-read)"
+        );
+    }
     if new.server != running.server {
         warn!(
             "[server] changed (listen, limits, allowed_hosts or token_file); it takes effect after a restart"

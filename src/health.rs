@@ -28,6 +28,8 @@ pub struct Health {
     refused: Mutex<(u64, Option<(i64, Refusal)>)>,
     /// Usage priced at 0 for want of a price since start, and the last model with when.
     unpriced: Mutex<(u64, Option<(i64, String)>)>,
+    /// Deliveries (the webhook) whose last attempt failed: when, and why (with the URL).
+    failed_deliveries: Mutex<std::collections::BTreeMap<&'static str, (i64, String)>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -130,6 +132,19 @@ impl Health {
         unpriced.1 = Some((now_ms, model.to_string()));
     }
 
+    /// The outcome of one delivery on `channel`: a failure stays a problem until one succeeds.
+    pub fn record_delivery(&self, channel: &'static str, outcome: Result<(), String>, now_ms: i64) {
+        let mut failed = lock(&self.failed_deliveries);
+        match outcome {
+            Ok(()) => {
+                failed.remove(channel);
+            }
+            Err(why) => {
+                failed.insert(channel, (now_ms, why));
+            }
+        }
+    }
+
     /// What is wrong with the numbers now. Pure in its inputs: the clock and whether any USD
     /// budget is configured are passed in.
     pub fn problems(&self, now_ms: i64, usd_budgets: bool) -> Vec<Problem> {
@@ -152,6 +167,13 @@ impl Health {
                     refusal.setting,
                 ),
                 fix: format!("raise {} and reload or restart costmeter", refusal.setting),
+            });
+        }
+        for (channel, (at, why)) in lock(&self.failed_deliveries).iter() {
+            problems.push(Problem {
+                name: format!("{channel} delivery"),
+                detail: format!("the last {channel} notice (at {}) was not delivered: {why}", iso(*at)),
+                fix: "check the URL, and for https the CA: the system's roots plus [tls] ca_file are trusted".into(),
             });
         }
         let (count, last) = lock(&self.unpriced).clone();
@@ -209,7 +231,10 @@ impl Health {
                 check(
                     "telemetry",
                     false,
-                    "OTLP collector unreachable or the last export failed (mode = \"strict\"); spans are dropped, ingestion goes on".to_string(),
+                    format!(
+                        "OTLP collector unreachable or the last export failed (mode = \"strict\"); spans are dropped, ingestion goes on{}",
+                        export.last_error().map(|e| format!(": {e}")).unwrap_or_default()
+                    ),
                 )
             });
         }

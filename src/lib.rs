@@ -32,4 +32,5 @@ pub mod spend;
 pub mod status_files;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 pub mod wire;

@@ -18,16 +18,19 @@ pub struct Webhook {
 }
 
 impl Webhook {
-    /// Starts the sender thread for `url`.
-    pub fn spawn(url: String) -> std::io::Result<Webhook> {
+    /// Starts the sender thread for `url`, speaking https with `tls`'s roots and client
+    /// certificate; each delivery's outcome goes to `health` (a failure is a problem `doctor`
+    /// shows, with the URL and why).
+    pub fn spawn(
+        url: String,
+        tls: &crate::tls::ClientTls,
+        health: std::sync::Arc<crate::health::Health>,
+    ) -> std::io::Result<Webhook> {
         let (queue, inbox) = mpsc::sync_channel::<BudgetNotice>(QUEUE);
+        let http = tls.http_agent(Duration::from_secs(5));
         std::thread::Builder::new()
             .name("costmeter-webhook".into())
             .spawn(move || {
-                let http: ureq::Agent = ureq::Agent::config_builder()
-                    .timeout_global(Some(Duration::from_secs(5)))
-                    .build()
-                    .into();
                 let backoff = ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(200))
                     .with_max_delay(Duration::from_secs(10))
@@ -35,15 +38,27 @@ impl Webhook {
                 while let Ok(payload) = inbox.recv() {
                     let body = serde_json::to_string(&payload).unwrap_or_default();
                     let send = || {
-                        http.post(&url)
+                        let answer = http
+                            .post(&url)
                             .header("Content-Type", "application/json")
                             .send(body.as_str())
-                            .map(|_| ())
+                            .map_err(|e| e.to_string())?;
+                        match answer.status().as_u16() {
+                            200..=299 => Ok(()),
+                            status => Err(format!("answered {status}")),
+                        }
                     };
-                    match send.retry(backoff).call() {
+                    let outcome = send.retry(backoff).call();
+                    let now = jiff::Timestamp::now().as_millisecond();
+                    match &outcome {
                         Ok(()) => debug!(url = %url, "webhook delivered"),
                         Err(error) => warn!(url = %url, %error, "webhook not delivered after retries; dropped"),
                     }
+                    health.record_delivery(
+                        "webhook",
+                        outcome.map_err(|error| format!("{url}: {error}")),
+                        now,
+                    );
                 }
             })?;
         Ok(Webhook { queue })

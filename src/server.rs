@@ -57,10 +57,12 @@ pub fn clamp_connections(configured: usize, soft_limit: u64, listeners: u64) -> 
 const DRAIN: Duration = Duration::from_secs(5);
 
 /// Serves `app` until `shutdown` resolves, then lets open requests finish (up to [`DRAIN`]).
+/// With `tls`, every connection is https (the handshake within the header deadline).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<crate::tls::ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let app = app.layer(RequestBodyDeadlineLayer::new(limits.body_timeout));
@@ -103,11 +105,26 @@ pub async fn serve(
             warned_full = false;
         }
         let _ = stream.set_nodelay(true);
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
-        let connection = graceful.watch(connection);
+        let (builder, app, tls, watcher) = (
+            builder.clone(),
+            app.clone(),
+            tls.clone(),
+            graceful.watcher(),
+        );
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let stream =
+                match crate::tls::MaybeTls::accept(stream, tls.as_ref(), limits.header_timeout)
+                    .await
+                {
+                    Ok(stream) => stream,
+                    Err(error) => {
+                        debug!(%peer, %error, "TLS handshake failed");
+                        return;
+                    }
+                };
+            let connection =
+                builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app));
+            if let Err(error) = watcher.watch(connection).await {
                 debug!(%peer, %error, "connection ended with an error");
             }
             drop(permit);

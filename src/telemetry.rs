@@ -17,7 +17,7 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -155,12 +155,79 @@ impl SpanRecord {
 pub struct ExportHealth {
     reachable: AtomicBool,
     last_export_failed: AtomicBool,
+    /// Why the last export failed, with the endpoint (a TLS error names the certificate).
+    last_error: std::sync::Mutex<Option<String>>,
 }
 
 impl ExportHealth {
     pub fn working(&self) -> bool {
         self.reachable.load(Ordering::Relaxed) && !self.last_export_failed.load(Ordering::Relaxed)
     }
+
+    /// Why the last export failed, if it did.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn record(&self, outcome: Option<String>) {
+        self.last_export_failed
+            .store(outcome.is_some(), Ordering::Relaxed);
+        *self
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = outcome;
+    }
+}
+
+/// OTLP/HTTP through ureq on the blocking pool: the same rustls, roots and client
+/// certificate as the webhook, instead of a second HTTP stack.
+#[derive(Debug)]
+struct UreqHttp(ureq::Agent);
+
+/// Largest answer a collector may send back.
+const MAX_ANSWER_BYTES: u64 = 4 * 1024 * 1024;
+
+#[async_trait::async_trait]
+impl opentelemetry_http::HttpClient for UreqHttp {
+    async fn send_bytes(
+        &self,
+        request: opentelemetry_http::Request<opentelemetry_http::Bytes>,
+    ) -> Result<
+        opentelemetry_http::Response<opentelemetry_http::Bytes>,
+        opentelemetry_http::HttpError,
+    > {
+        let agent = self.0.clone();
+        let (parts, body) = request.into_parts();
+        let request = opentelemetry_http::Request::from_parts(parts, body.to_vec());
+        tokio::task::spawn_blocking(move || {
+            let mut answer = agent.run(request)?;
+            let status = answer.status();
+            let body = answer
+                .body_mut()
+                .with_config()
+                .limit(MAX_ANSWER_BYTES)
+                .read_to_vec()?;
+            let response = opentelemetry_http::Response::builder()
+                .status(status)
+                .body(opentelemetry_http::Bytes::from(body))?;
+            Ok(response)
+        })
+        .await?
+    }
+}
+
+/// The host of an endpoint URL, for TLS's server name.
+fn host_of(endpoint: &str) -> Option<String> {
+    let rest = endpoint.split_once("://")?.1;
+    let authority = rest.split('/').next()?;
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next()?,
+        None => authority.split(':').next()?,
+    };
+    (!host.is_empty()).then(|| host.to_string())
 }
 
 /// The sending side, held by the ledger.
@@ -209,6 +276,7 @@ impl Exporter {
 pub fn spawn(
     config: &TelemetryConfig,
     health: Arc<ExportHealth>,
+    tls: &crate::tls::ClientTls,
 ) -> Result<Option<(Telemetry, Exporter)>, TelemetryError> {
     let Some(endpoint) = config
         .endpoint
@@ -222,11 +290,16 @@ pub fn spawn(
         reason,
     };
     let exporter = match config.protocol {
-        Protocol::Grpc => opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.clone())
-            .with_timeout(EXPORT_TIMEOUT)
-            .build(),
+        Protocol::Grpc => {
+            let builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.clone())
+                .with_timeout(EXPORT_TIMEOUT);
+            match host_of(&endpoint).filter(|_| endpoint.starts_with("https://")) {
+                Some(host) => builder.with_tls_config(tls.grpc(&host)).build(),
+                None => builder.build(),
+            }
+        }
         Protocol::HttpProtobuf => {
             let url = if endpoint.trim_end_matches('/').ends_with("/v1/traces") {
                 endpoint.clone()
@@ -235,6 +308,7 @@ pub fn spawn(
             };
             opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
+                .with_http_client(UreqHttp(tls.http_agent(EXPORT_TIMEOUT)))
                 .with_endpoint(url)
                 .with_timeout(EXPORT_TIMEOUT)
                 .build()
@@ -246,7 +320,9 @@ pub fn spawn(
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();
     let export_health = health.clone();
+    let endpoint_shown = endpoint.clone();
     let task = tokio::spawn(async move {
+        let endpoint = endpoint_shown;
         while let Some(first) = inbox.recv().await {
             let mut batch = vec![first.into_span_data(&scope)];
             while batch.len() < BATCH {
@@ -257,15 +333,18 @@ pub fn spawn(
             }
             let count = batch.len();
             let outcome = tokio::time::timeout(EXPORT_TIMEOUT * 2, exporter.export(batch)).await;
-            let failed = !matches!(outcome, Ok(Ok(())));
-            export_health
-                .last_export_failed
-                .store(failed, Ordering::Relaxed);
-            if failed {
-                warn!(spans = count, outcome = ?outcome, "span export failed; spans dropped");
-            } else {
-                debug!(spans = count, "spans exported");
+            let problem = match outcome {
+                Ok(Ok(())) => None,
+                Ok(Err(error)) => Some(format!("export to {endpoint} failed: {error}")),
+                Err(_) => Some(format!("export to {endpoint} timed out")),
+            };
+            match &problem {
+                Some(problem) => {
+                    warn!(spans = count, error = %problem, "span export failed; spans dropped")
+                }
+                None => debug!(spans = count, "spans exported"),
             }
+            export_health.record(problem);
         }
     });
     let address = probe_address(&endpoint);

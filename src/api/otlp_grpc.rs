@@ -238,14 +238,14 @@ where
 
 /// A connection holding one of the receiver's slots until it closes.
 struct Slotted {
-    stream: tokio::net::TcpStream,
+    stream: crate::tls::MaybeTls,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl tonic::transport::server::Connected for Slotted {
     type ConnectInfo = tonic::transport::server::TcpConnectInfo;
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        self.stream.tcp().connect_info()
     }
 }
 
@@ -292,6 +292,7 @@ fn incoming(
     listener: TcpListener,
     max_connections: usize,
     header_timeout: Duration,
+    tls: Option<crate::tls::ServerTls>,
 ) -> tokio_stream::wrappers::ReceiverStream<std::io::Result<Slotted>> {
     let (sender, receiver) = tokio::sync::mpsc::channel(16);
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(max_connections));
@@ -310,6 +311,7 @@ fn incoming(
             };
             let _ = stream.set_nodelay(true);
             let handoff = sender.clone();
+            let tls = tls.clone();
             tokio::spawn(async move {
                 // The HTTP/2 preface must start within the header deadline.
                 let mut first = [0u8; 1];
@@ -317,6 +319,16 @@ fn incoming(
                     .await
                     .is_ok_and(|peeked| peeked.is_ok_and(|n| n > 0))
                 {
+                    let stream =
+                        match crate::tls::MaybeTls::accept(stream, tls.as_ref(), header_timeout)
+                            .await
+                        {
+                            Ok(stream) => stream,
+                            Err(error) => {
+                                tracing::debug!(%error, "OTLP/gRPC TLS handshake failed");
+                                return;
+                            }
+                        };
                     let _ = handoff
                         .send(Ok(Slotted {
                             stream,
@@ -341,10 +353,11 @@ pub async fn serve(
     receiver: Receiver,
     max_message_bytes: usize,
     limits: crate::server::Limits,
+    tls: Option<crate::tls::ServerTls>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), tonic::transport::Error> {
     let timeout = limits.body_timeout;
-    let incoming = incoming(listener, limits.max_connections, limits.header_timeout);
+    let incoming = incoming(listener, limits.max_connections, limits.header_timeout, tls);
     let counting = CountOversizeLayer {
         ledger: receiver.ledger.clone(),
         limit: u64::try_from(max_message_bytes).unwrap_or(u64::MAX),

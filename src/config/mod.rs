@@ -64,6 +64,8 @@ pub struct Config {
     pub report: Option<ReportConfig>,
     /// `[otlp]`: how the OTLP receiver attributes usage.
     pub otlp: OtlpConfig,
+    /// `[tls]`: what costmeter's clients trust and present.
+    pub tls: crate::tls::ClientFiles,
 }
 
 /// `[otlp]`.
@@ -75,6 +77,8 @@ pub struct OtlpConfig {
     pub grpc_listen: Option<SocketAddr>,
     /// Largest OTLP request (HTTP body or gRPC message), decompressed, in bytes.
     pub max_body_bytes: u64,
+    /// `grpc_tls_cert`/`grpc_tls_key`: the gRPC receiver speaks TLS.
+    pub grpc_tls: Option<crate::tls::ServerFiles>,
 }
 
 /// Agent label of OTLP usage that names no agent and no service.
@@ -140,6 +144,8 @@ pub struct ServerConfig {
     /// Names besides IP literals and `localhost` that a request's `Host` may carry (DNS
     /// rebinding defence), lower case, without port.
     pub allowed_hosts: Vec<String>,
+    /// `tls_cert`/`tls_key`: the listener speaks https.
+    pub tls: Option<crate::tls::ServerFiles>,
 }
 
 /// Connections served at once by default: far above what scrapers and agents need, far below
@@ -222,6 +228,7 @@ impl Default for Config {
                     body_timeout: DEFAULT_BODY_TIMEOUT,
                 },
                 allowed_hosts: Vec::new(),
+                tls: None,
             },
             metrics: MetricsConfig {
                 namespace: DEFAULT_NAMESPACE.to_string(),
@@ -242,7 +249,9 @@ impl Default for Config {
                 default_agent: DEFAULT_OTLP_AGENT.to_string(),
                 grpc_listen: None,
                 max_body_bytes: DEFAULT_OTLP_MAX_BODY_BYTES,
+                grpc_tls: None,
             },
+            tls: crate::tls::ClientFiles::default(),
             enforcement: EnforcementConfig {
                 signal: 15,
                 signal_name: "SIGTERM".into(),
@@ -334,6 +343,16 @@ struct RawConfig {
     report: Option<RawReport>,
     #[serde(default)]
     otlp: RawOtlp,
+    #[serde(default)]
+    tls: RawTls,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca_file: Option<Spanned<String>>,
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -342,6 +361,8 @@ struct RawOtlp {
     default_agent: Option<Spanned<String>>,
     grpc_listen: Option<Spanned<String>>,
     max_body_bytes: Option<Spanned<i64>>,
+    grpc_tls_cert: Option<Spanned<String>>,
+    grpc_tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -418,6 +439,8 @@ struct RawServer {
     header_timeout: Option<Spanned<String>>,
     body_timeout: Option<Spanned<String>>,
     allowed_hosts: Option<Vec<Spanned<String>>>,
+    tls_cert: Option<Spanned<String>>,
+    tls_key: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

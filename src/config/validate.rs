@@ -236,7 +236,20 @@ pub(super) fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
             "otlp.max_body_bytes",
             DEFAULT_OTLP_MAX_BODY_BYTES,
         ),
+        grpc_tls: server_files(
+            locator,
+            raw.otlp.grpc_tls_cert.as_ref(),
+            raw.otlp.grpc_tls_key.as_ref(),
+            ("otlp.grpc_tls_cert", "otlp.grpc_tls_key"),
+        ),
     };
+    let server_tls = server_files(
+        locator,
+        raw.server.tls_cert.as_ref(),
+        raw.server.tls_key.as_ref(),
+        ("server.tls_cert", "server.tls_key"),
+    );
+    let tls = client_files(locator, &raw.tls);
     Config {
         source: None,
         server: ServerConfig {
@@ -245,6 +258,7 @@ pub(super) fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
             max_body_bytes,
             limits,
             allowed_hosts,
+            tls: server_tls,
         },
         store: StoreConfig {
             path: store_path,
@@ -263,6 +277,73 @@ pub(super) fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         status_file,
         report,
         otlp,
+        tls,
+    }
+}
+
+/// A listener's certificate and key: both or neither, each a PEM file, the key the
+/// certificate's. Problems are reported at the setting.
+fn server_files(
+    locator: &mut Locator<'_>,
+    cert: Option<&Spanned<String>>,
+    key: Option<&Spanned<String>>,
+    (cert_key, key_key): (&str, &str),
+) -> Option<crate::tls::ServerFiles> {
+    match (cert, key) {
+        (None, None) => None,
+        (Some(cert), None) => {
+            locator.report(
+                cert.span(),
+                format!("{cert_key}: needs {key_key} beside it"),
+            );
+            None
+        }
+        (None, Some(key)) => {
+            locator.report(key.span(), format!("{key_key}: needs {cert_key} beside it"));
+            None
+        }
+        (Some(cert), Some(key)) => {
+            let files = crate::tls::ServerFiles {
+                cert: PathBuf::from(cert.get_ref()),
+                key: PathBuf::from(key.get_ref()),
+            };
+            match crate::tls::certified_key(&files) {
+                Ok(_) => Some(files),
+                Err(problem) => {
+                    let span = match problem {
+                        crate::tls::TlsError::NoKey { .. } => key.span(),
+                        _ => cert.span(),
+                    };
+                    locator.report(span, format!("{cert_key}: {problem}"));
+                    None
+                }
+            }
+        }
+    }
+}
+
+/// `[tls]`: the CA file must hold certificates; a client certificate needs its key.
+fn client_files(locator: &mut Locator<'_>, raw: &RawTls) -> crate::tls::ClientFiles {
+    let ca_file = raw.ca_file.as_ref().and_then(|ca| {
+        let path = PathBuf::from(ca.get_ref());
+        match crate::tls::read_certs(&path) {
+            Ok(_) => Some(path),
+            Err(problem) => {
+                locator.report(ca.span(), format!("tls.ca_file: {problem}"));
+                None
+            }
+        }
+    });
+    let identity = server_files(
+        locator,
+        raw.client_cert.as_ref(),
+        raw.client_key.as_ref(),
+        ("tls.client_cert", "tls.client_key"),
+    );
+    crate::tls::ClientFiles {
+        ca_file,
+        client_cert: identity.as_ref().map(|f| f.cert.clone()),
+        client_key: identity.map(|f| f.key),
     }
 }
 
