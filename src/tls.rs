@@ -272,57 +272,6 @@ impl fmt::Debug for ServerTls {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, text).expect("write");
-        path
-    }
-
-    #[test]
-    fn bad_files_are_named_with_what_is_wrong() {
-        let dir = tempfile::tempdir().expect("dir");
-        let junk = write(dir.path(), "junk.pem", "not a certificate\n");
-        let problem = read_certs(&junk).expect_err("junk").to_string();
-        assert!(
-            problem.contains("junk.pem") && problem.contains("no PEM certificate"),
-            "{problem}"
-        );
-        let problem = read_key(&junk).expect_err("junk").to_string();
-        assert!(problem.contains("no PEM private key"), "{problem}");
-        let missing = dir.path().join("missing.pem");
-        assert!(
-            read_certs(&missing)
-                .expect_err("missing")
-                .to_string()
-                .contains("cannot read")
-        );
-    }
-
-    #[test]
-    fn a_key_of_another_certificate_is_refused_and_a_reload_keeps_the_running_one() {
-        let dir = tempfile::tempdir().expect("dir");
-        let one = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("one");
-        let two = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("two");
-        let files = ServerFiles {
-            cert: write(dir.path(), "cert.pem", &one.cert.pem()),
-            key: write(dir.path(), "key.pem", &one.signing_key.serialize_pem()),
-        };
-        let tls = ServerTls::load(&files, &[b"http/1.1"]).expect("a matching pair");
-        write(dir.path(), "key.pem", &two.signing_key.serialize_pem());
-        let problem = tls.reload().expect_err("mismatch").to_string();
-        assert!(
-            problem.contains("does not belong to the certificate") && problem.contains("cert.pem"),
-            "{problem}"
-        );
-        write(dir.path(), "cert.pem", &two.cert.pem());
-        tls.reload().expect("the new pair");
-    }
-}
-
 /// A connection a listener accepted: as it came, or after the TLS handshake.
 pub enum MaybeTls {
     Plain(tokio::net::TcpStream),
@@ -402,5 +351,56 @@ impl tokio::io::AsyncWrite for MaybeTls {
             MaybeTls::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
             MaybeTls::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let path = dir.join(name);
+        std::fs::write(&path, text).expect("write");
+        path
+    }
+
+    #[test]
+    fn bad_files_are_named_with_what_is_wrong() {
+        let dir = tempfile::tempdir().expect("dir");
+        let junk = write(dir.path(), "junk.pem", "not a certificate\n");
+        let problem = read_certs(&junk).expect_err("junk").to_string();
+        assert!(
+            problem.contains("junk.pem") && problem.contains("no PEM certificate"),
+            "{problem}"
+        );
+        let problem = read_key(&junk).expect_err("junk").to_string();
+        assert!(problem.contains("no PEM private key"), "{problem}");
+        let missing = dir.path().join("missing.pem");
+        assert!(
+            read_certs(&missing)
+                .expect_err("missing")
+                .to_string()
+                .contains("cannot read")
+        );
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused_and_a_reload_keeps_the_running_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let one = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("one");
+        let two = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("two");
+        let files = ServerFiles {
+            cert: write(dir.path(), "cert.pem", &one.cert.pem()),
+            key: write(dir.path(), "key.pem", &one.signing_key.serialize_pem()),
+        };
+        let tls = ServerTls::load(&files, &[b"http/1.1"]).expect("a matching pair");
+        write(dir.path(), "key.pem", &two.signing_key.serialize_pem());
+        let problem = tls.reload().expect_err("mismatch").to_string();
+        assert!(
+            problem.contains("does not belong to the certificate") && problem.contains("cert.pem"),
+            "{problem}"
+        );
+        write(dir.path(), "cert.pem", &two.cert.pem());
+        tls.reload().expect("the new pair");
     }
 }
