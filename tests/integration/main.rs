@@ -19,5 +19,6 @@ mod page;
 mod runs;
 mod sampler;
 mod spans;
+mod tls;
 mod util;
 mod verbs;

@@ -23,7 +23,7 @@ const SETTLE: Duration = Duration::from_secs(20);
 const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const AGENT_SPAN: &str = "00f067aa0ba902b7";
 
-type Received = Arc<Mutex<Vec<Span>>>;
+pub(crate) type Received = Arc<Mutex<Vec<Span>>>;
 
 fn keep(received: &Received, request: ExportTraceServiceRequest) {
     let mut spans = received.lock().expect("lock");
@@ -52,6 +52,40 @@ impl TraceService for GrpcReceiver {
 /// Starts an OTLP receiver on loopback in a runtime of its own; returns its base URL.
 fn start_receiver(grpc: bool) -> (String, Received) {
     start_slow_receiver(grpc, Duration::ZERO)
+}
+
+/// An OTLP/gRPC receiver that speaks TLS with `ca`'s server certificate (tonic's own server
+/// TLS); returns its https URL.
+pub(crate) fn start_grpc_tls_receiver(ca: &crate::util::TestCa) -> (String, Received) {
+    let received: Received = Arc::default();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.set_nonblocking(true).expect("nonblocking");
+    let url = format!(
+        "https://localhost:{}",
+        listener.local_addr().expect("addr").port()
+    );
+    let identity = tonic::transport::Identity::from_pem(
+        std::fs::read(&ca.cert).expect("cert"),
+        std::fs::read(&ca.key).expect("key"),
+    );
+    let store = received.clone();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            tonic::transport::Server::builder()
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+                .expect("server TLS")
+                .add_service(TraceServiceServer::new(GrpcReceiver(store)))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .expect("grpc receiver");
+        });
+    });
+    (url, received)
 }
 
 /// An OTLP receiver that answers each HTTP export only after `delay`.
@@ -130,7 +164,7 @@ fn nanos(iso: &str) -> u64 {
     u64::try_from(ts.as_nanosecond()).expect("positive")
 }
 
-fn drive_a_run(daemon: &Daemon) {
+pub(crate) fn drive_a_run(daemon: &Daemon) {
     daemon.post_events(&json!([
         {"type": "run_start", "run_id": "run-7", "agent": "coder", "ts": at("10:00:00"), "trace_id": TRACE},
         {"type": "task_start", "task_id": "t-1", "run_id": "run-7", "task_type": "build", "agent": "coder",
@@ -143,7 +177,7 @@ fn drive_a_run(daemon: &Daemon) {
     ]));
 }
 
-fn assert_spans_of_the_run(received: &Received) {
+pub(crate) fn assert_spans_of_the_run(received: &Received) {
     let spans = wait_for("three spans at the receiver", SETTLE, || {
         let spans = received.lock().expect("lock").clone();
         (spans.len() >= 3).then_some(spans)

@@ -684,3 +684,118 @@ pub fn at(time: &str) -> String {
     });
     format!("{day}T{time}Z")
 }
+
+/// A private CA made at test time, and a server certificate it signed for `localhost` and
+/// 127.0.0.1; all as PEM files in a folder of their own.
+pub struct TestCa {
+    pub dir: tempfile::TempDir,
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub fn test_ca() -> TestCa {
+    let dir = scratch_dir();
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "costmeter test CA");
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA");
+    let leaf_key = rcgen::KeyPair::generate().expect("leaf key");
+    let leaf =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .expect("leaf params")
+            .signed_by(&leaf_key, &ca)
+            .expect("leaf");
+    let path = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).expect("write PEM");
+        path
+    };
+    TestCa {
+        ca: path("ca.pem", &ca.as_ref().pem()),
+        cert: path("server.pem", &leaf.pem()),
+        key: path("server.key", &leaf_key.serialize_pem()),
+        dir,
+    }
+}
+
+/// An https receiver in Python's standard library (an independent TLS peer), serving
+/// `ca`'s server certificate: every POST is answered 200 and logged as one JSON line
+/// (`path`, `content_type`, `bytes`, and the body when it is text). Killed on drop.
+pub struct HttpsReceiver {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl HttpsReceiver {
+    pub fn start(ca: &TestCa) -> HttpsReceiver {
+        let port = free_port();
+        let log = ca.dir.path().join(format!("received-{port}.jsonl"));
+        let script = r#"
+import http.server, json, ssl, sys
+port, cert, key, log = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        entry = {"path": self.path, "content_type": self.headers.get("Content-Type"), "bytes": len(body)}
+        try:
+            entry["body"] = body.decode()
+        except UnicodeDecodeError:
+            pass
+        with open(log, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert, key)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+print("ready", flush=True)
+server.serve_forever()
+"#;
+        let mut child = Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(port.to_string())
+            .arg(&ca.cert)
+            .arg(&ca.key)
+            .arg(&log)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        let mut ready = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut ready)
+            .expect("the receiver says it is ready");
+        assert_eq!(ready.trim(), "ready");
+        HttpsReceiver {
+            child,
+            url: format!("https://localhost:{port}"),
+            log,
+        }
+    }
+
+    /// What was received so far.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
