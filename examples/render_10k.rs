@@ -72,7 +72,7 @@ fn main() {
                         model: model.clone(),
                         kind,
                     })
-                    .inc_by(1234, None);
+                    .inc_by(1234, None, None);
             }
             metrics
                 .usd_spend_total
@@ -81,7 +81,7 @@ fn main() {
                     model: model.clone(),
                 })
                 .0
-                .inc_by(0.125, None);
+                .inc_by(0.125, None, None);
             for kind in ["input", "cache_read", "cache_write", "output", "usd"] {
                 bare_family
                     .get_or_create(&BareLabels {
