@@ -281,3 +281,54 @@ fn the_otlp_grpc_receiver_speaks_tls_to_a_tonic_exporter() {
     );
     assert_eq!(tokens, 700.0);
 }
+
+#[test]
+fn a_renewed_certificate_is_served_after_a_reload_and_a_bad_one_keeps_the_running_one() {
+    let first = test_ca();
+    let dir = crate::util::scratch_dir();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(&first.cert, &cert).expect("cert");
+    std::fs::copy(&first.key, &key).expect("key");
+    let daemon = Daemon::start(&format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    ));
+    let healthz = |ca: &std::path::Path| {
+        curl(&[
+            "--cacert",
+            &ca.display().to_string(),
+            &format!("https://localhost:{}/healthz", daemon.addr.port()),
+        ])
+        .status
+        .success()
+    };
+    let reload = |ca: &std::path::Path| {
+        let output = curl(&[
+            "--cacert",
+            &ca.display().to_string(),
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            &format!("https://localhost:{}/v1/reload", daemon.addr.port()),
+        ]);
+        String::from_utf8_lossy(&output.stdout).to_string()
+    };
+    assert!(healthz(&first.ca));
+    // A half-written renewal (the new key, the old certificate) is refused whole.
+    let second = test_ca();
+    std::fs::copy(&second.key, &key).expect("new key");
+    let answer = reload(&first.ca);
+    assert!(
+        answer.contains("does not belong to the certificate"),
+        "{answer}"
+    );
+    assert!(healthz(&first.ca), "the running certificate stays");
+    // The whole renewal: served from the next connection on.
+    std::fs::copy(&second.cert, &cert).expect("new cert");
+    let answer = reload(&first.ca);
+    assert!(answer.contains("\"reloaded\":true"), "{answer}");
+    assert!(healthz(&second.ca));
+    assert!(!healthz(&first.ca));
+}
