@@ -21,25 +21,21 @@ run() {
   echo "== $name: $*"
   "$@" || failed+=("$name")
 }
+# Full runs, or short ones with --quick: render rounds, sampler s/rounds, ingest s/rounds, OTLP
+# s/rounds, span export s/rounds, events in the busy store, kill tries.
 if [ "$quick" = "--quick" ]; then
-  run footprint benches/footprint.sh
-  run metrics_render target/release/examples/render_10k 50
-  run sampler_overhead benches/sampler_overhead.sh 10 1
-  run ingest_throughput benches/ingest_throughput.sh 3 1
-  run otlp_throughput benches/otlp_throughput.sh 3 1
-  run span_export_overhead benches/span_export_overhead.sh 2 1
-  run reads_beside_writes benches/reads_beside_writes.py --events 50000
-  run kill_latency python3 benches/kill_latency.py 20
+  set -- 50 10 1 3 1 3 1 2 1 50000 20
 else
-  run footprint benches/footprint.sh
-  run metrics_render target/release/examples/render_10k 200
-  run sampler_overhead benches/sampler_overhead.sh 60 3
-  run ingest_throughput benches/ingest_throughput.sh 10 3
-  run otlp_throughput benches/otlp_throughput.sh 10 3
-  run span_export_overhead benches/span_export_overhead.sh 5 3
-  run reads_beside_writes benches/reads_beside_writes.py --events 500000
-  run kill_latency python3 benches/kill_latency.py 200
+  set -- 200 60 3 10 3 10 3 5 3 500000 200
 fi
+run footprint benches/footprint.sh
+run metrics_render target/release/examples/render_10k "$1"
+run sampler_overhead benches/sampler_overhead.sh "$2" "$3"
+run ingest_throughput benches/ingest_throughput.sh "$4" "$5"
+run otlp_throughput benches/otlp_throughput.sh "$6" "$7"
+run span_export_overhead benches/span_export_overhead.sh "$8" "$9"
+run reads_beside_writes benches/reads_beside_writes.py --events "${10}"
+run kill_latency python3 benches/kill_latency.py "${11}"
 echo
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
 echo "all benchmarks ran"

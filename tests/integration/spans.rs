@@ -49,6 +49,25 @@ impl TraceService for GrpcReceiver {
     }
 }
 
+/// Runs `serve` on `listener` in a current-thread runtime on a thread of its own.
+fn serve_on_own_thread<F>(
+    listener: std::net::TcpListener,
+    serve: impl FnOnce(tokio::net::TcpListener) -> F + Send + 'static,
+) where
+    F: std::future::Future<Output = ()>,
+{
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            serve(listener).await;
+        });
+    });
+}
+
 /// Starts an OTLP receiver on loopback in a runtime of its own; returns its base URL.
 fn start_receiver(grpc: bool) -> (String, Received) {
     start_slow_receiver(grpc, Duration::ZERO)
@@ -69,21 +88,14 @@ pub(crate) fn start_grpc_tls_receiver(ca: &crate::util::TestCa) -> (String, Rece
         std::fs::read(&ca.key).expect("key"),
     );
     let store = received.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            tonic::transport::Server::builder()
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
-                .expect("server TLS")
-                .add_service(TraceServiceServer::new(GrpcReceiver(store)))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-                .await
-                .expect("grpc receiver");
-        });
+    serve_on_own_thread(listener, move |listener| async move {
+        tonic::transport::Server::builder()
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .expect("server TLS")
+            .add_service(TraceServiceServer::new(GrpcReceiver(store)))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+            .await
+            .expect("grpc receiver");
     });
     (url, received)
 }
@@ -95,13 +107,8 @@ fn start_slow_receiver(grpc: bool, delay: Duration) -> (String, Received) {
     listener.set_nonblocking(true).expect("nonblocking");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     let store = received.clone();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+    serve_on_own_thread(listener, move |listener| async move {
+        {
             if grpc {
                 let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
                 tonic::transport::Server::builder()
@@ -134,7 +141,7 @@ fn start_slow_receiver(grpc: bool, delay: Duration) -> (String, Received) {
                 );
                 axum::serve(listener, app).await.expect("http receiver");
             }
-        });
+        }
     });
     (url, received)
 }
