@@ -32,7 +32,7 @@ pub enum ReadError {
 type Job = Box<dyn FnOnce(Option<&Store>) + Send>;
 
 pub struct Reads {
-    jobs: Mutex<mpsc::Sender<Job>>,
+    jobs: mpsc::Sender<Job>,
     permits: Semaphore,
 }
 
@@ -77,7 +77,7 @@ impl Reads {
             }
         }
         Arc::new(Reads {
-            jobs: Mutex::new(sender),
+            jobs: sender,
             permits: Semaphore::new(QUEUED),
         })
     }
@@ -112,8 +112,6 @@ impl Reads {
             let _ = reply.send(work(store));
         });
         self.jobs
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
             .send(job)
             .map_err(|_| ReadError::Aborted("the reader threads stopped".into()))?;
         answer

@@ -72,12 +72,16 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 
 /// Every certificate of a PEM file, in order (a leaf then its intermediates, or CAs).
 pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(path)?;
+    certs_of(path, &read(path)?)
+}
+
+/// The certificates of PEM text read from `path`.
+fn certs_of(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let no = |why: String| TlsError::NoCertificate {
         path: path.to_path_buf(),
         why,
     };
-    let certs = CertificateDer::pem_slice_iter(&pem)
+    let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| no(e.to_string()))?;
     if certs.is_empty() {
@@ -141,8 +145,9 @@ impl ClientTls {
         let mut roots = rustls_native_certs::load_native_certs().certs;
         let ca_pem = match &files.ca_file {
             Some(path) => {
-                roots.extend(read_certs(path)?);
-                Some(read(path)?)
+                let pem = read(path)?;
+                roots.extend(certs_of(path, &pem)?);
+                Some(pem)
             }
             None => None,
         };

@@ -29,10 +29,11 @@ impl Ledger {
             .set_memory(&reading.target, reading.rss_bytes as f64);
     }
 
-    /// Moves windows, announces transitions, orders kills, refreshes the budget series.
-    pub(super) fn judge_budgets(&mut self, now: i64) {
+    /// Moves windows, announces transitions, orders kills, refreshes the budget series; the
+    /// states it judged by, for the view (computed once a batch).
+    pub(super) fn judge_budgets(&mut self, now: i64) -> Vec<BudgetStatus> {
         if self.budgets.is_empty() {
-            return;
+            return Vec::new();
         }
         let transitions = self.budgets.evaluate(now);
         let statuses = self.budgets.status(now);
@@ -109,6 +110,7 @@ impl Ledger {
         }
         self.enforce_holds(&statuses);
         self.publish_budget_series(&statuses);
+        statuses
     }
 
     /// Exceeded is a state: every target an exceeded hard budget holds is stopped again

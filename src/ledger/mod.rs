@@ -379,8 +379,8 @@ impl Ledger {
         }
         // Budgets are judged before anyone is answered: a crossing event's 2xx leaves only
         // after the kill order did, and a read after the 2xx sees the event.
-        self.judge_budgets(received);
-        self.publish(received);
+        let statuses = self.judge_budgets(received);
+        self.publish(received, statuses);
         // The spend rollup takes the batch's usage under one short write lock, before the
         // answers: a report read after a 2xx includes its event.
         {
@@ -481,9 +481,9 @@ impl Ledger {
         self.view.clone()
     }
 
-    /// Swaps in a new view: budget states at `now`, and the price table's health when it
-    /// changed.
-    fn publish(&mut self, now: i64) {
+    /// Swaps in a new view: the budget states judged at `now`, and the price table's health
+    /// when it changed.
+    fn publish(&mut self, now: i64, budgets: Vec<BudgetStatus>) {
         let pricing = if self.pricing_changed {
             self.pricing_changed = false;
             Arc::new(self.pricing_status())
@@ -496,7 +496,7 @@ impl Ledger {
         };
         let view = Arc::new(View {
             at_ms: now,
-            budgets: self.budgets.status(now),
+            budgets,
             pricing,
         });
         *self

@@ -116,7 +116,8 @@ impl Ledger {
             "ledger opened"
         );
         // Reads answer from the view: it holds the restored state before any input arrives.
-        ledger.publish(now);
+        let statuses = ledger.budgets.status(now);
+        ledger.publish(now, statuses);
         Ok((ledger, baselines))
     }
 

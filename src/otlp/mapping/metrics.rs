@@ -58,6 +58,24 @@ pub(super) fn histogram_point(
     )
 }
 
+/// The points of a histogram or an exponential histogram: their tokens are the sum.
+macro_rules! histogram_points {
+    ($histogram:expr) => {
+        $histogram
+            .data_points
+            .iter()
+            .map(|p| {
+                histogram_point(
+                    &p.attributes,
+                    (p.start_time_unix_nano, p.time_unix_nano),
+                    p.sum,
+                    $histogram.aggregation_temporality == AggregationTemporality::Cumulative as i32,
+                )
+            })
+            .collect()
+    };
+}
+
 /// Token and cost metric points, per stream; cumulative ones become deltas in the ledger.
 pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Mapped {
     let mut mapped = Mapped::default();
@@ -93,30 +111,11 @@ pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Ma
                             )
                         })
                         .collect(),
-                    Some(metric::Data::Histogram(histogram)) => histogram
-                        .data_points
-                        .iter()
-                        .map(|p| {
-                            histogram_point(
-                                &p.attributes,
-                                (p.start_time_unix_nano, p.time_unix_nano),
-                                p.sum,
-                                histogram.aggregation_temporality == cumulative,
-                            )
-                        })
-                        .collect(),
-                    Some(metric::Data::ExponentialHistogram(histogram)) => histogram
-                        .data_points
-                        .iter()
-                        .map(|p| {
-                            histogram_point(
-                                &p.attributes,
-                                (p.start_time_unix_nano, p.time_unix_nano),
-                                p.sum,
-                                histogram.aggregation_temporality == cumulative,
-                            )
-                        })
-                        .collect(),
+                    // Two proto types with the same fields: one body for both.
+                    Some(metric::Data::Histogram(histogram)) => histogram_points!(histogram),
+                    Some(metric::Data::ExponentialHistogram(histogram)) => {
+                        histogram_points!(histogram)
+                    }
                     _ => {
                         mapped.rejected.push(format!(
                             "metric '{}': expected a sum or histogram, as its convention defines",
