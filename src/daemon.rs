@@ -264,6 +264,23 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         "listening"
     );
 
+    let proxy = if config.proxy.enabled {
+        let exec_agent = command.as_ref().map(|c| c.target.clone());
+        let proxy = crate::proxy::Proxy::new(
+            &config.proxy,
+            &client_tls,
+            crate::ledger::LedgerHandle::new(ledger_tx.clone(), view.clone()),
+            metrics.clone(),
+            exec_agent,
+        )?;
+        info!(
+            upstreams = %config.proxy.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
+            "the LLM API proxy serves /proxy/NAME/…"
+        );
+        Some(Arc::new(proxy))
+    } else {
+        None
+    };
     let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let state = Arc::new(AppState {
         started: std::time::SystemTime::now(),
@@ -282,6 +299,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         allowed_hosts: config.server.allowed_hosts.clone(),
         reads: crate::reads::Reads::new(config.store.path.clone()),
         spend,
+        proxy,
     });
     let app = api::router(state);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
@@ -315,7 +333,12 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
             0
         }
         Some(command) => {
-            let (child, mut ended) = spawn_command(&command)?;
+            let env = if running.proxy.enabled {
+                crate::proxy::agent_env(local, running.server.tls.is_some())
+            } else {
+                Vec::new()
+            };
+            let (child, mut ended) = spawn_command(&command, &env)?;
             let forward = |signal: rustix::process::Signal, name: &str| {
                 info!(
                     signal = name,
@@ -418,6 +441,7 @@ impl Signals {
 /// Starts the command and a reaper thread for it and every orphan reparented to costmeter.
 fn spawn_command(
     command: &ExecCommand,
+    env: &[(&'static str, String)],
 ) -> Result<
     (
         rustix::process::Pid,
@@ -429,12 +453,17 @@ fn spawn_command(
         .argv
         .split_first()
         .ok_or_else(|| DaemonError::Exec("no command given after --".into()))?;
-    let child = std::process::Command::new(program)
-        .args(args)
-        .spawn()
-        .map_err(|e| {
-            DaemonError::Exec(format!("cannot start '{}': {e}", program.to_string_lossy()))
-        })?;
+    let mut child = std::process::Command::new(program);
+    child.args(args);
+    // The agents' base-URL variables, pointing at the proxy, unless the caller set them.
+    for (name, value) in env {
+        if std::env::var_os(name).is_none() {
+            child.env(name, value);
+        }
+    }
+    let child = child.spawn().map_err(|e| {
+        DaemonError::Exec(format!("cannot start '{}': {e}", program.to_string_lossy()))
+    })?;
     let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap_or(0))
         .ok_or_else(|| DaemonError::Exec("the command has no pid".into()))?;
     // The reaper below waits for it; the std handle must not.

@@ -23,6 +23,7 @@ pub mod notify;
 pub mod otlp;
 pub mod page;
 pub mod pricing;
+pub mod proxy;
 pub mod reads;
 pub mod report;
 pub mod runs;

@@ -408,6 +408,7 @@ mod tests {
             cost_usd: None,
             task_id: None,
             run_id: None,
+            call_ids: Vec::new(),
         }
     }
 

@@ -198,6 +198,33 @@ impl ClientTls {
             .into()
     }
 
+    /// A rustls client config with these roots and identity, offering `alpn` (the proxy's
+    /// upstream client: `h2` and `http/1.1`).
+    pub fn rustls_config(&self, alpn: &[&[u8]]) -> Result<rustls::ClientConfig, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        // A system bundle may hold a certificate rustls cannot parse; the rest still count.
+        roots.add_parsable_certificates(self.roots.iter().cloned());
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Setup(e.to_string()))?
+            .with_root_certificates(roots);
+        let mut config = match &self.identity_pem {
+            Some((cert, key)) => {
+                let chain = CertificateDer::pem_slice_iter(cert)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                let key = PrivateKeyDer::from_pem_slice(key)
+                    .map_err(|e| TlsError::Setup(e.to_string()))?;
+                builder
+                    .with_client_auth_cert(chain, key)
+                    .map_err(|e| TlsError::Setup(e.to_string()))?
+            }
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(config)
+    }
+
     /// tonic's TLS settings for a gRPC client of `domain`.
     pub fn grpc(&self, domain: &str) -> tonic::transport::ClientTlsConfig {
         let mut config = tonic::transport::ClientTlsConfig::new()

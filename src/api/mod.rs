@@ -14,7 +14,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use tokio::sync::oneshot;
 
 use crate::health::{Health, Refusal, RefusalReason, Route};
@@ -55,6 +55,8 @@ pub struct AppState {
     pub reads: Arc<crate::reads::Reads>,
     /// Spend by hour, kept by the ledger, for the status and the page.
     pub spend: crate::spend::SharedSpend,
+    /// The LLM API proxy, when `[proxy] enabled`.
+    pub proxy: Option<Arc<crate::proxy::Proxy>>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -81,6 +83,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/traces", post(otlp::traces))
         .route("/v1/metrics", post(otlp::metrics))
         .route("/v1/logs", post(otlp::logs))
+        .route("/proxy/{*rest}", any(proxy))
+        .route("/proxy", any(proxy))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             guard::guard,
@@ -98,6 +102,20 @@ const EVENT_TYPES: &[&str] = &[
     "application/jsonl",
     "application/jsonlines",
 ];
+
+/// `/proxy/<name>/…`: the proxy's, when it is on.
+async fn proxy(
+    axum::extract::State(state): axum::extract::State<Arc<AppState>>,
+    request: axum::extract::Request,
+) -> Response {
+    match &state.proxy {
+        Some(proxy) => proxy.handle(request).await,
+        None => error(
+            StatusCode::NOT_FOUND,
+            "the LLM API proxy is off: set [proxy] enabled = true (README, \"The proxy\")",
+        ),
+    }
+}
 
 /// A JSON error body: `{"error": "..."}`.
 fn error(status: StatusCode, message: impl Into<String>) -> Response {

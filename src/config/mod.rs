@@ -66,6 +66,8 @@ pub struct Config {
     pub otlp: OtlpConfig,
     /// `[tls]`: what costmeter's clients trust and present.
     pub tls: crate::tls::ClientFiles,
+    /// `[proxy]`: the LLM API proxy.
+    pub proxy: ProxyConfig,
 }
 
 /// `[otlp]`.
@@ -252,6 +254,7 @@ impl Default for Config {
                 grpc_tls: None,
             },
             tls: crate::tls::ClientFiles::default(),
+            proxy: ProxyConfig::default(),
             enforcement: EnforcementConfig {
                 signal: 15,
                 signal_name: "SIGTERM".into(),
@@ -345,6 +348,8 @@ struct RawConfig {
     otlp: RawOtlp,
     #[serde(default)]
     tls: RawTls,
+    #[serde(default)]
+    proxy: RawProxy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -608,12 +613,15 @@ impl Config {
 }
 
 mod budgets;
+mod proxy;
 mod targets;
 #[cfg(test)]
 mod tests;
 mod validate;
 
 use budgets::*;
+pub use proxy::{Provider, ProxyConfig, Upstream, base_url};
+use proxy::{RawProxy, validate_proxy};
 pub use targets::parse_duration;
 use targets::*;
 pub use validate::read_token_file;

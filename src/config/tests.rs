@@ -98,3 +98,39 @@ fn line_column_counts_characters() {
     assert_eq!(line_column("ab\ncé d", 7), (2, 4));
     assert_eq!(line_column("x", 0), (1, 1));
 }
+
+#[test]
+fn proxy_upstreams_replace_built_ins_and_bad_ones_are_located() {
+    let config = Config::from_toml(
+        "c.toml",
+        "[proxy]\nenabled = true\n[[proxy.upstream]]\nname = \"openai\"\nprovider = \"openai\"\nbase_url = \"http://127.0.0.1:8001/\"\nagent = \"coder\"\n",
+    )
+    .expect("valid");
+    assert!(config.proxy.enabled);
+    let openai = config.proxy.upstream("openai").expect("openai");
+    assert_eq!(openai.base_url, "http://127.0.0.1:8001");
+    assert_eq!(openai.agent.as_deref(), Some("coder"));
+    assert_eq!(
+        config
+            .proxy
+            .upstream("anthropic")
+            .map(|u| u.base_url.as_str()),
+        Some("https://api.anthropic.com")
+    );
+    let found = problems(
+        "[proxy]\nresponse_timeout = \"0s\"\n[[proxy.upstream]]\nname = \"a/b\"\nprovider = \"cohere\"\nbase_url = \"ftp://x\"\n[[proxy.upstream]]\nname = \"u\"\nprovider = \"openai\"\nbase_url = \"https://user:pw@host/v1?x=1\"\n",
+    );
+    assert_eq!(found.len(), 5, "{found:?}");
+    for needle in [
+        "c.toml:2:20: proxy.response_timeout: '0s' is shorter than the minimum of 1s",
+        "c.toml:4:8: proxy.upstream.name: 'a/b'",
+        "c.toml:5:12: proxy.upstream.provider: must be one of anthropic, openai, gemini, got 'cohere'",
+        "c.toml:6:12: proxy.upstream.base_url: 'ftp://x' must start with http:// or https://",
+        "c.toml:10:12: proxy.upstream.base_url: 'https://user:pw@host/v1?x=1' must not carry user info",
+    ] {
+        assert!(
+            found.iter().any(|p| p.starts_with(needle)),
+            "{needle} not in {found:?}"
+        );
+    }
+}

@@ -250,6 +250,7 @@ pub(super) fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         ("server.tls_cert", "server.tls_key"),
     );
     let tls = client_files(locator, &raw.tls);
+    let proxy = validate_proxy(locator, &raw.proxy);
     Config {
         source: None,
         server: ServerConfig {
@@ -278,6 +279,7 @@ pub(super) fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         report,
         otlp,
         tls,
+        proxy,
     }
 }
 

@@ -94,6 +94,9 @@ pub struct LlmUsage {
     pub cost_usd: Option<f64>,
     pub task_id: Option<String>,
     pub run_id: Option<String>,
+    /// The provider's ids of the call (`response_id`, `request_id`): usage whose call was
+    /// already counted, under either id, by any source, is a duplicate.
+    pub call_ids: Vec<String>,
 }
 
 impl LlmUsage {
@@ -162,6 +165,8 @@ fn fields_of(event_type: &str) -> &'static [&'static str] {
             "cost_usd",
             "task_id",
             "run_id",
+            "response_id",
+            "request_id",
         ],
         "run_start" => &["run_id", "agent", "name"],
         "run_end" => &[
@@ -545,6 +550,10 @@ fn llm_usage(reader: &mut Reader<'_>) -> Option<LlmUsage> {
     let cost_usd = reader.amount("cost_usd", MAX_COST_USD_PER_EVENT, false);
     let task_id = reader.string("task_id", Text::Id, false);
     let run_id = reader.string("run_id", Text::Id, false);
+    let call_ids = ["response_id", "request_id"]
+        .into_iter()
+        .filter_map(|field| reader.string(field, Text::Id, false))
+        .collect();
     if let Some(input) = input
         && cache_read + cache_write > input
     {
@@ -576,6 +585,7 @@ fn llm_usage(reader: &mut Reader<'_>) -> Option<LlmUsage> {
         cost_usd,
         task_id,
         run_id,
+        call_ids,
     })
 }
 

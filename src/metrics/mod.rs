@@ -182,6 +182,31 @@ impl RefusalReason {
     }
 }
 
+/// How a call through the proxy ended. A closed set: a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+#[serde(rename_all = "snake_case")]
+pub enum CallOutcome {
+    /// A success status and the provider's usage read.
+    ok,
+    /// A success status but no usage in the answer (an endpoint without usage, or a format
+    /// the proxy does not read): the call is not metered.
+    unmetered,
+    /// The provider answered an error status.
+    error,
+    /// The provider could not be reached (connect, TLS, timeout before the headers).
+    unreachable,
+    /// The answer broke off: the client went away, or the provider's stream failed.
+    cut,
+}
+
+/// Calls through the proxy, by upstream (a configured name) and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProxyLabels {
+    pub upstream: String,
+    pub outcome: CallOutcome,
+}
+
 /// Why and where a request was refused before it was read; both closed sets.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
@@ -255,6 +280,7 @@ pub struct Metrics {
 
     pub events_total: Family<EventLabels, Counter>,
     pub requests_refused_total: Family<RefusedLabels, Counter>,
+    pub proxy_calls_total: Family<ProxyLabels, Counter>,
     pub unknown_model_events_total: Family<ModelLabels, Counter>,
     pub unknown_model_tokens_total: Family<ModelLabels, Counter>,
     pub pricing_models: Family<SourceLabels, Gauge>,
@@ -376,6 +402,7 @@ impl Metrics {
             soft_kills_total: Family::default(),
             events_total: Family::default(),
             requests_refused_total: Family::default(),
+            proxy_calls_total: Family::default(),
             unknown_model_events_total: Family::default(),
             unknown_model_tokens_total: Family::default(),
             pricing_models: Family::default(),
@@ -499,6 +526,11 @@ impl Metrics {
             "requests_refused",
             "Requests refused before their body was read, by route and reason; a refused OTLP batch is dropped by its exporter, so its usage is missing",
             Listed(m.requests_refused_total.clone()),
+        );
+        r.register(
+            "proxy_calls",
+            "Calls forwarded by the LLM API proxy, by upstream and outcome (ok, unmetered, error, unreachable, cut)",
+            m.proxy_calls_total.clone(),
         );
         r.register(
             "unknown_model_events",

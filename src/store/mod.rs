@@ -88,6 +88,10 @@ const MIGRATIONS: &[&str] = &[
     // 4: the report's costliest tasks read only usage tagged with a task.
     "CREATE INDEX events_task_usage ON events(ts_ms, task_id)
         WHERE type = 'llm_usage' AND task_id IS NOT NULL;",
+    // 5: provider call ids (response and request ids) already counted, from any source: one
+    // count per call when the proxy and the agent's telemetry both report it.
+    "CREATE TABLE calls (call_id TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL) WITHOUT ROWID;
+    CREATE INDEX calls_ts ON calls(ts_ms);",
 ];
 
 /// Usage of one agent and model in one hour.

@@ -26,7 +26,24 @@ impl Store {
                         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
                 )
                 .map_err(StoreError::Write)?;
+            let mut call = tx
+                .prepare_cached("INSERT OR IGNORE INTO calls (call_id, ts_ms) VALUES (?1, ?2)")
+                .map_err(StoreError::Write)?;
             for priced in events {
+                // A call already counted under any of its ids, by any source, is a duplicate.
+                let mut seen_call = false;
+                if let EventBody::LlmUsage(usage) = &priced.event.body {
+                    for id in &usage.call_ids {
+                        let new = call
+                            .execute(params![id, priced.event.ts_ms])
+                            .map_err(StoreError::Write)?;
+                        seen_call |= new == 0;
+                    }
+                }
+                if seen_call {
+                    fresh.push(false);
+                    continue;
+                }
                 let row = EventRow::from(priced);
                 let changed = insert
                     .execute(params![
@@ -146,6 +163,8 @@ impl Store {
                 "DELETE FROM events WHERE type = 'llm_usage' AND ts_ms < ?1",
                 [cutoff_ms],
             )
+            .map_err(StoreError::Write)?;
+        tx.execute("DELETE FROM calls WHERE ts_ms < ?1", [cutoff_ms])
             .map_err(StoreError::Write)?;
         let folded_samples = tx
             .execute("DELETE FROM resource_samples WHERE ts_ms < ?1", [cutoff_ms])

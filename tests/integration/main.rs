@@ -16,6 +16,7 @@ mod neighbours;
 mod ops;
 mod otlp;
 mod page;
+mod proxy;
 mod runs;
 mod sampler;
 mod spans;

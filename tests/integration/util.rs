@@ -120,6 +120,8 @@ pub struct DaemonBuilder {
     exec: Vec<String>,
     /// RLIMIT_NOFILE (soft and hard) for the daemon, when set.
     fd_limit: Option<u64>,
+    /// Variables set in the daemon's environment.
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -129,6 +131,7 @@ impl Daemon {
             log_filter: "info".to_string(),
             exec: Vec::new(),
             fd_limit: None,
+            env: Vec::new(),
         }
     }
 
@@ -224,6 +227,7 @@ impl Daemon {
             log_filter: self.log_filter.clone(),
             exec: Vec::new(),
             fd_limit: None,
+            env: Vec::new(),
         }
         .spawn_in(dir, None)
     }
@@ -320,6 +324,12 @@ impl DaemonBuilder {
         self
     }
 
+    /// Sets a variable in the daemon's environment.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_string(), value.to_string()));
+        self
+    }
+
     /// Runs the daemon under an open-file limit of `limit` (soft and hard).
     pub fn fd_limit(mut self, limit: u64) -> Self {
         self.fd_limit = Some(limit);
@@ -376,6 +386,7 @@ impl DaemonBuilder {
         let mut child = command
             .current_dir(dir.path())
             .env("COSTMETER_LOG", &self.log_filter)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -623,52 +634,132 @@ const OTEL_PYTHON_PACKAGES: &[&str] = &[
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
 ];
 
+/// The providers' official Python SDKs the proxy tests drive costmeter with.
+const SDK_PYTHON_PACKAGES: &[&str] =
+    &["openai==3.57.0", "anthropic==2.15.0", "google-genai==3.6.1"];
+
 /// A Python with the official OpenTelemetry SDK and OTLP/HTTP exporter, installed from PyPI
 /// into a virtualenv under the target dir the first time a test asks. `None` (the test then
 /// skips) when that cannot be done here, unless `COSTMETER_REQUIRE_TOOLS` is set.
 pub fn otel_python() -> Option<PathBuf> {
     static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
     PYTHON
-        .get_or_init(|| {
-            let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("otel-venv");
-            let python = venv.join("bin/python");
-            let marker = venv.join(format!("installed-{}", OTEL_PYTHON_PACKAGES.join("+")));
-            if marker.exists() {
-                return Some(python);
-            }
-            let made = require_tool("python3", "apt-get install python3 python3-venv")
-                .map(|python3| {
-                    Command::new(python3)
-                        .args(["-m", "venv"])
-                        .arg(&venv)
-                        .status()
-                        .is_ok_and(|s| s.success())
-                        && Command::new(&python)
-                            .args([
-                                "-m",
-                                "pip",
-                                "install",
-                                "--quiet",
-                                "--disable-pip-version-check",
-                            ])
-                            .args(OTEL_PYTHON_PACKAGES)
-                            .status()
-                            .is_ok_and(|s| s.success())
-                })
-                .unwrap_or(false);
-            if !made {
-                assert!(
-                    std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
-                    "could not install {OTEL_PYTHON_PACKAGES:?} from PyPI into {}",
-                    venv.display()
-                );
-                eprintln!("skipped: the OpenTelemetry Python SDK could not be installed");
-                return None;
-            }
-            std::fs::write(&marker, "").ok();
-            Some(python)
-        })
+        .get_or_init(|| python_venv("otel-venv", OTEL_PYTHON_PACKAGES))
         .clone()
+}
+
+/// A Python with the official `openai`, `anthropic` and `google-genai` SDKs, as
+/// [`otel_python`].
+pub fn sdk_python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| python_venv("sdk-venv", SDK_PYTHON_PACKAGES))
+        .clone()
+}
+
+fn python_venv(name: &str, packages: &[&str]) -> Option<PathBuf> {
+    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let python = venv.join("bin/python");
+    let marker = venv.join(format!("installed-{}", packages.join("+")));
+    if marker.exists() {
+        return Some(python);
+    }
+    let made = require_tool("python3", "apt-get install python3 python3-venv")
+        .map(|python3| {
+            Command::new(python3)
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success())
+                && Command::new(&python)
+                    .args([
+                        "-m",
+                        "pip",
+                        "install",
+                        "--quiet",
+                        "--disable-pip-version-check",
+                    ])
+                    .args(packages)
+                    .status()
+                    .is_ok_and(|s| s.success())
+        })
+        .unwrap_or(false);
+    if !made {
+        assert!(
+            std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
+            "could not install {packages:?} from PyPI into {}",
+            venv.display()
+        );
+        eprintln!("skipped: {packages:?} could not be installed");
+        return None;
+    }
+    std::fs::write(&marker, "").ok();
+    Some(python)
+}
+
+/// The stand-in LLM provider (`tests/standin/provider.py`): Anthropic, OpenAI and Gemini wire
+/// formats, whole and streamed, over TLS with `ca`'s server certificate when given. Every
+/// answer's usage, as the provider reported it, is logged. Killed on drop.
+pub struct StandIn {
+    child: Child,
+    pub url: String,
+    pub log: PathBuf,
+}
+
+impl StandIn {
+    pub fn start(dir: &Path, tls: Option<&TestCa>) -> StandIn {
+        let port = free_port();
+        let log = dir.join(format!("standin-{port}.jsonl"));
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/standin/provider.py");
+        let mut command = Command::new("python3");
+        command.arg(script).arg(port.to_string()).arg(&log);
+        if let Some(ca) = tls {
+            command.arg(&ca.cert).arg(&ca.key);
+        }
+        let child = spawn_ready(&mut command);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        StandIn {
+            child,
+            url: format!("{scheme}://localhost:{port}"),
+            log,
+        }
+    }
+
+    /// The answers given so far, one JSON object each.
+    pub fn calls(&self) -> Vec<serde_json::Value> {
+        json_lines(&self.log)
+    }
+}
+
+/// Starts a helper that prints `ready` on stdout once it listens; waits for that line.
+fn spawn_ready(command: &mut Command) -> Child {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("python3");
+    let mut ready = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("the helper says it is ready");
+    assert_eq!(ready.trim(), "ready");
+    child
+}
+
+/// A JSON-lines log, as far as it is written.
+fn json_lines(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// A timestamp at `time` (`HH:MM:SS`, optionally with a fraction) on yesterday's UTC date, fixed
@@ -760,22 +851,15 @@ server.socket = context.wrap_socket(server.socket, server_side=True)
 print("ready", flush=True)
 server.serve_forever()
 "#;
-        let mut child = Command::new("python3")
-            .arg("-c")
-            .arg(script)
-            .arg(port.to_string())
-            .arg(&ca.cert)
-            .arg(&ca.key)
-            .arg(&log)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("python3");
-        let mut ready = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut ready)
-            .expect("the receiver says it is ready");
-        assert_eq!(ready.trim(), "ready");
+        let child = spawn_ready(
+            Command::new("python3")
+                .arg("-c")
+                .arg(script)
+                .arg(port.to_string())
+                .arg(&ca.cert)
+                .arg(&ca.key)
+                .arg(&log),
+        );
         HttpsReceiver {
             child,
             url: format!("https://localhost:{port}"),
@@ -785,11 +869,7 @@ server.serve_forever()
 
     /// What was received so far.
     pub fn received(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|line| serde_json::from_str(line).ok())
-            .collect()
+        json_lines(&self.log)
     }
 }
 

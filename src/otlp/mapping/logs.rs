@@ -100,6 +100,15 @@ pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64
                     .maybe("cache_write_tokens", cache_write)
                     .maybe("reasoning_tokens", reasoning)
                     .maybe("cost_usd", cost)
+                    // Claude Code's `request_id` is Anthropic's `request-id` header, which the
+                    // proxy records too: the call counts once.
+                    .maybe(
+                        "request_id",
+                        matches!(family, Family::ClaudeCodeLogs)
+                            .then(|| attributes.string("request_id"))
+                            .flatten()
+                            .map(Raw::Text),
+                    )
                     .maybe("trace_id", hex(&record.trace_id).map(Raw::Text))
                     .maybe("span_id", hex(&record.span_id).map(Raw::Text))
                     .maybe("ts", rfc3339(time_ns).map(Raw::Text));

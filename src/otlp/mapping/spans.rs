@@ -62,6 +62,12 @@ pub fn spans(request: &ExportTraceServiceRequest, defaults: &Defaults, now_ms: i
                         attributes.first_number(&CACHE_WRITE_KEYS),
                     )
                     .maybe("reasoning_tokens", attributes.first_number(&REASONING_KEYS))
+                    // The provider's id of the call: two spans of one response (an SDK's own
+                    // and an instrumentation's), or a span and the proxy, count once.
+                    .maybe(
+                        "response_id",
+                        attributes.string("gen_ai.response.id").map(Raw::Text),
+                    )
                     .maybe("trace_id", trace_id.map(Raw::Text))
                     .maybe("span_id", span_id.map(Raw::Text))
                     .maybe(

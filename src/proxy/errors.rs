@@ -1,0 +1,93 @@
+//! Errors the proxy answers itself (an unreachable upstream, a body over the cap), in the JSON
+//! shape of the provider the caller speaks to, so its SDK shows the message instead of a
+//! parse error.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use super::Provider;
+
+/// Anthropic: `{"type": "error", "error": {"type", "message"}}`.
+#[derive(Debug, Serialize)]
+pub struct AnthropicError<'a> {
+    pub r#type: &'static str,
+    pub error: AnthropicDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AnthropicDetail<'a> {
+    pub r#type: &'a str,
+    pub message: &'a str,
+}
+
+/// OpenAI: `{"error": {"message", "type", "code"}}`.
+#[derive(Debug, Serialize)]
+pub struct OpenAiError<'a> {
+    pub error: OpenAiDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenAiDetail<'a> {
+    pub message: &'a str,
+    pub r#type: &'a str,
+    pub code: Option<&'a str>,
+}
+
+/// Gemini (Google APIs): `{"error": {"code", "message", "status"}}`.
+#[derive(Debug, Serialize)]
+pub struct GeminiError<'a> {
+    pub error: GeminiDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GeminiDetail<'a> {
+    pub code: u16,
+    pub message: &'a str,
+    pub status: &'a str,
+}
+
+/// The provider's own names for an HTTP status.
+fn kinds(status: StatusCode) -> (&'static str, &'static str) {
+    match status {
+        StatusCode::BAD_REQUEST => ("invalid_request_error", "INVALID_ARGUMENT"),
+        StatusCode::PAYLOAD_TOO_LARGE => ("request_too_large", "INVALID_ARGUMENT"),
+        StatusCode::GATEWAY_TIMEOUT => ("timeout_error", "DEADLINE_EXCEEDED"),
+        _ => ("api_error", "UNAVAILABLE"),
+    }
+}
+
+/// An error answer in `provider`'s shape.
+pub fn answer(provider: Provider, status: StatusCode, message: &str) -> Response {
+    let (kind, google_status) = kinds(status);
+    let body = match provider {
+        Provider::Anthropic => serde_json::to_vec(&AnthropicError {
+            r#type: "error",
+            error: AnthropicDetail {
+                r#type: kind,
+                message,
+            },
+        }),
+        Provider::OpenAi => serde_json::to_vec(&OpenAiError {
+            error: OpenAiDetail {
+                message,
+                r#type: kind,
+                code: None,
+            },
+        }),
+        Provider::Gemini => serde_json::to_vec(&GeminiError {
+            error: GeminiDetail {
+                code: status.as_u16(),
+                message,
+                status: google_status,
+            },
+        }),
+    }
+    .unwrap_or_default();
+    (
+        status,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
