@@ -1,5 +1,5 @@
 //! Admission: may an agent spend now? Pure: it reads budget states and says which apply and
-//! which hold, so `GET /v1/budgets/check` (and the proxy, later) decide the same way.
+//! which hold, so `GET /v1/budgets/check` and the proxy's admission decide the same way.
 
 use crate::budget::{BudgetStatus, State};
 use crate::wire::{BudgetCheck, Remaining};
@@ -45,6 +45,8 @@ pub fn check(agent: Option<&str>, statuses: &[BudgetStatus]) -> BudgetCheck {
             )
         }),
         exceeded: exceeded.iter().map(|s| s.name.clone()).collect(),
+        retryable: exceeded.is_empty(),
+        resets_at: exceeded.iter().filter_map(|s| s.window_end.clone()).min(),
         budgets,
     }
 }

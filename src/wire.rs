@@ -76,6 +76,13 @@ pub struct BudgetCheck {
     pub error: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub exceeded: Vec<String>,
+    /// False on a refusal: asking again changes nothing until `resets_at`.
+    #[serde(default)]
+    pub retryable: bool,
+    /// When the first exceeded budget's window resets; null for lifetime budgets (and when
+    /// allowed).
+    #[serde(default)]
+    pub resets_at: Option<String>,
     pub budgets: Vec<Remaining>,
 }
 

@@ -61,7 +61,7 @@ pub(super) struct CheckQuery {
     agent: Option<String>,
 }
 
-/// `GET /v1/budgets/check?agent=…`: may this agent spend? 200 with what remains, or 429
+/// `GET /v1/budgets/check?agent=…`: may this agent spend? 200 with what remains, or 402
 /// naming the exceeded budget. Usage reported after the call it pays for can overshoot; this
 /// lets an agent ask before the call.
 pub(super) async fn budgets_check(
@@ -73,7 +73,9 @@ pub(super) async fn budgets_check(
     let status = if answer.allowed {
         StatusCode::OK
     } else {
-        StatusCode::TOO_MANY_REQUESTS
+        // Not 429: clients retry that (the official SDKs do, and agents loop on it); a budget
+        // does not free up by asking again.
+        crate::proxy::errors::REFUSAL
     };
     (status, axum::Json(answer)).into_response()
 }

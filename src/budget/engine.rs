@@ -145,6 +145,14 @@ impl Budgets {
         }
     }
 
+    /// What budget `index` has left before its limit (negative when over).
+    pub fn room(&self, index: usize) -> f64 {
+        match (self.specs.get(index), self.tallies.get(index)) {
+            (Some(spec), Some(tally)) => spec.limit - Self::used(spec, tally),
+            _ => 0.0,
+        }
+    }
+
     /// Moves windows to `now_ms` and returns the transitions, each once.
     pub fn evaluate(&mut self, now_ms: i64) -> Vec<Transition> {
         let mut transitions = Vec::new();
@@ -238,6 +246,7 @@ impl Budgets {
                     resource: spec.resource,
                     limit: spec.limit,
                     used,
+                    reserved: 0.0,
                     remaining,
                     ratio: used / spec.limit,
                     state: tally.state.unwrap_or(State::Ok),

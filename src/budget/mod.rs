@@ -224,6 +224,10 @@ pub struct BudgetStatus {
     pub resource: Resource,
     pub limit: f64,
     pub used: f64,
+    /// What calls through the proxy hold against the limit while they run (hard usage
+    /// budgets only).
+    #[serde(default)]
+    pub reserved: f64,
     pub remaining: f64,
     pub ratio: f64,
     pub state: State,
@@ -253,6 +257,7 @@ impl BudgetStatus {
             resource: Resource::Usd,
             limit: 10.0,
             used,
+            reserved: 0.0,
             remaining: (10.0 - used).max(0.0),
             ratio,
             state: match ratio {
@@ -279,34 +284,49 @@ impl BudgetStatus {
         self.ratio >= 1.0
     }
 
-    /// The budget in one line for a person: what was used of what, and when that changes.
-    pub fn describe_excess(&self) -> String {
-        let amount = |value: f64| match self.resource {
-            Resource::Usd => format!("${value:.2}"),
+    /// An amount of this budget's resource, for a person.
+    pub fn amount(&self, value: f64) -> String {
+        match self.resource {
+            Resource::Usd => format!("${value:.4}"),
             Resource::Tokens => format!("{value:.0} tokens"),
             Resource::CpuSeconds => format!("{value:.1} CPU seconds"),
             Resource::MemBytes | Resource::DiskBytes => {
                 bytesize::ByteSize::b(value.max(0.0) as u64).to_string()
             }
-        };
-        let resets = match (&self.window_end, self.window.as_str()) {
+        }
+    }
+
+    /// When the budget frees up, for a person.
+    pub fn resets(&self) -> String {
+        match (&self.window_end, self.window.as_str()) {
             (Some(end), _) => format!("the {} window resets at {end}", self.window),
             (None, "lifetime") => "a lifetime budget does not reset: raise its limit".to_string(),
             (None, window) => format!("rolling {window}: it frees up as usage ages out"),
+        }
+    }
+
+    /// The budget in one line for a person: what was used of what, and when that changes.
+    pub fn describe_excess(&self) -> String {
+        let short = |value: f64| match self.resource {
+            Resource::Usd => format!("${value:.2}"),
+            _ => self.amount(value),
         };
         format!(
-            "budget '{}' is exceeded: {} used of {}; {resets}",
+            "budget '{}' is exceeded: {} used of {}; {}",
             self.name,
-            amount(self.used),
-            amount(self.limit)
+            short(self.used),
+            short(self.limit),
+            self.resets()
         )
     }
 }
 
 mod engine;
 mod holds;
+pub mod reserve;
 #[cfg(test)]
 mod tests;
 
 pub use engine::Budgets;
 pub use holds::{Hold, TS_TOLERANCE_MS, charge_time, holds};
+pub use reserve::{Admitted, Ask, NoRoom, Reservations};

@@ -68,7 +68,7 @@ impl Client {
         let _progress = Progress::start();
         let url = format!("{}{}", self.base, path);
         let (status, body) = answered(self.http.get(&url).call(), &url)?;
-        if status >= 400 && status != 429 {
+        if status >= 400 && status != 402 {
             let message = serde_json::from_str::<ErrorBody>(&body)
                 .map(|e| e.error)
                 .unwrap_or(body);

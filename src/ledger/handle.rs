@@ -80,6 +80,28 @@ impl LedgerHandle {
             .await?
     }
 
+    /// Asks to make a proxied call: admitted on a reservation, or refused by a budget.
+    pub async fn reserve(
+        &self,
+        ask: CallAsk,
+    ) -> Result<Result<Admission, BudgetRefusal>, LedgerUnavailable> {
+        self.ask(|reply| LedgerInput::Reserve { ask, reply }).await
+    }
+
+    /// A proxied call ended: its usage, then its reservation released.
+    pub async fn settle(
+        &self,
+        reservation: Option<u64>,
+        events: Vec<Event>,
+    ) -> Result<EventsAnswer, LedgerUnavailable> {
+        self.ask(|reply| LedgerInput::Settle {
+            reservation,
+            events,
+            reply,
+        })
+        .await?
+    }
+
     /// Sends an input that needs no answer.
     pub async fn tell(&self, input: LedgerInput) -> Result<(), LedgerUnavailable> {
         self.sender

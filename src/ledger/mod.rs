@@ -76,6 +76,48 @@ pub enum LedgerInput {
     },
     /// What enforcement did, to count and record.
     Enforced(KillReport),
+    /// The proxy asks to make a call: its worst case is held against the hard budgets that
+    /// cover its agent, or it is refused. Answered at once, before the batch's commit.
+    Reserve {
+        ask: CallAsk,
+        reply: oneshot::Sender<Result<Admission, BudgetRefusal>>,
+    },
+    /// A proxied call ended: its usage (none when it died) is stored and charged, and only then
+    /// is its reservation released.
+    Settle {
+        reservation: Option<u64>,
+        events: Vec<Event>,
+        reply: oneshot::Sender<Result<EventsAnswer, LedgerUnavailable>>,
+    },
+}
+
+/// A call the proxy wants to make, at its worst.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallAsk {
+    pub agent: String,
+    /// The model asked for, to price the worst case; unknown models are priced at 0 (only
+    /// tokens budgets then hold them).
+    pub model: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub stream: bool,
+}
+
+/// An admitted call: its reservation, the output it may produce, and the budget that limited
+/// that output when it is less than asked (a stream admitted on what fits).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admission {
+    pub reservation: u64,
+    pub output_tokens: u64,
+    pub limited_by: Option<String>,
+}
+
+/// A refused call: the budget without room, as it stands, and what the call would have needed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRefusal {
+    pub budget: BudgetStatus,
+    pub needed: f64,
+    pub free: f64,
 }
 
 /// What became of one request's events: for each stored one, whether it was new (else a
@@ -173,6 +215,8 @@ pub struct Ledger {
     /// What reads are answered from, and whether the price table's health needs redoing.
     view: SharedView,
     pricing_changed: bool,
+    /// Calls through the proxy and what they hold against the hard budgets.
+    reservations: crate::budget::Reservations,
 }
 
 /// Targets a budget without its own target scope stops: every configured target but the
@@ -252,6 +296,7 @@ impl Ledger {
         let mut otlp_rows = Vec::new();
         let mut otlp_undo = Vec::new();
         let mut otlp_requests = Vec::new();
+        let mut releases = Vec::new();
         for input in batch {
             match input {
                 LedgerInput::Events {
@@ -313,6 +358,24 @@ impl Ledger {
                     self.kills_in_flight.remove(&report.target);
                     self.seen_alive.remove(&report.target);
                     self.record_enforcement(&report, received);
+                }
+                LedgerInput::Reserve { ask, reply } => {
+                    let _ = reply.send(self.reserve(&ask, received));
+                }
+                LedgerInput::Settle {
+                    reservation,
+                    events,
+                    reply,
+                } => {
+                    let start = priced.len();
+                    let mut refused = Vec::new();
+                    for (index, event) in events.into_iter().enumerate() {
+                        if let Err(problem) = self.admit(event, "proxy", received, &mut priced) {
+                            refused.push((index, problem));
+                        }
+                    }
+                    requests.push((start..priced.len(), refused, reply));
+                    releases.extend(reservation);
                 }
             }
         }
@@ -376,6 +439,10 @@ impl Ledger {
             self.metrics.record_target(reading);
             self.health.mark_sampled();
             self.charge_reading(reading, received);
+        }
+        // Settled calls' usage is charged now: their reservations can go.
+        for reservation in releases {
+            self.reservations.release(reservation);
         }
         // Budgets are judged before anyone is answered: a crossing event's 2xx leaves only
         // after the kill order did, and a read after the 2xx sees the event.
@@ -483,7 +550,45 @@ impl Ledger {
 
     /// Swaps in a new view: the budget states judged at `now`, and the price table's health
     /// when it changed.
-    fn publish(&mut self, now: i64, budgets: Vec<BudgetStatus>) {
+    /// Admits a call on its worst case, priced from the table, or refuses it.
+    fn reserve(&mut self, ask: &CallAsk, now: i64) -> Result<Admission, BudgetRefusal> {
+        let price = ask.model.as_deref().and_then(|m| self.prices.lookup(m));
+        let per_token = |usd_per_million: f64| usd_per_million / 1e6;
+        let budget_ask = crate::budget::Ask {
+            agent: ask.agent.clone(),
+            input_tokens: ask.input_tokens,
+            output_tokens: ask.output_tokens,
+            // Input at the dearer of the input and cache-write prices: a worst case.
+            input_usd: price.map_or(0.0, |p| {
+                per_token(p.input.max(p.cache_write.unwrap_or(p.input)))
+            }),
+            output_usd: price.map_or(0.0, |p| per_token(p.output)),
+            stream: ask.stream,
+        };
+        match self.reservations.reserve(&self.budgets, &budget_ask, now) {
+            Ok(admitted) => Ok(Admission {
+                reservation: admitted.id,
+                output_tokens: admitted.output_tokens,
+                limited_by: admitted
+                    .limited_by
+                    .map(|i| self.budgets.specs()[i].name.clone()),
+            }),
+            Err(no_room) => {
+                let mut budget = self.budgets.status(now).swap_remove(no_room.budget);
+                budget.reserved = self.reservations.held(no_room.budget);
+                Err(BudgetRefusal {
+                    budget,
+                    needed: no_room.needed,
+                    free: no_room.free,
+                })
+            }
+        }
+    }
+
+    fn publish(&mut self, now: i64, mut budgets: Vec<BudgetStatus>) {
+        for (index, status) in budgets.iter_mut().enumerate() {
+            status.reserved = self.reservations.held(index);
+        }
         let pricing = if self.pricing_changed {
             self.pricing_changed = false;
             Arc::new(self.pricing_status())

@@ -65,6 +65,7 @@ impl Ledger {
             spans: None,
             view: SharedView::default(),
             pricing_changed: true,
+            reservations: crate::budget::Reservations::default(),
             span_batch: Vec::new(),
             webhook_batch: Vec::new(),
             status_files: None,

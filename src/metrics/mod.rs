@@ -198,6 +198,10 @@ pub enum CallOutcome {
     unreachable,
     /// The answer broke off: the client went away, or the provider's stream failed.
     cut,
+    /// A stream closed by the proxy at the output its budget left room for.
+    limited,
+    /// Refused before it reached the provider: a hard budget had no room for it.
+    refused,
 }
 
 /// Calls through the proxy, by upstream (a configured name) and outcome.
@@ -529,7 +533,7 @@ impl Metrics {
         );
         r.register(
             "proxy_calls",
-            "Calls forwarded by the LLM API proxy, by upstream and outcome (ok, unmetered, error, unreachable, cut)",
+            "Calls forwarded by the LLM API proxy, by upstream and outcome (ok, unmetered, error, unreachable, cut, limited, refused)",
             m.proxy_calls_total.clone(),
         );
         r.register(

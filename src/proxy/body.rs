@@ -37,6 +37,33 @@ pub(super) struct Call {
     pub request: CallRequest,
     pub request_id: Option<String>,
     pub status: axum::http::StatusCode,
+    /// The call's reservation, settled when it ends.
+    pub reservation: Option<u64>,
+    /// The input the reservation assumed, recorded when a cut stream never got the provider's.
+    pub input_estimate: u64,
+    /// Where a stream is cut, when a budget (or the default output limit) bounds it.
+    pub cut: Option<CutRule>,
+    /// Which OpenAI API answers (the closing event of a cut stream differs).
+    pub api: Api,
+}
+
+/// A stream's output bound: past `output_tokens` it is cut.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CutRule {
+    pub output_tokens: u64,
+    /// What set the bound, for the caller: a budget's name.
+    pub why: String,
+}
+
+/// The API a call speaks, where one provider has several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Api {
+    AnthropicMessages,
+    OpenAiChat,
+    OpenAiResponses,
+    Gemini,
+    /// Anything else (embeddings, models, …): forwarded and metered, never cut.
+    Other,
 }
 
 /// The answer's bytes decoded for reading (the caller gets them as they came).
@@ -94,10 +121,13 @@ enum Ending {
     Complete,
     /// The upstream's body failed, or the caller went away first.
     Cut,
+    /// The proxy closed the stream at its output bound.
+    Limited,
 }
 
 pub(super) struct Metered {
-    inner: Incoming,
+    /// The upstream's body; dropped (which closes the upstream request) when a stream is cut.
+    inner: Option<Incoming>,
     decode: Decode,
     mode: Mode,
     meter: Meter,
@@ -129,7 +159,7 @@ impl Metered {
             }
         };
         Metered {
-            inner,
+            inner: Some(inner),
             decode: Decode::of(encoding),
             mode,
             meter: Meter::new(provider),
@@ -168,6 +198,15 @@ impl Metered {
                 let Some(bytes) = plain else { return };
                 for event in splitter.push(&bytes) {
                     self.meter.absorb_text(&event.data);
+                    let over = self
+                        .call
+                        .as_ref()
+                        .and_then(|c| c.cut.as_ref())
+                        .is_some_and(|rule| self.meter.running_output() > rule.output_tokens);
+                    if over {
+                        self.cut_stream();
+                        return;
+                    }
                     // The usage chunk (no choices, usage set) was asked for by the proxy, not
                     // by the caller: read, not passed on.
                     let asked_by_us = *strip_usage && is_bare_usage_chunk(&event.data);
@@ -208,13 +247,81 @@ impl Metered {
         }
     }
 
-    /// Records the call, once.
+    /// Closes the upstream request and ends the caller's stream cleanly in the provider's own
+    /// format, as if the call had reached its own output limit, with a comment saying why.
+    fn cut_stream(&mut self) {
+        self.inner = None;
+        self.done = true;
+        let Some(call) = &self.call else { return };
+        let why = call
+            .cut
+            .as_ref()
+            .map_or("", |r| r.why.as_str())
+            .replace(['\r', '\n'], " ");
+        self.queue.push_back(Bytes::from(format!(
+            ": costmeter: {why}: the stream was cut at its output bound\n\n"
+        )));
+        let id = self.meter.usage().response_id.unwrap_or_default();
+        let model = self
+            .meter
+            .usage()
+            .model
+            .or(call.request.model.clone())
+            .unwrap_or_default();
+        let output = self.meter.running_output();
+        let events: Vec<String> = match call.api {
+            Api::AnthropicMessages => {
+                let mut events = Vec::new();
+                if let Some(index) = self.meter.open_block {
+                    events.push(format!(
+                        "event: content_block_stop\ndata: {}\n\n",
+                        serde_json::json!({"type": "content_block_stop", "index": index})
+                    ));
+                }
+                events.push(format!(
+                    "event: message_delta\ndata: {}\n\n",
+                    serde_json::json!({"type": "message_delta",
+                        "delta": {"stop_reason": "max_tokens", "stop_sequence": null},
+                        "usage": {"output_tokens": output}})
+                ));
+                events.push("event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n".into());
+                events
+            }
+            Api::OpenAiChat => vec![
+                format!(
+                    "data: {}\n\n",
+                    serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": 0,
+                        "model": model, "choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+                ),
+                "data: [DONE]\n\n".into(),
+            ],
+            Api::OpenAiResponses => vec![format!(
+                "event: response.incomplete\ndata: {}\n\n",
+                serde_json::json!({"type": "response.incomplete", "sequence_number": 0,
+                    "response": {"id": id, "object": "response", "created_at": 0,
+                        "status": "incomplete", "incomplete_details": {"reason": "max_output_tokens"},
+                        "model": model, "output": [], "parallel_tool_calls": true,
+                        "tool_choice": "auto", "tools": [], "usage": null}})
+            )],
+            Api::Gemini => vec![format!(
+                "data: {}\r\n\r\n",
+                serde_json::json!({"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]},
+                    "finishReason": "MAX_TOKENS", "index": 0}], "modelVersion": model, "responseId": id})
+            )],
+            Api::Other => Vec::new(),
+        };
+        self.queue.extend(events.into_iter().map(Bytes::from));
+        self.finish(Ending::Limited);
+    }
+
+    /// Records the call and settles its reservation, once.
     fn finish(&mut self, ending: Ending) {
         let Some(call) = self.call.take() else {
             return;
         };
-        let usage = self.meter.usage();
+        let mut usage = self.meter.usage();
         let outcome = match ending {
+            Ending::Limited => CallOutcome::limited,
             Ending::Cut => CallOutcome::cut,
             Ending::Complete if !call.status.is_success() => CallOutcome::error,
             Ending::Complete if usage.seen => CallOutcome::ok,
@@ -231,45 +338,51 @@ impl Metered {
         if outcome == CallOutcome::unmetered && call.status.is_success() {
             warn!(upstream = %call.upstream.name, status = %call.status, "proxy: a successful answer carried no usage the proxy could read; the call is not metered");
         }
-        // Whatever the provider reported it billed is recorded, even for a call cut short.
-        if !usage.seen {
-            return;
-        }
-        let model = usage
-            .model
-            .clone()
-            .or(call.request.model.clone())
-            .unwrap_or_else(|| "unknown".to_string());
-        let mut draft = Draft::default();
-        draft
-            .text("agent", call.agent.clone())
-            .text("model", model)
-            .text("provider", call.upstream.provider.label())
-            .count("input_tokens", usage.input_tokens)
-            .count("output_tokens", usage.output_tokens)
-            .count("cache_read_tokens", usage.cache_read_tokens)
-            .count("cache_write_tokens", usage.cache_write_tokens)
-            .count("reasoning_tokens", usage.reasoning_tokens)
-            .maybe("response_id", usage.response_id.clone().map(Raw::Text))
-            .maybe("request_id", call.request_id.clone().map(Raw::Text));
-        let now_ms = jiff::Timestamp::now().as_millisecond();
-        let event = match draft.llm_usage(now_ms) {
-            Ok(event) => event,
-            Err(problem) => {
-                warn!(upstream = %call.upstream.name, %problem, "proxy: the provider's usage could not be recorded");
-                return;
+        // A stream that ended before the provider's final count: what it generated is billed,
+        // so it is recorded from the running estimate (and the input the provider gave at the
+        // start, else the request's estimate).
+        let streamed = matches!(self.mode, Mode::Events { .. });
+        if streamed && ending != Ending::Complete && self.meter.streamed_bytes > 0 {
+            if !self.meter.input_seen() {
+                usage.input_tokens = usage.input_tokens.max(call.input_estimate);
             }
-        };
-        let ledger = call.shared.ledger.clone();
-        let upstream = call.upstream.name;
-        // Recorded off the caller's path: the answer is already on its way.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(error) = ledger.events("proxy", vec![event]).await {
-                    warn!(%upstream, %error, "proxy: the call's usage could not be stored");
-                }
-            });
+            usage.output_tokens = usage.output_tokens.max(self.meter.running_output());
+            usage.seen = true;
         }
+        let event = if usage.seen {
+            let model = usage
+                .model
+                .clone()
+                .or(call.request.model.clone())
+                .unwrap_or_else(|| "unknown".to_string());
+            let mut draft = Draft::default();
+            draft
+                .text("agent", call.agent.clone())
+                .text("model", model)
+                .text("provider", call.upstream.provider.label())
+                .count("input_tokens", usage.input_tokens)
+                .count("output_tokens", usage.output_tokens)
+                .count("cache_read_tokens", usage.cache_read_tokens)
+                .count("cache_write_tokens", usage.cache_write_tokens)
+                .count("reasoning_tokens", usage.reasoning_tokens)
+                .maybe("response_id", usage.response_id.clone().map(Raw::Text))
+                .maybe("request_id", call.request_id.clone().map(Raw::Text));
+            match draft.llm_usage(jiff::Timestamp::now().as_millisecond()) {
+                Ok(event) => Some(event),
+                Err(problem) => {
+                    warn!(upstream = %call.upstream.name, %problem, "proxy: the provider's usage could not be recorded");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        super::settle(
+            &call.shared,
+            call.upstream.name,
+            call.reservation,
+            event.into_iter().collect(),
+        );
     }
 }
 
@@ -300,13 +413,17 @@ impl Body for Metered {
             if this.done {
                 return Poll::Ready(None);
             }
-            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+            let Some(inner) = this.inner.as_mut() else {
+                this.done = true;
+                continue;
+            };
+            match ready!(Pin::new(inner).poll_frame(cx)) {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(chunk) => {
                         this.take(chunk);
                         // A body of known length may not be polled again after its last
                         // byte: it ends here.
-                        if this.inner.is_end_stream() {
+                        if this.inner.as_ref().is_some_and(Body::is_end_stream) {
                             this.done = true;
                             this.flush();
                             this.finish(Ending::Complete);
@@ -334,7 +451,7 @@ impl Body for Metered {
 
     fn size_hint(&self) -> SizeHint {
         match self.mode {
-            Mode::Whole { .. } => self.inner.size_hint(),
+            Mode::Whole { .. } => self.inner.as_ref().map(Body::size_hint).unwrap_or_default(),
             Mode::Events { .. } => SizeHint::default(),
         }
     }

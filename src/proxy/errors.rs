@@ -53,8 +53,40 @@ fn kinds(status: StatusCode) -> (&'static str, &'static str) {
         StatusCode::BAD_REQUEST => ("invalid_request_error", "INVALID_ARGUMENT"),
         StatusCode::PAYLOAD_TOO_LARGE => ("request_too_large", "INVALID_ARGUMENT"),
         StatusCode::GATEWAY_TIMEOUT => ("timeout_error", "DEADLINE_EXCEEDED"),
+        // Anthropic's own name for 402; OpenAI's `type` for spending limits. Gemini's status
+        // stays clear of RESOURCE_EXHAUSTED, which clients treat as a quota to wait out.
+        StatusCode::PAYMENT_REQUIRED => ("billing_error", "FAILED_PRECONDITION"),
         _ => ("api_error", "UNAVAILABLE"),
     }
+}
+
+/// The status of a refusal: 402, which none of the official SDKs retries (they retry 408,
+/// 409, 429 and 5xx), and which Anthropic's API itself uses for billing errors. A 429 would
+/// read as "try again shortly", and agents loop on it.
+pub const REFUSAL: StatusCode = StatusCode::PAYMENT_REQUIRED;
+
+/// The header naming the budget that refused a call.
+pub const BUDGET_HEADER: &str = "x-costmeter-budget";
+
+/// A call refused by a budget, in the provider's shape, naming the budget, what is used and
+/// held of what, and when it frees up.
+pub fn refuse(provider: Provider, refusal: &crate::ledger::BudgetRefusal) -> Response {
+    let b = &refusal.budget;
+    let message = format!(
+        "costmeter: budget '{}' has no room for this call: it may cost up to {}, and {} is free ({} used and {} held by calls in flight, of {}); {}. Not retryable until then.",
+        b.name,
+        b.amount(refusal.needed),
+        b.amount(refusal.free),
+        b.amount(b.used),
+        b.amount(b.reserved),
+        b.amount(b.limit),
+        b.resets()
+    );
+    let mut response = answer(provider, REFUSAL, &message);
+    if let Ok(value) = axum::http::HeaderValue::from_str(&b.name) {
+        response.headers_mut().insert(BUDGET_HEADER, value);
+    }
+    response
 }
 
 /// An error answer in `provider`'s shape.

@@ -40,6 +40,16 @@ pub struct Meter {
     tool_prompt: Option<u64>,
     /// Gemini's candidates (output without thoughts).
     candidates: Option<u64>,
+    /// Bytes of generated text (and tool arguments) streamed so far, for a running estimate.
+    pub streamed_bytes: u64,
+    /// Anthropic: the content block open now, to close it when a stream is cut.
+    pub open_block: Option<u64>,
+}
+
+fn text_len(value: Option<&Value>) -> u64 {
+    value
+        .and_then(Value::as_str)
+        .map_or(0, |s| u64::try_from(s.len()).unwrap_or(u64::MAX))
 }
 
 fn count(value: &Value, key: &str) -> Option<u64> {
@@ -102,7 +112,20 @@ impl Meter {
 
     /// Messages: a whole message, or the `message_start` / `message_delta` events.
     fn anthropic(&mut self, document: &Value) {
-        let holder = match document.get("type").and_then(Value::as_str) {
+        let kind = document.get("type").and_then(Value::as_str);
+        match kind {
+            Some("content_block_start") => {
+                self.open_block = document.get("index").and_then(Value::as_u64);
+            }
+            Some("content_block_stop") => self.open_block = None,
+            Some("content_block_delta") => {
+                let delta = document.get("delta");
+                let d = |key: &str| text_len(delta.and_then(|d| d.get(key)));
+                self.streamed_bytes += d("text") + d("thinking") + d("partial_json");
+            }
+            _ => {}
+        }
+        let holder = match kind {
             Some("message_start") => document.get("message").unwrap_or(&Value::Null),
             _ => document,
         };
@@ -127,6 +150,30 @@ impl Meter {
     /// Chat Completions (whole, or the stream's last chunk), Responses (whole, or the
     /// `response.completed` / `response.incomplete` / `response.failed` events), embeddings.
     fn openai(&mut self, document: &Value) {
+        // Chat chunks: each choice's delta; Responses: the `….delta` events.
+        if let Some(choices) = document.get("choices").and_then(Value::as_array) {
+            for choice in choices {
+                let delta = choice.get("delta");
+                self.streamed_bytes += text_len(delta.and_then(|d| d.get("content")))
+                    + text_len(delta.and_then(|d| d.get("reasoning_content")));
+                for call in delta
+                    .and_then(|d| d.get("tool_calls"))
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    self.streamed_bytes +=
+                        text_len(call.get("function").and_then(|f| f.get("arguments")));
+                }
+            }
+        }
+        if document
+            .get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|t| t.ends_with(".delta"))
+        {
+            self.streamed_bytes += text_len(document.get("delta"));
+        }
         let holder = document
             .get("response")
             .filter(|r| r.is_object())
@@ -164,6 +211,22 @@ impl Meter {
 
     /// `generateContent` / `streamGenerateContent`: `usageMetadata` on each chunk.
     fn gemini(&mut self, document: &Value) {
+        for candidate in document
+            .get("candidates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            for part in candidate
+                .get("content")
+                .and_then(|c| c.get("parts"))
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                self.streamed_bytes += text_len(part.get("text"));
+            }
+        }
         if self.response_id.is_none() {
             self.response_id = text(document, "responseId");
         }
@@ -189,6 +252,19 @@ impl Meter {
         } else if self.input.is_some() {
             self.output.get_or_insert(0);
         }
+    }
+
+    /// Output so far: the provider's running count where it gives one (Gemini), else an
+    /// estimate from the streamed text, whichever is higher.
+    pub fn running_output(&self) -> u64 {
+        self.output
+            .unwrap_or(0)
+            .max(super::estimate::output_of_text(self.streamed_bytes))
+    }
+
+    /// Whether the provider's input count was seen (Anthropic says it at a stream's start).
+    pub fn input_seen(&self) -> bool {
+        self.input.is_some()
     }
 
     /// The call's usage under the token rule.

@@ -34,6 +34,7 @@ use crate::metrics::{CallOutcome, Metrics, ProxyLabels};
 
 mod body;
 pub mod errors;
+pub mod estimate;
 pub mod meter;
 pub mod sse;
 
@@ -243,6 +244,90 @@ impl Proxy {
             .inc();
     }
 
+    /// Holds the call's worst case against the hard budgets covering `agent`, or answers the
+    /// refusal. No round trip to the ledger when no hard usage budget covers the agent.
+    async fn admit(
+        &self,
+        upstream: &Upstream,
+        agent: &str,
+        call: &CallRequest,
+        worst: &estimate::Worst,
+        stream: bool,
+    ) -> Result<Option<crate::ledger::Admission>, Response> {
+        let view = self.shared.ledger.view();
+        let held = view.budgets.iter().any(|b| {
+            b.on_exceed == crate::budget::OnExceed::SoftKill
+                && matches!(
+                    b.resource,
+                    crate::budget::Resource::Usd | crate::budget::Resource::Tokens
+                )
+                && b.target.is_none()
+                && b.agent.as_deref().is_none_or(|a| a == agent)
+        });
+        if !held {
+            return Ok(None);
+        }
+        let ask = crate::ledger::CallAsk {
+            agent: agent.to_string(),
+            model: call.model.clone(),
+            input_tokens: worst.input_tokens,
+            output_tokens: worst.output_tokens,
+            stream,
+        };
+        match self.shared.ledger.reserve(ask).await {
+            Ok(Ok(admission)) => Ok(Some(admission)),
+            Ok(Err(refusal)) => {
+                self.count(&upstream.name, CallOutcome::refused);
+                warn!(upstream = %upstream.name, agent, budget = %refusal.budget.name, needed = refusal.needed, free = refusal.free, "proxy: call refused, a hard budget has no room for it");
+                Err(errors::refuse(upstream.provider, &refusal))
+            }
+            Err(unavailable) => Err(errors::answer(
+                upstream.provider,
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("costmeter proxy: the call could not be admitted: {unavailable}"),
+            )),
+        }
+    }
+
+    /// `x-costmeter-budget-remaining` (every budget that applies to `agent`) and
+    /// `x-costmeter-budget-warning` (those past their `warn_at`), from the published view.
+    fn budget_headers(&self, agent: &str) -> Vec<(HeaderName, HeaderValue)> {
+        let view = self.shared.ledger.view();
+        let applying: Vec<&crate::budget::BudgetStatus> = view
+            .budgets
+            .iter()
+            .filter(|b| {
+                b.resource.is_usage()
+                    && b.target.is_none()
+                    && crate::admission::applies(b, Some(agent))
+            })
+            .collect();
+        let mut headers = Vec::new();
+        let remaining: Vec<String> = applying
+            .iter()
+            .map(|b| {
+                let free = (b.remaining - b.reserved).max(0.0);
+                format!("{}={free} {}", b.name, b.resource.label())
+            })
+            .collect();
+        let warning: Vec<String> = applying
+            .iter()
+            .filter(|b| b.ratio >= b.warn_at)
+            .map(|b| format!("{}:{:.0}%", b.name, b.ratio * 100.0))
+            .collect();
+        for (name, values) in [
+            ("x-costmeter-budget-remaining", remaining),
+            ("x-costmeter-budget-warning", warning),
+        ] {
+            if let (false, Ok(value)) =
+                (values.is_empty(), HeaderValue::from_str(&values.join(", ")))
+            {
+                headers.push((HeaderName::from_static(name), value));
+            }
+        }
+        headers
+    }
+
     /// Serves one `/proxy/...` request.
     pub async fn handle(&self, request: Request) -> Response {
         let path = request.uri().path().to_string();
@@ -298,6 +383,19 @@ impl Proxy {
             _ => None,
         };
         let strip_usage_chunk = asked_usage.is_some();
+        let api = api_of(upstream.provider, tail);
+        // Only server-sent events can be cut cleanly (Gemini without `alt=sse` streams a JSON
+        // array).
+        let cuttable = call.stream
+            && api != body::Api::Other
+            && (upstream.provider != Provider::Gemini
+                || parts.uri.query().is_some_and(|q| q.contains("alt=sse")));
+        let worst = estimate::worst_case(upstream.provider, &body);
+        let admission = match self.admit(&upstream, &agent, &call, &worst, cuttable).await {
+            Ok(admission) => admission,
+            Err(refusal) => return refusal,
+        };
+        let budget_headers = self.budget_headers(&agent);
         let body = asked_usage.map(Bytes::from).unwrap_or(body);
 
         let target = match parts.uri.query() {
@@ -341,6 +439,12 @@ impl Proxy {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 self.count(&upstream.name, CallOutcome::unreachable);
+                settle(
+                    &self.shared,
+                    upstream.name.clone(),
+                    admission.as_ref().map(|a| a.reservation),
+                    Vec::new(),
+                );
                 let cause = error_chain(&error);
                 warn!(upstream = %upstream.name, url = %upstream.base_url, error = %cause, "proxy: the upstream could not be reached");
                 return errors::answer(
@@ -354,6 +458,12 @@ impl Proxy {
             }
             Err(_) => {
                 self.count(&upstream.name, CallOutcome::unreachable);
+                settle(
+                    &self.shared,
+                    upstream.name.clone(),
+                    admission.as_ref().map(|a| a.reservation),
+                    Vec::new(),
+                );
                 warn!(upstream = %upstream.name, url = %upstream.base_url, timeout = ?self.config.response_timeout, "proxy: no answer from the upstream in time");
                 return errors::answer(
                     upstream.provider,
@@ -390,6 +500,24 @@ impl Proxy {
             .get(header::CONTENT_ENCODING)
             .and_then(|v| v.to_str().ok())
             .map(str::to_ascii_lowercase);
+        for (name, value) in budget_headers {
+            parts.headers.insert(name, value);
+        }
+        // A stream is cut at its admitted output when a budget bounded it, or when it set no
+        // limit of its own (the default stood in for the reservation).
+        let cut = admission.as_ref().and_then(|a| {
+            let bounded = a.limited_by.is_some() || !worst.output_limited_by_request;
+            (cuttable && bounded).then(|| body::CutRule {
+                output_tokens: a.output_tokens,
+                why: match &a.limited_by {
+                    Some(budget) => format!("budget '{budget}' has no room for more output"),
+                    None => format!(
+                        "the call set no output limit; {} tokens were reserved for it",
+                        a.output_tokens
+                    ),
+                },
+            })
+        });
         let ending = body::Call {
             shared: self.shared.clone(),
             upstream: upstream_labels(&upstream),
@@ -397,6 +525,10 @@ impl Proxy {
             request: call,
             request_id,
             status: parts.status,
+            reservation: admission.as_ref().map(|a| a.reservation),
+            input_estimate: worst.input_tokens,
+            cut,
+            api,
         };
         let metered = body::Metered::new(
             incoming,
@@ -407,6 +539,38 @@ impl Proxy {
             ending,
         );
         Response::from_parts(parts, Body::new(metered)).into_response()
+    }
+}
+
+/// Which API a path is, for cutting streams in its own format.
+fn api_of(provider: Provider, path: &str) -> body::Api {
+    match provider {
+        Provider::Anthropic if path.ends_with("/messages") => body::Api::AnthropicMessages,
+        Provider::OpenAi if path.ends_with("/chat/completions") => body::Api::OpenAiChat,
+        Provider::OpenAi if path.ends_with("/responses") => body::Api::OpenAiResponses,
+        Provider::Gemini if path.contains(":streamGenerateContent") => body::Api::Gemini,
+        _ => body::Api::Other,
+    }
+}
+
+/// Hands a finished call to the ledger off the caller's path: its usage (if any) is stored
+/// and charged, then its reservation released.
+pub(crate) fn settle(
+    shared: &Shared,
+    upstream: String,
+    reservation: Option<u64>,
+    events: Vec<crate::ingest::Event>,
+) {
+    if reservation.is_none() && events.is_empty() {
+        return;
+    }
+    let ledger = shared.ledger.clone();
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(async move {
+            if let Err(error) = ledger.settle(reservation, events).await {
+                warn!(%upstream, %error, "proxy: the call's usage could not be stored");
+            }
+        });
     }
 }
 

@@ -245,7 +245,7 @@ fn a_calendar_budget_publishes_its_window_end() {
 }
 
 #[test]
-fn the_admission_check_answers_429_naming_the_exceeded_budget() {
+fn the_admission_check_answers_402_naming_the_exceeded_budget_not_retryable() {
     let daemon = Daemon::start(
         "[[budget]]\nname = \"coder-usd\"\nresource = \"usd\"\nlimit = 1.0\nagent = \"coder\"\non_exceed = \"alert\"\n",
     );
@@ -256,9 +256,15 @@ fn the_admission_check_answers_429_naming_the_exceeded_budget() {
     assert_eq!(answer["budgets"][0]["remaining"], 1.0);
     daemon.post_events(&usage("u1", "coder", 10, 1.5));
     let (status, _, body) = daemon.get("/v1/budgets/check?agent=coder", None);
-    assert_eq!(status, 429, "{body}");
+    assert_eq!(status, 402, "{body}");
     let answer: Value = serde_json::from_str(&body).expect("JSON");
     assert_eq!(answer["exceeded"], json!(["coder-usd"]));
+    assert_eq!(answer["retryable"], false);
+    assert_eq!(
+        answer["resets_at"],
+        Value::Null,
+        "a lifetime budget does not reset"
+    );
     assert!(
         answer["error"]
             .as_str()

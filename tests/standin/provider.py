@@ -39,11 +39,22 @@ def log(entry):
             f.write(json.dumps(entry) + "\n")
 
 
+def text_of(deltas):
+    return "".join(WORDS[i % len(WORDS)] for i in range(deltas))
+
+
+def tokens(text):
+    """About four characters a token, as the providers' tokenizers count English."""
+    return (len(text) + 3) // 4
+
+
 def counts(body, deltas):
-    """Deterministic token counts from the request: tests read them from the log."""
+    """Deterministic counts from the request, realistic in size (tests read them from the log):
+    `input` is all input, cache included; `text` the tokens of the answer's text."""
     size = len(json.dumps(body))
-    return {"input": 40 + size % 97, "cached": 16 + size % 5, "written": 7 + size % 3,
-            "output": 3 * deltas, "reasoning": deltas}
+    total = (size + 3) // 4 + 4
+    return {"input": total, "cached": min(16 + size % 5, total // 3), "written": min(7 + size % 3, total // 4),
+            "text": tokens(text_of(deltas)), "reasoning": deltas // 2}
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -140,9 +151,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         message_id = "msg_" + uuid.uuid4().hex[:24]
         request_id = "req_" + uuid.uuid4().hex[:24]
         model = body.get("model", "claude-sonnet-4-5")
-        usage = {"input_tokens": n["input"], "cache_read_input_tokens": n["cached"],
-                 "cache_creation_input_tokens": n["written"], "output_tokens": n["output"]}
-        text = "".join(WORDS[i % len(WORDS)] for i in range(deltas))
+        usage = {"input_tokens": n["input"] - n["cached"] - n["written"], "cache_read_input_tokens": n["cached"],
+                 "cache_creation_input_tokens": n["written"], "output_tokens": n["text"]}
+        text = text_of(deltas)
         entry.update(provider="anthropic", response_id=message_id, request_id=request_id,
                      model=model, usage=usage, text=text)
         headers = [("request-id", request_id)]
@@ -168,9 +179,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(delay)
             event("content_block_delta", {"type": "content_block_delta", "index": 0,
                                           "delta": {"type": "text_delta", "text": WORDS[i % len(WORDS)]}})
+            entry["generated_output"] = tokens(text_of(i + 1))
         event("content_block_stop", {"type": "content_block_stop", "index": 0})
         event("message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": None},
-                                "usage": {"output_tokens": n["output"]}})
+                                "usage": {"output_tokens": n["text"]}})
         event("message_stop", {"type": "message_stop"})
         self.end_stream()
 
@@ -179,11 +191,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         completion_id = "chatcmpl-" + uuid.uuid4().hex[:24]
         request_id = "req_" + uuid.uuid4().hex[:24]
         model = body.get("model", "gpt-5.2")
-        usage = {"prompt_tokens": n["input"], "completion_tokens": n["output"],
-                 "total_tokens": n["input"] + n["output"],
+        output = n["text"] + n["reasoning"]
+        usage = {"prompt_tokens": n["input"], "completion_tokens": output,
+                 "total_tokens": n["input"] + output,
                  "prompt_tokens_details": {"cached_tokens": n["cached"]},
                  "completion_tokens_details": {"reasoning_tokens": n["reasoning"]}}
-        text = "".join(WORDS[i % len(WORDS)] for i in range(deltas))
+        text = text_of(deltas)
         headers = [("x-request-id", request_id)]
         entry.update(provider="openai", response_id=completion_id, request_id=request_id, model=model, text=text)
         if not body.get("stream"):
@@ -211,6 +224,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         for i in range(deltas):
             time.sleep(delay)
             chunk([{"index": 0, "delta": {"content": WORDS[i % len(WORDS)]}, "finish_reason": None}])
+            entry["generated_output"] = tokens(text_of(i + 1))
         chunk([{"index": 0, "delta": {}, "finish_reason": "stop"}])
         if include:
             chunk([], usage)
@@ -221,10 +235,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
         n = counts(body, deltas)
         response_id = "resp_" + uuid.uuid4().hex[:24]
         model = body.get("model", "gpt-5.2")
+        output = n["text"] + n["reasoning"]
         usage = {"input_tokens": n["input"], "input_tokens_details": {"cached_tokens": n["cached"]},
-                 "output_tokens": n["output"], "output_tokens_details": {"reasoning_tokens": n["reasoning"]},
-                 "total_tokens": n["input"] + n["output"]}
-        text = "".join(WORDS[i % len(WORDS)] for i in range(deltas))
+                 "output_tokens": output, "output_tokens_details": {"reasoning_tokens": n["reasoning"]},
+                 "total_tokens": n["input"] + output}
+        text = text_of(deltas)
         entry.update(provider="openai", response_id=response_id, model=model, usage=usage, text=text)
         item = {"id": "msg_" + uuid.uuid4().hex[:16], "type": "message", "status": "completed", "role": "assistant",
                 "content": [{"type": "output_text", "text": text, "annotations": []}]}
@@ -251,6 +266,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             time.sleep(delay)
             event("response.output_text.delta", {"item_id": item["id"], "output_index": 0, "content_index": 0,
                                                  "delta": WORDS[i % len(WORDS)], "logprobs": []})
+            entry["generated_output"] = tokens(text_of(i + 1))
         event("response.completed", {"response": response("completed", usage, [item])})
         self.end_stream()
 
@@ -259,10 +275,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         path = self.path.split("?")[0]
         model, action = path.split("/models/", 1)[1].split(":", 1)
         response_id = uuid.uuid4().hex[:20]
-        text = "".join(WORDS[i % len(WORDS)] for i in range(deltas))
+        text = text_of(deltas)
         final = {"promptTokenCount": n["input"], "cachedContentTokenCount": n["cached"],
-                 "candidatesTokenCount": n["output"], "thoughtsTokenCount": n["reasoning"],
-                 "totalTokenCount": n["input"] + n["output"] + n["reasoning"]}
+                 "candidatesTokenCount": n["text"], "thoughtsTokenCount": n["reasoning"],
+                 "totalTokenCount": n["input"] + n["text"] + n["reasoning"]}
         entry.update(provider="gemini", response_id=response_id, model=model, usage=final, text=text)
 
         def chunk(part, candidates):
@@ -272,7 +288,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                     "usageMetadata": usage, "modelVersion": model, "responseId": response_id}
 
         if action == "generateContent":
-            whole = chunk(text, n["output"])
+            whole = chunk(text, n["text"])
             whole["candidates"][0]["finishReason"] = "STOP"
             self.send_json(200, whole)
             return
@@ -288,7 +304,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.chunk("[")
         for i in range(deltas):
             time.sleep(delay)
-            candidates = n["output"] if i == deltas - 1 else 3 * (i + 1)
+            candidates = tokens(text_of(i + 1))
+            entry["generated_output"] = candidates
             data = json.dumps(chunk(WORDS[i % len(WORDS)], candidates))
             if sse:
                 self.chunk("data: %s\r\n\r\n" % data)
