@@ -115,7 +115,7 @@ pub struct Admission {
 /// A refused call: the budget without room, as it stands, and what the call would have needed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BudgetRefusal {
-    pub budget: BudgetStatus,
+    pub budget: Box<BudgetStatus>,
     pub needed: f64,
     pub free: f64,
 }
@@ -577,7 +577,7 @@ impl Ledger {
                 let mut budget = self.budgets.status(now).swap_remove(no_room.budget);
                 budget.reserved = self.reservations.held(no_room.budget);
                 Err(BudgetRefusal {
-                    budget,
+                    budget: Box::new(budget),
                     needed: no_room.needed,
                     free: no_room.free,
                 })

@@ -62,13 +62,12 @@ mod tests {
 
     #[test]
     fn each_provider_s_output_limit_is_read() {
-        let anthropic = worst_case(
-            Provider::Anthropic,
-            br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"messages":[{"role":"user","content":"hello"}]}"#,
-        );
+        let body = br#"{"model":"claude-sonnet-4-5","max_tokens":1024,"messages":[{"role":"user","content":"hello"}]}"#;
+        let anthropic = worst_case(Provider::Anthropic, body);
         assert_eq!(anthropic.output_tokens, 1024);
         assert!(anthropic.output_limited_by_request);
-        assert_eq!(anthropic.input_tokens, 31, "93 bytes / 3");
+        assert_eq!(body.len(), 94);
+        assert_eq!(anthropic.input_tokens, 32, "94 bytes / 3, rounded up");
         assert_eq!(
             worst_case(
                 Provider::OpenAi,

@@ -4,6 +4,7 @@
 // Tests signal and reap real processes through libc.
 #![allow(unsafe_code)]
 
+mod admission;
 mod budgets;
 mod cli;
 mod events;

@@ -3,7 +3,7 @@
 //! a stand-in that speaks each provider's documented wire format, whole and streamed.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -341,22 +341,17 @@ fn streams_arrive_event_by_event_and_a_departed_client_closes_the_upstream_call(
 
     // A client that reads the first event and goes away: the upstream call is closed, and what
     // the provider reported so far (message_start's input) is recorded.
-    let mut stream = std::net::TcpStream::connect(daemon.addr).expect("connect");
-    let body = r#"{"model":"claude-haiku-4-5","max_tokens":64,"stream":true,"messages":[]}"#;
-    write!(
-        stream,
-        "POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nx-api-key: k\r\nx-standin-delay-ms: 200\r\nx-standin-events: 40\r\nx-costmeter-agent: leaver\r\n\r\n{body}",
+    let stream = crate::util::open_stream(
         daemon.addr,
-        body.len()
-    )
-    .expect("write");
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("message_start") {
-        let n = stream.read(&mut buf).expect("read");
-        assert!(n > 0, "the stream ended early");
-        seen.extend_from_slice(&buf[..n]);
-    }
+        &[
+            ("x-api-key", "k"),
+            ("x-standin-delay-ms", "200"),
+            ("x-standin-events", "40"),
+            ("x-costmeter-agent", "leaver"),
+        ],
+        r#"{"model":"claude-haiku-4-5","max_tokens":64,"stream":true,"messages":[]}"#,
+        "message_start",
+    );
     drop(stream);
     let gone = wait_for("the stand-in to see the call closed", SETTLE, || {
         standin

@@ -879,3 +879,33 @@ impl Drop for HttpsReceiver {
         let _ = self.child.wait();
     }
 }
+
+/// Opens a streamed call to the proxy with raw HTTP/1.1 and reads until `until` arrived; the
+/// connection is returned open (drop it to leave mid-stream).
+pub fn open_stream(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    body: &str,
+    until: &str,
+) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let mut head = format!(
+        "POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).expect("write");
+    stream.write_all(body.as_bytes()).expect("write");
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(until) {
+        let n = stream.read(&mut buf).expect("read");
+        assert!(n > 0, "the stream ended before '{until}'");
+        seen.extend_from_slice(&buf[..n]);
+    }
+    stream
+}

@@ -48,6 +48,16 @@ def tokens(text):
     return (len(text) + 3) // 4
 
 
+def within_limit(body, deltas):
+    """The deltas a provider sends before the request's own output limit stops it."""
+    limit = (body.get("max_tokens") or body.get("max_completion_tokens") or body.get("max_output_tokens")
+             or (body.get("generationConfig") or {}).get("maxOutputTokens"))
+    if limit:
+        while deltas > 0 and tokens(text_of(deltas)) > limit:
+            deltas -= 1
+    return deltas
+
+
 def counts(body, deltas):
     """Deterministic counts from the request, realistic in size (tests read them from the log):
     `input` is all input, cache included; `text` the tokens of the answer's text."""
@@ -111,7 +121,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("content-length", 0))
         body = json.loads(self.rfile.read(length) or b"{}")
-        deltas = int(self.headers.get("x-standin-events", 3))
+        deltas = within_limit(body, int(self.headers.get("x-standin-events", 3)))
         delay = int(self.headers.get("x-standin-delay-ms", 0)) / 1000
         entry = {"path": self.path, "credentials": self.credentials(),
                  "anthropic_version": self.headers.get("anthropic-version"),
