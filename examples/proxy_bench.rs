@@ -29,8 +29,8 @@ use tokio::net::TcpListener;
 
 type Boxed = http_body_util::combinators::BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-const REQUEST: &str = r#"{"model":"gpt-4o-mini","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":64}"#;
-const STREAM_REQUEST: &str = r#"{"model":"gpt-4o-mini","stream":true,"messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":64}"#;
+const REQUEST: &str = r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":64}"#;
+const STREAM_REQUEST: &str = r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Say hello in five words."}],"max_tokens":64}"#;
 
 fn boxed<B, E>(body: B) -> Boxed
 where
@@ -64,6 +64,10 @@ where
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
 async fn standin(request: Request<Incoming>) -> Result<Response<Boxed>, Infallible> {
+    if request.uri().path() == "/calls" {
+        let calls = CALLS.load(Ordering::Relaxed).to_string();
+        return Ok(Response::new(boxed(Full::new(Bytes::from(calls)))));
+    }
     let delay = request
         .headers()
         .get("x-standin-delay-ms")
@@ -79,10 +83,11 @@ async fn standin(request: Request<Incoming>) -> Result<Response<Boxed>, Infallib
     let n = CALLS.fetch_add(1, Ordering::Relaxed);
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let id = format!("chatcmpl-bench{n:012}");
+    let model = json["model"].as_str().unwrap_or("gpt-4o").to_string();
     let usage = serde_json::json!({"prompt_tokens": 21, "completion_tokens": 9, "total_tokens": 30,
         "prompt_tokens_details": {"cached_tokens": 0}, "completion_tokens_details": {"reasoning_tokens": 0}});
     if json["stream"] != true {
-        let answer = serde_json::json!({"id": id, "object": "chat.completion", "created": 1_796_000_000, "model": "gpt-4o-mini",
+        let answer = serde_json::json!({"id": id, "object": "chat.completion", "created": 1_796_000_000, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there, how are you?"}, "finish_reason": "stop"}],
             "usage": usage});
         return Ok(Response::builder()
@@ -96,7 +101,7 @@ async fn standin(request: Request<Incoming>) -> Result<Response<Boxed>, Infallib
     tokio::spawn(async move {
         let chunk = |content: Option<&str>, with_usage: Option<&serde_json::Value>| {
             let mut data = serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": 1_796_000_000,
-                "model": "gpt-4o-mini",
+                "model": model,
                 "choices": match content { Some(c) => serde_json::json!([{"index": 0, "delta": {"content": c}, "finish_reason": null}]), None => serde_json::json!([]) }});
             if include {
                 data["usage"] = with_usage.cloned().unwrap_or(serde_json::Value::Null);
@@ -182,6 +187,7 @@ async fn load(url: String, concurrency: usize, seconds: u64) {
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut failures = 0u64;
+            let mut refused = 0u64;
             while Instant::now() < deadline {
                 let request = Request::post(url.as_str())
                     .header("content-type", "application/json")
@@ -194,18 +200,24 @@ async fn load(url: String, concurrency: usize, seconds: u64) {
                         let _ = response.into_body().collect().await;
                         latencies.push(started.elapsed());
                     }
+                    Ok(response) if response.status().as_u16() == 402 => {
+                        let _ = response.into_body().collect().await;
+                        refused += 1;
+                    }
                     _ => failures += 1,
                 }
             }
-            (latencies, failures)
+            (latencies, failures, refused)
         }));
     }
     let mut all = Vec::new();
     let mut failures = 0;
+    let mut refused = 0;
     for task in tasks {
-        let (latencies, failed) = task.await.expect("caller");
+        let (latencies, failed, budget_refused) = task.await.expect("caller");
         all.extend(latencies);
         failures += failed;
+        refused += budget_refused;
     }
     all.sort();
     let pick = |q: f64| {
@@ -214,7 +226,7 @@ async fn load(url: String, concurrency: usize, seconds: u64) {
     };
     println!(
         "{}",
-        serde_json::json!({"calls": all.len(), "failures": failures, "calls_per_s": all.len() as f64 / seconds as f64,
+        serde_json::json!({"calls": all.len(), "failures": failures, "refused": refused, "calls_per_s": all.len() as f64 / seconds as f64,
             "p50_ms": pick(0.5), "p99_ms": pick(0.99)})
     );
 }

@@ -54,6 +54,8 @@ pub enum TlsError {
         key: PathBuf,
         why: String,
     },
+    #[error("the certificate in '{path}' {why}")]
+    OutOfDate { path: PathBuf, why: String },
     #[error("TLS setup failed: {0}")]
     Setup(String),
 }
@@ -99,9 +101,42 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
-/// A chain and its key, checked to belong together.
+/// Refuses a certificate outside its validity dates at `now` (seconds since the epoch).
+fn check_dates(path: &Path, der: &[u8], now: i64) -> Result<(), TlsError> {
+    let out_of_date = |why: String| TlsError::OutOfDate {
+        path: path.to_path_buf(),
+        why,
+    };
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| out_of_date(format!("cannot be read as X.509: {e}")))?;
+    let validity = cert.validity();
+    let date = |t: &x509_parser::time::ASN1Time| {
+        jiff::Timestamp::from_second(t.timestamp())
+            .map_or_else(|_| t.to_string(), |t| t.to_string())
+    };
+    if validity.not_after.timestamp() < now {
+        return Err(out_of_date(format!(
+            "expired on {}: renew it (the file is re-read on reload)",
+            date(&validity.not_after)
+        )));
+    }
+    if validity.not_before.timestamp() > now {
+        return Err(out_of_date(format!(
+            "is not valid before {}: check the clock or the certificate",
+            date(&validity.not_before)
+        )));
+    }
+    Ok(())
+}
+
+/// A chain and its key, checked to belong together and the leaf to be valid now.
 pub fn certified_key(files: &ServerFiles) -> Result<CertifiedKey, TlsError> {
     let chain = read_certs(&files.cert)?;
+    check_dates(
+        &files.cert,
+        chain[0].as_ref(),
+        jiff::Timestamp::now().as_second(),
+    )?;
     let key = read_key(&files.key)?;
     let mismatch = |why: String| TlsError::Mismatch {
         cert: files.cert.clone(),

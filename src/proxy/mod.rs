@@ -395,6 +395,13 @@ impl Proxy {
             Ok(admission) => admission,
             Err(refusal) => return refusal,
         };
+        // Released when this function returns without handing it to the body (an unreachable
+        // upstream), or is dropped (the caller left before the headers).
+        let mut pending = Pending {
+            shared: &self.shared,
+            upstream: upstream.name.clone(),
+            reservation: admission.as_ref().map(|a| a.reservation),
+        };
         let budget_headers = self.budget_headers(&agent);
         let body = asked_usage.map(Bytes::from).unwrap_or(body);
 
@@ -439,12 +446,6 @@ impl Proxy {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 self.count(&upstream.name, CallOutcome::unreachable);
-                settle(
-                    &self.shared,
-                    upstream.name.clone(),
-                    admission.as_ref().map(|a| a.reservation),
-                    Vec::new(),
-                );
                 let cause = error_chain(&error);
                 warn!(upstream = %upstream.name, url = %upstream.base_url, error = %cause, "proxy: the upstream could not be reached");
                 return errors::answer(
@@ -458,12 +459,6 @@ impl Proxy {
             }
             Err(_) => {
                 self.count(&upstream.name, CallOutcome::unreachable);
-                settle(
-                    &self.shared,
-                    upstream.name.clone(),
-                    admission.as_ref().map(|a| a.reservation),
-                    Vec::new(),
-                );
                 warn!(upstream = %upstream.name, url = %upstream.base_url, timeout = ?self.config.response_timeout, "proxy: no answer from the upstream in time");
                 return errors::answer(
                     upstream.provider,
@@ -525,7 +520,7 @@ impl Proxy {
             request: call,
             request_id,
             status: parts.status,
-            reservation: admission.as_ref().map(|a| a.reservation),
+            reservation: pending.take(),
             input_estimate: worst.input_tokens,
             cut,
             api,
@@ -539,6 +534,34 @@ impl Proxy {
             ending,
         );
         Response::from_parts(parts, Body::new(metered)).into_response()
+    }
+}
+
+/// A reservation not yet handed to the answer's body: released if the request is dropped
+/// first (the caller went away before the provider's headers came).
+struct Pending<'a> {
+    shared: &'a Arc<Shared>,
+    upstream: String,
+    reservation: Option<u64>,
+}
+
+impl Pending<'_> {
+    /// The reservation, now the body's (or settled by the caller) to end.
+    fn take(&mut self) -> Option<u64> {
+        self.reservation.take()
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            settle(
+                self.shared,
+                self.upstream.clone(),
+                Some(reservation),
+                Vec::new(),
+            );
+        }
     }
 }
 

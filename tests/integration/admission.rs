@@ -262,6 +262,29 @@ fn reservations_are_released_when_a_client_leaves_an_upstream_fails_or_costmeter
         (reserved(&daemon) == 0.0).then_some(())
     });
 
+    // A caller that leaves before the provider's headers came releases it too.
+    {
+        use std::io::Write;
+        let mut early = std::net::TcpStream::connect(daemon.addr).expect("connect");
+        let body = r#"{"model":"claude-sonnet-4-5","max_tokens":1000,"messages":[]}"#;
+        write!(
+            early,
+            "POST /proxy/anthropic/v1/messages HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nx-costmeter-agent: coder\r\nx-standin-stall-ms: 60000\r\n\r\n{body}",
+            daemon.addr,
+            body.len()
+        )
+        .expect("write");
+        wait_for("the stalled call to hold its reservation", SETTLE, || {
+            (reserved(&daemon) > 0.0).then_some(())
+        });
+    }
+    // Long before the provider would answer.
+    wait_for(
+        "the departed caller's reservation released",
+        Duration::from_secs(10),
+        || (reserved(&daemon) == 0.0).then_some(()),
+    );
+
     // An upstream error releases it too.
     let (status, _, _) = daemon.post_raw(
         "/proxy/anthropic/v1/messages",

@@ -198,6 +198,38 @@ fn bad_certificate_files_are_config_errors_naming_the_file() {
         "{text}"
     );
     assert!(text.contains("c.toml:2:"), "located: {text}");
+
+    // An expired certificate (its key matches) is refused with its date.
+    let key = rcgen::KeyPair::generate().expect("key");
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+    let expired = params.self_signed(&key).expect("self-signed");
+    let (cert, key_file) = (dir.path().join("old.pem"), dir.path().join("old.key"));
+    std::fs::write(&cert, expired.pem()).expect("cert");
+    std::fs::write(&key_file, key.serialize_pem()).expect("key");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            cert.display(),
+            key_file.display()
+        ),
+    )
+    .expect("config");
+    let output = Command::new(costmeter_bin())
+        .args(["check-config"])
+        .arg(&config)
+        .output()
+        .expect("check-config");
+    assert_eq!(output.status.code(), Some(2));
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        text.contains("server.tls_cert")
+            && text.contains("old.pem")
+            && text.contains("expired on 2021-01-01T00:00:00Z"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -14,7 +14,8 @@ what costmeter recorded with this log.
 
 Request knobs (headers): `x-standin-delay-ms` between streamed events (default 0);
 `x-standin-events` the number of text deltas (default 3); `x-standin-status` an error status
-to answer instead (in the provider's error shape).
+to answer instead (in the provider's error shape); `x-standin-stall-ms` a wait before the
+answer's headers.
 """
 
 import gzip
@@ -126,6 +127,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
         entry = {"path": self.path, "credentials": self.credentials(),
                  "anthropic_version": self.headers.get("anthropic-version"),
                  "stream": False, "gone": False}
+        # Before the answer's headers, as a slow provider's first byte.
+        time.sleep(int(self.headers.get("x-standin-stall-ms", 0)) / 1000)
         error = self.headers.get("x-standin-status")
         try:
             if error:
