@@ -7,7 +7,7 @@
 #
 # --quick runs each with fewer rounds (a smoke run; do not copy its figures).
 # Needs: curl, python3, wrk, prometheus-process-exporter (apt-get install wrk
-# prometheus-process-exporter).
+# prometheus-process-exporter); LITELLM=/path/to/litellm for the proxy's peer.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -22,11 +22,11 @@ run() {
   "$@" || failed+=("$name")
 }
 # Full runs, or short ones with --quick: render rounds, sampler s/rounds, ingest s/rounds, OTLP
-# s/rounds, span export s/rounds, events in the busy store, kill tries.
+# s/rounds, span export s/rounds, events in the busy store, kill tries, proxy s/rounds.
 if [ "$quick" = "--quick" ]; then
-  set -- 50 10 1 3 1 3 1 2 1 50000 20
+  set -- 50 10 1 3 1 3 1 2 1 50000 20 2 1
 else
-  set -- 200 60 3 10 3 10 3 5 3 500000 200
+  set -- 200 60 3 10 3 10 3 5 3 500000 200 10 3
 fi
 run footprint benches/footprint.sh
 run metrics_render target/release/examples/render_10k "$1"
@@ -36,6 +36,8 @@ run otlp_throughput benches/otlp_throughput.sh "$6" "$7"
 run span_export_overhead benches/span_export_overhead.sh "$8" "$9"
 run reads_beside_writes benches/reads_beside_writes.py --events "${10}"
 run kill_latency python3 benches/kill_latency.py "${11}"
+# LiteLLM beside it when LITELLM names its executable (pip install 'litellm[proxy]').
+run proxy_overhead benches/proxy_overhead.sh "${12}" "${13}"
 echo
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
 echo "all benchmarks ran"

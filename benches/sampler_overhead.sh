@@ -27,6 +27,7 @@ hz=$(getconf CLK_TCK)
 cpu_seconds() { awk -v hz="$hz" '{ sub(/.*\) /, ""); split($0, f, " "); print (f[12] + f[13]) / hz }' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS/ { print $2 }' "/proc/$1/status"; }
 hwm_kib() { awk '/^VmHWM/ { print $2 }' "/proc/$1/status"; }
+anon_kib() { awk '/^RssAnon/ { print $2 }' "/proc/$1/status"; }
 
 results=()
 for round in $(seq "$rounds"); do
@@ -69,13 +70,14 @@ EOF
   cm1=$(cpu_seconds "$cm"); pe1=$(cpu_seconds "$pe")
   cm_rss=$(rss_kib "$cm"); pe_rss=$(rss_kib "$pe")
   cm_hwm=$(hwm_kib "$cm"); pe_hwm=$(hwm_kib "$pe")
+  cm_anon=$(anon_kib "$cm"); pe_anon=$(anon_kib "$pe")
   procs=$(curl -sf http://127.0.0.1:18000/metrics | awk '/^haios_target_processes\{target="tree"\}/ { print $2 }')
   pe_procs=$(curl -sf http://127.0.0.1:19256/metrics | awk '/^namedprocess_namegroup_num_procs\{groupname="tree"\}/ { print $2 }')
   line=$(awk -v a="$cm0" -v b="$cm1" -v c="$pe0" -v d="$pe1" -v r="$cm_rss" -v s="$pe_rss" \
-    -v h="$cm_hwm" -v k="$pe_hwm" -v n="$procs" -v m="$pe_procs" 'BEGIN {
+    -v h="$cm_hwm" -v k="$pe_hwm" -v n="$procs" -v m="$pe_procs" -v x="$cm_anon" -v y="$pe_anon" 'BEGIN {
       cm = b - a; pe = d - c;
-      printf "costmeter_cpu_s=%.3f exporter_cpu_s=%.3f cpu_ratio=%.3f costmeter_rss_kib=%d exporter_rss_kib=%d rss_ratio=%.3f costmeter_hwm_kib=%d exporter_hwm_kib=%d processes=%s exporter_processes=%s",
-        cm, pe, (pe > 0 ? cm / pe : 0), r, s, r / s, h, k, n, m }')
+      printf "costmeter_cpu_s=%.3f exporter_cpu_s=%.3f cpu_ratio=%.3f costmeter_rss_kib=%d exporter_rss_kib=%d rss_ratio=%.3f costmeter_anon_kib=%d exporter_anon_kib=%d anon_ratio=%.3f costmeter_hwm_kib=%d exporter_hwm_kib=%d processes=%s exporter_processes=%s",
+        cm, pe, (pe > 0 ? cm / pe : 0), r, s, r / s, x, y, x / y, h, k, n, m }')
   echo "round $round: $line"
   results+=("$line")
   kill "$cm" "$pe"; kill -9 -- "-$tree" 2>/dev/null || true
@@ -85,4 +87,4 @@ done
 
 median() { sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
 field() { for r in "${results[@]}"; do echo "$r" | tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; done | median; }
-echo "median over $rounds rounds of ${seconds}s: costmeter_cpu_s=$(field costmeter_cpu_s) exporter_cpu_s=$(field exporter_cpu_s) cpu_ratio=$(field cpu_ratio) costmeter_rss_kib=$(field costmeter_rss_kib) exporter_rss_kib=$(field exporter_rss_kib) rss_ratio=$(field rss_ratio)"
+echo "median over $rounds rounds of ${seconds}s: costmeter_cpu_s=$(field costmeter_cpu_s) exporter_cpu_s=$(field exporter_cpu_s) cpu_ratio=$(field cpu_ratio) costmeter_rss_kib=$(field costmeter_rss_kib) exporter_rss_kib=$(field exporter_rss_kib) rss_ratio=$(field rss_ratio) costmeter_anon_kib=$(field costmeter_anon_kib) exporter_anon_kib=$(field exporter_anon_kib) anon_ratio=$(field anon_ratio)"
