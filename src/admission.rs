@@ -89,3 +89,82 @@ mod tests {
         assert!(!check(None, &statuses).allowed);
     }
 }
+
+/// What a Claude Code hook should do before a tool call or prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookVerdict {
+    Allow,
+    /// Allowed; a budget that applies is past its `warn_at`.
+    Warn(String),
+    /// A hard budget that applies is exceeded: block, with the reason.
+    Block(String),
+}
+
+/// The hook's decision from the budgets' states. Only hard (`soft_kill`) budgets block: an
+/// alert-only budget warns, as everywhere. Pure.
+pub fn hook_verdict(agent: &str, statuses: &[BudgetStatus]) -> HookVerdict {
+    use crate::budget::OnExceed;
+    let relevant: Vec<&BudgetStatus> = statuses
+        .iter()
+        .filter(|s| s.target.is_none() && applies(s, Some(agent)))
+        .collect();
+    if let Some(blocking) = relevant
+        .iter()
+        .filter(|s| s.on_exceed == OnExceed::SoftKill && s.is_exceeded())
+        .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
+    {
+        return HookVerdict::Block(format!(
+            "costmeter: {}. The agent is stopped here instead of being killed later.",
+            blocking.describe_excess()
+        ));
+    }
+    match relevant
+        .iter()
+        .filter(|s| s.ratio >= s.warn_at)
+        .max_by(|a, b| a.ratio.total_cmp(&b.ratio))
+    {
+        Some(warning) => HookVerdict::Warn(format!(
+            "costmeter: budget '{}' is at {:.0}% ({} used of {}); {}",
+            warning.name,
+            warning.ratio * 100.0,
+            warning.amount(warning.used),
+            warning.amount(warning.limit),
+            match warning.on_exceed {
+                OnExceed::SoftKill => "at 100% this agent is stopped",
+                OnExceed::Alert => "at 100% an alert fires",
+            }
+        )),
+        None => HookVerdict::Allow,
+    }
+}
+
+#[cfg(test)]
+mod hook_tests {
+    use super::*;
+    use crate::budget::OnExceed;
+
+    #[test]
+    fn only_an_exceeded_hard_budget_of_this_agent_blocks() {
+        let mut hard = BudgetStatus::sample("coder-usd", Some("coder"), 10.5);
+        hard.on_exceed = OnExceed::SoftKill;
+        let soft = BudgetStatus::sample("all-usd", None, 12.0);
+        match hook_verdict("coder", &[soft.clone(), hard.clone()]) {
+            HookVerdict::Block(reason) => assert!(
+                reason.contains("budget 'coder-usd' is exceeded: $10.50 used of $10.00")
+                    && reason.contains("lifetime budget does not reset"),
+                "{reason}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        // Another agent: coder's budget does not apply; the soft one over its limit warns.
+        match hook_verdict("reviewer", &[soft, hard]) {
+            HookVerdict::Warn(line) => assert!(
+                line.contains("'all-usd' is at 120%") && line.contains("an alert fires"),
+                "{line}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let calm = BudgetStatus::sample("coder-usd", Some("coder"), 1.0);
+        assert_eq!(hook_verdict("coder", &[calm]), HookVerdict::Allow);
+    }
+}

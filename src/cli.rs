@@ -94,11 +94,58 @@ pub enum Command {
         #[command(subcommand)]
         command: PricingCommand,
     },
+    /// Claude Code's statusline: reads its JSON on stdin, prints one line (spend, the tightest
+    /// budget, the session's cost). Never fails.
+    Statusline {
+        /// costmeter's address.
+        #[arg(long, env = "COSTMETER_URL", default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// The agent whose budgets count.
+        #[arg(long, env = "COSTMETER_AGENT", default_value = "claude-code")]
+        agent: String,
+    },
+    /// An agent's hook: exit 0 to allow, 2 to block (the reason on stderr) when a hard budget
+    /// of the agent is exceeded.
+    Hook {
+        /// The agent whose hook protocol is spoken.
+        #[arg(value_enum)]
+        kind: HookKind,
+        /// costmeter's address.
+        #[arg(long, env = "COSTMETER_URL", default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// The agent whose budgets count.
+        #[arg(long, env = "COSTMETER_AGENT", default_value = "claude-code")]
+        agent: String,
+    },
+    /// Print (or with --write, merge into the agent's settings file) what wires AGENT to this
+    /// daemon: the proxy when it is on, OTLP otherwise.
+    Setup {
+        #[arg(value_enum)]
+        agent: crate::client::setup::Agent,
+        /// costmeter's address.
+        #[arg(long, env = "COSTMETER_URL", default_value = "http://127.0.0.1:8000")]
+        url: String,
+        /// proxy or otlp; default: the proxy when the daemon has it on.
+        #[arg(long, value_parser = ["proxy", "otlp"])]
+        route: Option<String>,
+        /// Merge into the agent's settings file (a backup is kept beside it).
+        #[arg(long)]
+        write: bool,
+        /// The settings file, instead of the agent's default.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Validate a config file offline and print every problem found.
     CheckConfig {
         /// TOML config file.
         file: PathBuf,
     },
+}
+
+/// Agents whose hook protocol `costmeter hook` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookKind {
+    ClaudeCode,
 }
 
 /// `--url` and `--format` of every client verb.

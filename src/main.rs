@@ -97,6 +97,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Verb::PricingStatus,
             args.format,
         )),
+        Command::Statusline { url, agent } => Ok(client::claude::run_statusline(&url, &agent)),
+        Command::Hook {
+            kind: cli::HookKind::ClaudeCode,
+            url,
+            agent,
+        } => Ok(client::claude::run_hook(&url, &agent)),
+        Command::Setup {
+            agent,
+            url,
+            route,
+            write,
+            file,
+        } => client::setup::run(agent, &url, route.as_deref(), write, file.as_deref()),
         Command::Run { config } => {
             init_logging();
             // Parse the config before binding anything: a bad file never half-starts a daemon.

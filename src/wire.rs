@@ -211,6 +211,9 @@ pub struct Status {
     pub report: ReportHealth,
     pub attention: Attention,
     pub hints: Vec<String>,
+    /// The proxy's upstream names, when `[proxy]` is on (empty when off).
+    #[serde(default)]
+    pub proxy: Vec<String>,
 }
 
 /// An unpriced model in `GET /v1/pricing/status`.

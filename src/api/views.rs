@@ -225,6 +225,11 @@ fn overview(state: &AppState) -> (Status, Vec<BudgetStatus>, Report, Report) {
             },
         },
         budgets: budgets.iter().map(BudgetBrief::from).collect(),
+        proxy: state
+            .proxy
+            .as_ref()
+            .map(|p| p.upstream_names())
+            .unwrap_or_default(),
         targets: state.targets.clone(),
         report: state.health.report(),
         attention,

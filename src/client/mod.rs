@@ -18,7 +18,9 @@ use serde_json::Value;
 
 use crate::wire::{ErrorBody, EventsAnswer};
 
+pub mod claude;
 mod doctor;
+pub mod setup;
 mod verbs;
 pub use doctor::{EXIT_DOCTOR_RED, diagnose, doctor};
 pub use verbs::{Verb, runs_query};
@@ -51,6 +53,18 @@ pub struct Client {
 }
 
 impl Client {
+    /// A client whose every request gives up after `timeout`.
+    pub fn with_timeout(base: &str, timeout: std::time::Duration) -> Client {
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            http: ureq::Agent::config_builder()
+                .http_status_as_error(false)
+                .timeout_global(Some(timeout))
+                .build()
+                .into(),
+        }
+    }
+
     pub fn new(base: &str) -> Client {
         Client {
             base: base.trim_end_matches('/').to_string(),

@@ -233,6 +233,15 @@ impl Proxy {
         })
     }
 
+    /// The upstreams' names, for `/v1/status`.
+    pub fn upstream_names(&self) -> Vec<String> {
+        self.config
+            .upstreams
+            .iter()
+            .map(|u| u.name.clone())
+            .collect()
+    }
+
     fn count(&self, upstream: &str, outcome: CallOutcome) {
         self.shared
             .metrics

@@ -5,6 +5,7 @@
 #![allow(unsafe_code)]
 
 mod admission;
+mod agents;
 mod budgets;
 mod cli;
 mod events;
