@@ -316,7 +316,7 @@ impl Proxy {
             .iter()
             .map(|b| {
                 let free = (b.remaining - b.reserved).max(0.0);
-                format!("{}={free} {}", b.name, b.resource.label())
+                format!("{}={} {}", b.name, plain_number(free), b.resource.label())
             })
             .collect();
         let warning: Vec<String> = applying
@@ -572,6 +572,15 @@ impl Drop for Pending<'_> {
             );
         }
     }
+}
+
+/// A number in a header: whole numbers bare, others to six places without trailing zeros.
+fn plain_number(value: f64) -> String {
+    if value.fract() == 0.0 && value.abs() < 1e15 {
+        return format!("{}", value as i64);
+    }
+    let text = format!("{value:.6}");
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Which API a path is, for cutting streams in its own format.

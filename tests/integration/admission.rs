@@ -318,3 +318,54 @@ fn reservations_are_released_when_a_client_leaves_an_upstream_fails_or_costmeter
         "a call needing nearly the whole budget is admitted"
     );
 }
+
+#[test]
+fn every_proxied_answer_says_what_is_left_and_warns_past_warn_at() {
+    let dir = scratch_dir();
+    let standin = StandIn::start(dir.path(), None);
+    let daemon = Daemon::builder()
+        .config(&config(
+            &standin,
+            "[[budget]]\nname = \"coder-tokens\"\nresource = \"tokens\"\nlimit = 100000\nagent = \"coder\"\non_exceed = \"soft_kill\"\n\
+             [[budget]]\nname = \"coder-usd\"\nresource = \"usd\"\nlimit = 1.0\nagent = \"coder\"\non_exceed = \"alert\"\n",
+        ))
+        .start();
+    daemon.post_events(&serde_json::json!({"type": "llm_usage", "agent": "coder",
+        "model": "claude-sonnet-4-5", "input_tokens": 10, "output_tokens": 0, "cost_usd": 0.95}));
+    let http: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let response = http
+        .post(&daemon.url("/proxy/anthropic/v1/messages"))
+        .header("content-type", "application/json")
+        .header("x-costmeter-agent", "coder")
+        .send(r#"{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[]}"#)
+        .expect("the proxy answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert_eq!(
+        header("x-costmeter-budget-remaining"),
+        "coder-tokens=99990 tokens, coder-usd=0.05 usd"
+    );
+    assert_eq!(header("x-costmeter-budget-warning"), "coder-usd:95%");
+    // A soft budget past its limit warns and never refuses.
+    daemon.post_events(&serde_json::json!({"type": "llm_usage", "agent": "coder",
+        "model": "claude-sonnet-4-5", "input_tokens": 10, "output_tokens": 0, "cost_usd": 0.5}));
+    let (status, _, _) = daemon.post_raw(
+        "/proxy/anthropic/v1/messages",
+        &[
+            ("Content-Type", "application/json"),
+            ("x-costmeter-agent", "coder"),
+        ],
+        br#"{"model":"claude-sonnet-4-5","max_tokens":10,"messages":[]}"#,
+    );
+    assert_eq!(status, 200);
+}
