@@ -75,11 +75,29 @@ def rows(manifest):
                 continue
             read = per_million(entry.get("cache_read_input_token_cost"))
             write = per_million(entry.get("cache_creation_input_token_cost"))
-            if write is None and provider != "anthropic":
+            if not write and provider != "anthropic":
                 write = inp
             seen.setdefault(name.lower(), {"name": name.lower(), "provider": label, "input": inp,
                                            "cache_read": read, "cache_write": write, "output": out})
     return sorted(seen.values(), key=lambda r: (r["provider"], r["name"]))
+
+
+def carried_over(models, path):
+    """Models of the current baseline the manifest no longer lists (retired, but past usage
+    still gets priced): kept, with their aliases, and said so in the file."""
+    try:
+        import tomllib
+        with open(path, "rb") as f:
+            current = tomllib.load(f)
+    except (OSError, ValueError):
+        return []
+    known = {m["name"] for m in models}
+    kept = []
+    for m in current.get("model", []):
+        if m["name"] not in known:
+            aliases = [a for a in m.get("aliases", []) if a not in known]
+            kept.append(dict(m, aliases=aliases, carried=True))
+    return kept
 
 
 def toml_number(value):
@@ -105,13 +123,18 @@ def render(models, version, taken):
         'taken = "%s"' % taken,
     ]
     for m in models:
-        lines += ["", "[[model]]", 'name = "%s"' % m["name"], 'provider = "%s"' % m["provider"],
+        lines += ["", "[[model]]"]
+        if m.get("carried"):
+            lines.append("# carried over from the previous baseline: no longer in the manifest")
+        lines += ['name = "%s"' % m["name"], 'provider = "%s"' % m["provider"],
                   "input = %s" % toml_number(m["input"])]
-        if m["cache_read"] is not None:
+        if m.get("cache_read") is not None:
             lines.append("cache_read = %s" % toml_number(m["cache_read"]))
-        if m["cache_write"] is not None:
+        if m.get("cache_write") is not None:
             lines.append("cache_write = %s" % toml_number(m["cache_write"]))
         lines.append("output = %s" % toml_number(m["output"]))
+        if m.get("aliases"):
+            lines.append("aliases = [%s]" % ", ".join('"%s"' % a for a in m["aliases"]))
     return "\n".join(lines) + "\n"
 
 
@@ -127,6 +150,7 @@ def main():
     else:
         manifest, version = fetch()
     models = rows(manifest)
+    models += carried_over(models, args.out if os.path.exists(args.out) else OUT)
     with open(args.out, "w") as f:
         f.write(render(models, version, args.taken))
     print("%d models from litellm %s written to %s" % (len(models), version, args.out))

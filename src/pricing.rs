@@ -253,17 +253,14 @@ impl PriceTable {
         Ok(())
     }
 
-    /// Finds a model's price: exact name, then without a `provider/` prefix, a date suffix
-    /// (`-20250929`, `-2025-08-07`) or `-latest`.
+    /// Finds a model's price: the exact name, then the name as the providers' own catalogues
+    /// spell it ([`canonical_model`]: without a context suffix, a `provider/` prefix, a Bedrock
+    /// or Vertex form), then without a date suffix (`-20250929`, `-2025-08-07`) or `-latest`.
     pub fn lookup(&self, model: &str) -> Option<&Price> {
         if let Some(price) = self.models.get(model) {
             return Some(price);
         }
-        let mut name = model
-            .rsplit('/')
-            .next()
-            .unwrap_or(model)
-            .to_ascii_lowercase();
+        let mut name = canonical_model(model);
         if let Some(price) = self.models.get(&name) {
             return Some(price);
         }
@@ -316,6 +313,58 @@ impl PriceTable {
     pub fn is_empty(&self) -> bool {
         self.models.is_empty()
     }
+}
+
+/// A model id as the providers' price lists name it, lower case:
+/// - the context variant Claude Code appends (`claude-opus-4-8[1m]`) dropped ([`crate::ingest::event::model_label`]);
+/// - a `provider/` or `models/` prefix dropped (`anthropic/claude-…`, `models/gemini-…`);
+/// - Vertex AI's `@date` (`claude-sonnet-4-5@20250929`) made a `-date` suffix;
+/// - Bedrock's `REGION.VENDOR.MODEL-vN:M` (`us.anthropic.claude-sonnet-4-5-20250929-v1:0`) made
+///   `MODEL`.
+pub fn canonical_model(model: &str) -> String {
+    let label = crate::ingest::event::model_label(model);
+    let mut name = label
+        .rsplit('/')
+        .next()
+        .unwrap_or(&label)
+        .to_ascii_lowercase();
+    if let Some((base, date)) = name.split_once('@') {
+        name = if date.is_empty() {
+            base.to_string()
+        } else {
+            format!("{base}-{date}")
+        };
+    }
+    for vendor in [
+        "anthropic.",
+        "meta.",
+        "mistral.",
+        "amazon.",
+        "cohere.",
+        "deepseek.",
+        "openai.",
+    ] {
+        if let Some(at) = name.find(vendor) {
+            // Only a Bedrock id: the vendor is the first or second dotted segment.
+            let before = &name[..at];
+            if before.is_empty()
+                || (before.ends_with('.') && !before[..before.len() - 1].contains('.'))
+            {
+                name = name[at + vendor.len()..].to_string();
+                // The Bedrock version suffix: -v1:0, -v2:0, -v1.
+                if let Some(v) = name.rfind("-v")
+                    && name[v + 2..]
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == ':')
+                    && name.len() > v + 2
+                {
+                    name.truncate(v);
+                }
+                break;
+            }
+        }
+    }
+    name
 }
 
 fn strip_date_suffix(name: &str) -> Option<&str> {
@@ -534,5 +583,61 @@ mod tests {
         assert!(rejected.contains(&"absurd-model") && rejected.contains(&"typed-wrong"));
         assert_eq!(table.models_by_source.get(&PriceSource::Manifest), Some(&1));
         std::fs::remove_dir_all(&dir).ok();
+    }
+}
+
+#[cfg(test)]
+mod coverage_tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_in_their_providers_forms_find_one_price() {
+        for (id, canonical) in [
+            ("claude-opus-4-8[1m]", "claude-opus-4-8"),
+            ("anthropic/claude-sonnet-4-5", "claude-sonnet-4-5"),
+            ("models/gemini-3.1-pro-preview", "gemini-3.1-pro-preview"),
+            ("claude-sonnet-4-5@20250929", "claude-sonnet-4-5-20250929"),
+            (
+                "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+                "claude-sonnet-4-5-20250929",
+            ),
+            (
+                "anthropic.claude-haiku-4-5-20251001-v1:0",
+                "claude-haiku-4-5-20251001",
+            ),
+            ("gpt-5.2", "gpt-5.2"),
+        ] {
+            assert_eq!(canonical_model(id), canonical, "{id}");
+        }
+    }
+
+    /// The models the popular agents use by default (and the forms their telemetry names them
+    /// in) are priced: an unpriced default silently makes USD wrong.
+    #[test]
+    fn every_agent_s_default_model_is_priced() {
+        let table = PriceTable::load(None, &HashMap::new()).expect("baseline");
+        for model in [
+            // Claude Code: its default, with and without the context variant; Sonnet, Haiku.
+            "claude-opus-4-8",
+            "claude-opus-4-8[1m]",
+            "claude-sonnet-4-5",
+            "claude-haiku-4-5",
+            // Codex.
+            "gpt-5.5",
+            "gpt-5.3-codex",
+            // Gemini CLI's defaults.
+            "gemini-3.1-pro-preview",
+            "gemini-3.5-flash-lite",
+            "gemini-3.8-flash",
+            // Bedrock and Vertex forms of a Claude model.
+            "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            "claude-sonnet-4-5@20250929",
+            // xAI, DeepSeek, Mistral.
+            "grok-4.5",
+            "deepseek-chat",
+            "mistral-medium-3",
+        ] {
+            assert!(table.lookup(model).is_some(), "{model} has no price");
+        }
     }
 }

@@ -532,9 +532,24 @@ pub(super) fn check_fields(
     }
 }
 
+/// The model as a label: a context variant in brackets (Claude Code's `claude-opus-4-8[1m]`,
+/// which its metrics carry and its logs do not) is dropped, so one model is one series.
+pub fn model_label(model: &str) -> String {
+    match model
+        .trim_end()
+        .strip_suffix(']')
+        .and_then(|m| m.rsplit_once('['))
+    {
+        Some((base, _)) if !base.is_empty() => base.to_string(),
+        _ => model.to_string(),
+    }
+}
+
 fn llm_usage(reader: &mut Reader<'_>) -> Option<LlmUsage> {
     let agent = reader.string("agent", Text::Label, true);
-    let model = reader.string("model", Text::Label, true);
+    let model = reader
+        .string("model", Text::Label, true)
+        .map(|m| model_label(&m));
     let provider = reader.string("provider", Text::Label, false);
     let input = reader.count("input_tokens", MAX_TOKENS_PER_EVENT, true);
     let output = reader.count("output_tokens", MAX_TOKENS_PER_EVENT, true);

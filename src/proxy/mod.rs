@@ -400,6 +400,8 @@ impl Proxy {
             && (upstream.provider != Provider::Gemini
                 || parts.uri.query().is_some_and(|q| q.contains("alt=sse")));
         let worst = estimate::worst_case(upstream.provider, &body);
+        // What is left as this call found it, before its own reservation.
+        let budget_headers = self.budget_headers(&agent);
         let admission = match self.admit(&upstream, &agent, &call, &worst, cuttable).await {
             Ok(admission) => admission,
             Err(refusal) => return refusal,
@@ -411,7 +413,6 @@ impl Proxy {
             upstream: upstream.name.clone(),
             reservation: admission.as_ref().map(|a| a.reservation),
         };
-        let budget_headers = self.budget_headers(&agent);
         let body = asked_usage.map(Bytes::from).unwrap_or(body);
 
         let target = match parts.uri.query() {

@@ -135,7 +135,7 @@ fn report_and_pricing_status() {
     let (code, pricing, _) = verb(&daemon, &["pricing", "status"]);
     assert_eq!(code, 0);
     assert!(
-        pricing.contains("baseline 2026-11-23") && pricing.contains("secret-model"),
+        pricing.contains("baseline litellm-1.108.7") && pricing.contains("secret-model"),
         "{pricing}"
     );
 }

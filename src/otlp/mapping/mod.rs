@@ -180,7 +180,10 @@ const CACHE_READ_KEYS: [&str; 2] = [
     "gen_ai.usage.cache_read.input_tokens",
     "gen_ai.usage.cache_read_input_tokens",
 ];
-const CACHE_WRITE_KEYS: [&str; 2] = [
+// `cache_write` is the current semantic-conventions name (the Anthropic SDK's own tracing uses
+// it); `cache_creation` the earlier one.
+const CACHE_WRITE_KEYS: [&str; 3] = [
+    "gen_ai.usage.cache_write.input_tokens",
     "gen_ai.usage.cache_creation.input_tokens",
     "gen_ai.usage.cache_creation_input_tokens",
 ];

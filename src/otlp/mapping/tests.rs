@@ -68,6 +68,8 @@ fn genai_span_attributes_become_one_usage_event_keyed_by_span_id() {
             i("gen_ai.usage.input_tokens", 1200),
             i("gen_ai.usage.output_tokens", 300),
             i("gen_ai.usage.cache_read.input_tokens", 200),
+            i("gen_ai.usage.cache_write.input_tokens", 100),
+            s("gen_ai.response.id", "chatcmpl-42"),
             s("gen_ai.agent.name", "planner"),
         ],
         ..Default::default()
@@ -96,8 +98,19 @@ fn genai_span_attributes_become_one_usage_event_keyed_by_span_id() {
         ("planner", "gpt-4o-2024-08-06", Some("openai"))
     );
     assert_eq!(
-        (u.input_tokens, u.output_tokens, u.cache_read_tokens),
-        (1200, 300, 200)
+        (
+            u.input_tokens,
+            u.output_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens
+        ),
+        (1200, 300, 200, 100),
+        "the current semconv name for cache writes is read"
+    );
+    assert_eq!(
+        u.call_ids,
+        vec!["chatcmpl-42".to_string()],
+        "the response id"
     );
     assert_eq!(
         record.event.event_id.as_deref(),
