@@ -304,14 +304,8 @@ impl Ledger {
                     events,
                     reply,
                 } => {
-                    let start = priced.len();
-                    let mut refused = Vec::new();
-                    for (index, event) in events.into_iter().enumerate() {
-                        if let Err(problem) = self.admit(event, source, received, &mut priced) {
-                            refused.push((index, problem));
-                        }
-                    }
-                    requests.push((start..priced.len(), refused, reply));
+                    let (range, refused) = self.admit_all(events, source, received, &mut priced);
+                    requests.push((range, refused, reply));
                 }
                 LedgerInput::Otlp { mapped, reply } => {
                     let resolved = self.otlp.resolve(mapped, received);
@@ -367,14 +361,8 @@ impl Ledger {
                     events,
                     reply,
                 } => {
-                    let start = priced.len();
-                    let mut refused = Vec::new();
-                    for (index, event) in events.into_iter().enumerate() {
-                        if let Err(problem) = self.admit(event, "proxy", received, &mut priced) {
-                            refused.push((index, problem));
-                        }
-                    }
-                    requests.push((start..priced.len(), refused, reply));
+                    let (range, refused) = self.admit_all(events, "proxy", received, &mut priced);
+                    requests.push((range, refused, reply));
                     releases.extend(reservation);
                 }
             }
@@ -511,6 +499,25 @@ impl Ledger {
         }
         self.compact_if_due(received);
         self.report_if_due(received);
+    }
+
+    /// Prices one request's events for this batch's commit: where they sit in `priced`, and the
+    /// ones refused, by their index in the request.
+    fn admit_all(
+        &mut self,
+        events: Vec<Event>,
+        source: &'static str,
+        received: i64,
+        priced: &mut Vec<PricedEvent>,
+    ) -> (std::ops::Range<usize>, Vec<(usize, String)>) {
+        let start = priced.len();
+        let mut refused = Vec::new();
+        for (index, event) in events.into_iter().enumerate() {
+            if let Err(problem) = self.admit(event, source, received, priced) {
+                refused.push((index, problem));
+            }
+        }
+        (start..priced.len(), refused)
     }
 
     /// Prices an event for this batch's commit, or refuses it (counted) when it is older than
