@@ -217,6 +217,22 @@ pub struct Charge<'a> {
     pub target: Option<&'a str>,
 }
 
+/// Whether a budget holds `agent`'s calls at admission: hard (`soft_kill`), on usd or tokens,
+/// and scoped to everyone or to that agent (a target-scoped budget counts processes, not
+/// calls). The one rule for the ledger's reservations and the proxy's "need I ask?".
+pub fn holds_calls(
+    on_exceed: OnExceed,
+    resource: Resource,
+    scoped_agent: Option<&str>,
+    target_scoped: bool,
+    agent: &str,
+) -> bool {
+    on_exceed == OnExceed::SoftKill
+        && matches!(resource, Resource::Usd | Resource::Tokens)
+        && !target_scoped
+        && scoped_agent.is_none_or(|a| a == agent)
+}
+
 /// A budget's state now, for the API and metrics.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct BudgetStatus {
@@ -276,6 +292,17 @@ impl BudgetStatus {
             on_exceed: OnExceed::Alert,
             projected_exhaustion_seconds: None,
         }
+    }
+
+    /// Whether this budget holds `agent`'s calls at admission ([`holds_calls`]).
+    pub fn holds_calls_of(&self, agent: &str) -> bool {
+        holds_calls(
+            self.on_exceed,
+            self.resource,
+            self.agent.as_deref(),
+            self.target.is_some(),
+            agent,
+        )
     }
 
     /// At or past the limit now. For memory that is the current RSS, so a memory budget stops

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 
-use super::{Budgets, OnExceed, Resource, Scope};
+use super::{Budgets, Resource, Scope};
 
 /// A stream is admitted only if at least this much output fits.
 pub const MIN_STREAM_OUTPUT: u64 = 256;
@@ -74,15 +74,20 @@ pub struct Reservations {
     open: HashMap<u64, Held>,
 }
 
-/// Whether a hard usage budget covers `agent`'s calls.
+/// Whether a budget holds `agent`'s calls ([`super::holds_calls`]).
 fn covers(spec: &super::BudgetSpec, agent: &str) -> bool {
-    spec.on_exceed == OnExceed::SoftKill
-        && matches!(spec.resource, Resource::Usd | Resource::Tokens)
-        && match &spec.scope {
-            Scope::All => true,
-            Scope::Agent(a) => a == agent,
-            Scope::Target(_) => false,
-        }
+    let (scoped_agent, target_scoped) = match &spec.scope {
+        Scope::All => (None, false),
+        Scope::Agent(a) => (Some(a.as_str()), false),
+        Scope::Target(_) => (None, true),
+    };
+    super::holds_calls(
+        spec.on_exceed,
+        spec.resource,
+        scoped_agent,
+        target_scoped,
+        agent,
+    )
 }
 
 impl Reservations {
@@ -188,7 +193,7 @@ impl Reservations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::budget::{BudgetSpec, Charge, Window};
+    use crate::budget::{BudgetSpec, Charge, OnExceed, Window};
 
     fn budgets(limit: f64, resource: Resource, on_exceed: OnExceed) -> Budgets {
         Budgets::new(

@@ -534,22 +534,26 @@ pub(super) fn check_fields(
 
 /// The model as a label: a context variant in brackets (Claude Code's `claude-opus-4-8[1m]`,
 /// which its metrics carry and its logs do not) is dropped, so one model is one series.
-pub fn model_label(model: &str) -> String {
+pub fn model_label(model: &str) -> std::borrow::Cow<'_, str> {
     match model
         .trim_end()
         .strip_suffix(']')
         .and_then(|m| m.rsplit_once('['))
     {
-        Some((base, _)) if !base.is_empty() => base.to_string(),
-        _ => model.to_string(),
+        Some((base, _)) if !base.is_empty() => std::borrow::Cow::Owned(base.to_string()),
+        _ => std::borrow::Cow::Borrowed(model),
     }
 }
 
 fn llm_usage(reader: &mut Reader<'_>) -> Option<LlmUsage> {
     let agent = reader.string("agent", Text::Label, true);
+    // Most ids carry no context variant: the string is kept, not copied.
     let model = reader
         .string("model", Text::Label, true)
-        .map(|m| model_label(&m));
+        .map(|m| match model_label(&m) {
+            std::borrow::Cow::Owned(label) => label,
+            std::borrow::Cow::Borrowed(_) => m,
+        });
     let provider = reader.string("provider", Text::Label, false);
     let input = reader.count("input_tokens", MAX_TOKENS_PER_EVENT, true);
     let output = reader.count("output_tokens", MAX_TOKENS_PER_EVENT, true);

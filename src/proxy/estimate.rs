@@ -38,10 +38,11 @@ fn output_limit(provider: Provider, body: &Value) -> Option<u64> {
     }
 }
 
-pub fn worst_case(provider: Provider, body: &[u8]) -> Worst {
-    let bytes = u64::try_from(body.len()).unwrap_or(u64::MAX);
-    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
-    let asked = output_limit(provider, &json);
+/// The worst case of a request whose body is `bytes` long and reads as `json` (`Null` when it
+/// is not JSON).
+pub fn worst_case(provider: Provider, bytes: usize, json: &Value) -> Worst {
+    let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+    let asked = output_limit(provider, json);
     Worst {
         input_tokens: bytes.div_ceil(BYTES_PER_TOKEN),
         output_tokens: asked.unwrap_or(DEFAULT_OUTPUT_TOKENS),
@@ -59,6 +60,14 @@ pub fn output_of_text(bytes: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn worst_case(provider: Provider, body: &[u8]) -> Worst {
+        super::worst_case(
+            provider,
+            body.len(),
+            &serde_json::from_slice(body).unwrap_or_default(),
+        )
+    }
 
     #[test]
     fn each_provider_s_output_limit_is_read() {

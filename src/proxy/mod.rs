@@ -123,10 +123,10 @@ fn narrow_accept_encoding(headers: &mut HeaderMap) {
     }
 }
 
-/// The model and stream flag of a request, from its JSON body and (Gemini) its path. Pure.
-pub fn read_request(provider: Provider, path: &str, body: &[u8]) -> CallRequest {
-    let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let field = |key: &str| json.as_ref().and_then(|j| j.get(key));
+/// The model and stream flag of a request, from its JSON body (`Null` when it is not JSON)
+/// and (Gemini) its path. Pure.
+pub fn read_request(provider: Provider, path: &str, json: &serde_json::Value) -> CallRequest {
+    let field = |key: &str| json.get(key);
     match provider {
         Provider::Gemini => {
             // /v1beta/models/gemini-3.1-pro:streamGenerateContent
@@ -148,11 +148,11 @@ pub fn read_request(provider: Provider, path: &str, body: &[u8]) -> CallRequest 
 
 /// For an OpenAI Chat Completions stream that did not ask for usage, the body asking for it
 /// (`stream_options.include_usage`); `None` when nothing needs to change. Pure.
-pub fn ask_for_usage(path: &str, body: &[u8]) -> Option<Vec<u8>> {
+pub fn ask_for_usage(path: &str, json: &serde_json::Value) -> Option<Vec<u8>> {
     if !path.ends_with("/chat/completions") {
         return None;
     }
-    let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let mut json = json.clone();
     let object = json.as_object_mut()?;
     if object.get("stream").and_then(|s| s.as_bool()) != Some(true) {
         return None;
@@ -254,7 +254,7 @@ impl Proxy {
     }
 
     /// Holds the call's worst case against the hard budgets covering `agent`, or answers the
-    /// refusal. No round trip to the ledger when no hard usage budget covers the agent.
+    /// refusal. No round trip to the ledger when no hard usage budget covers the agent (`held`).
     async fn admit(
         &self,
         upstream: &Upstream,
@@ -262,17 +262,8 @@ impl Proxy {
         call: &CallRequest,
         worst: &estimate::Worst,
         stream: bool,
+        held: bool,
     ) -> Result<Option<crate::ledger::Admission>, Response> {
-        let view = self.shared.ledger.view();
-        let held = view.budgets.iter().any(|b| {
-            b.on_exceed == crate::budget::OnExceed::SoftKill
-                && matches!(
-                    b.resource,
-                    crate::budget::Resource::Usd | crate::budget::Resource::Tokens
-                )
-                && b.target.is_none()
-                && b.agent.as_deref().is_none_or(|a| a == agent)
-        });
         if !held {
             return Ok(None);
         }
@@ -296,45 +287,6 @@ impl Proxy {
                 &format!("costmeter proxy: the call could not be admitted: {unavailable}"),
             )),
         }
-    }
-
-    /// `x-costmeter-budget-remaining` (every budget that applies to `agent`) and
-    /// `x-costmeter-budget-warning` (those past their `warn_at`), from the published view.
-    fn budget_headers(&self, agent: &str) -> Vec<(HeaderName, HeaderValue)> {
-        let view = self.shared.ledger.view();
-        let applying: Vec<&crate::budget::BudgetStatus> = view
-            .budgets
-            .iter()
-            .filter(|b| {
-                b.resource.is_usage()
-                    && b.target.is_none()
-                    && crate::admission::applies(b, Some(agent))
-            })
-            .collect();
-        let mut headers = Vec::new();
-        let remaining: Vec<String> = applying
-            .iter()
-            .map(|b| {
-                let free = (b.remaining - b.reserved).max(0.0);
-                format!("{}={} {}", b.name, plain_number(free), b.resource.label())
-            })
-            .collect();
-        let warning: Vec<String> = applying
-            .iter()
-            .filter(|b| b.ratio >= b.warn_at)
-            .map(|b| format!("{}:{:.0}%", b.name, b.ratio * 100.0))
-            .collect();
-        for (name, values) in [
-            ("x-costmeter-budget-remaining", remaining),
-            ("x-costmeter-budget-warning", warning),
-        ] {
-            if let (false, Ok(value)) =
-                (values.is_empty(), HeaderValue::from_str(&values.join(", ")))
-            {
-                headers.push((HeaderName::from_static(name), value));
-            }
-        }
-        headers
     }
 
     /// Serves one `/proxy/...` request.
@@ -386,9 +338,11 @@ impl Proxy {
                 return errors::answer(upstream.provider, status, &message);
             }
         };
-        let call = read_request(upstream.provider, tail, &body);
+        // Parsed once: the model, stream flag, output limit and usage option all come from it.
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let call = read_request(upstream.provider, tail, &json);
         let asked_usage = match upstream.provider {
-            Provider::OpenAi if call.stream => ask_for_usage(tail, &body),
+            Provider::OpenAi if call.stream => ask_for_usage(tail, &json),
             _ => None,
         };
         let strip_usage_chunk = asked_usage.is_some();
@@ -399,10 +353,17 @@ impl Proxy {
             && api != body::Api::Other
             && (upstream.provider != Provider::Gemini
                 || parts.uri.query().is_some_and(|q| q.contains("alt=sse")));
-        let worst = estimate::worst_case(upstream.provider, &body);
-        // What is left as this call found it, before its own reservation.
-        let budget_headers = self.budget_headers(&agent);
-        let admission = match self.admit(&upstream, &agent, &call, &worst, cuttable).await {
+        let worst = estimate::worst_case(upstream.provider, body.len(), &json);
+        drop(json);
+        // One view for the call: what is left as it found it, before its own reservation.
+        let view = self.shared.ledger.view();
+        let budget_headers = budget_headers(&view, &agent);
+        let held = view.budgets.iter().any(|b| b.holds_calls_of(&agent));
+        drop(view);
+        let admission = match self
+            .admit(&upstream, &agent, &call, &worst, cuttable, held)
+            .await
+        {
             Ok(admission) => admission,
             Err(refusal) => return refusal,
         };
@@ -575,6 +536,40 @@ impl Drop for Pending<'_> {
     }
 }
 
+/// `x-costmeter-budget-remaining` (every usage budget that applies to `agent`) and
+/// `x-costmeter-budget-warning` (those past their `warn_at`), from the published view.
+fn budget_headers(view: &crate::ledger::View, agent: &str) -> Vec<(HeaderName, HeaderValue)> {
+    let applying: Vec<&crate::budget::BudgetStatus> = view
+        .budgets
+        .iter()
+        .filter(|b| {
+            b.resource.is_usage() && b.target.is_none() && crate::admission::applies(b, Some(agent))
+        })
+        .collect();
+    let mut headers = Vec::new();
+    let remaining: Vec<String> = applying
+        .iter()
+        .map(|b| {
+            let free = (b.remaining - b.reserved).max(0.0);
+            format!("{}={} {}", b.name, plain_number(free), b.resource.label())
+        })
+        .collect();
+    let warning: Vec<String> = applying
+        .iter()
+        .filter(|b| b.ratio >= b.warn_at)
+        .map(|b| format!("{}:{:.0}%", b.name, b.ratio * 100.0))
+        .collect();
+    for (name, values) in [
+        ("x-costmeter-budget-remaining", remaining),
+        ("x-costmeter-budget-warning", warning),
+    ] {
+        if let (false, Ok(value)) = (values.is_empty(), HeaderValue::from_str(&values.join(", "))) {
+            headers.push((HeaderName::from_static(name), value));
+        }
+    }
+    headers
+}
+
 /// A number in a header: whole numbers bare, others to six places without trailing zeros.
 fn plain_number(value: f64) -> String {
     if value.fract() == 0.0 && value.abs() < 1e15 {
@@ -648,6 +643,18 @@ fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parsed(body: &[u8]) -> serde_json::Value {
+        serde_json::from_slice(body).unwrap_or_default()
+    }
+
+    fn read_request(provider: Provider, path: &str, body: &[u8]) -> CallRequest {
+        super::read_request(provider, path, &parsed(body))
+    }
+
+    fn ask_for_usage(path: &str, body: &[u8]) -> Option<Vec<u8>> {
+        super::ask_for_usage(path, &parsed(body))
+    }
 
     #[test]
     fn the_request_says_model_and_stream() {

@@ -3,12 +3,11 @@
 //! once (no retries) and never reach the provider; a stream is cut at the limit; reservations
 //! of calls that die are released.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::util::{Daemon, StandIn, scratch_dir, sdk_python, wait_for};
+use crate::util::{Daemon, StandIn, run_python, scratch_dir, sdk_python, wait_for};
 
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -96,18 +95,13 @@ fn forty_concurrent_sdk_calls_never_spend_past_a_hard_budget_and_refusals_are_no
             &format!("[[budget]]\nname = \"coder-usd\"\nresource = \"usd\"\nlimit = {limit}\nagent = \"coder\"\non_exceed = \"soft_kill\"\n"),
         ))
         .start();
-    let output = Command::new(&python)
-        .arg("-c")
-        .arg(CONCURRENT)
-        .arg(daemon.url(""))
-        .output()
-        .expect("python");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let results = run_python(
+        &python,
+        "the concurrent calls",
+        CONCURRENT,
+        &[&daemon.url("")],
     );
-    let results: Vec<Value> = serde_json::from_slice(&output.stdout).expect("JSON");
+    let results = results.as_array().expect("a list");
     let admitted = results.iter().filter(|r| r["ok"] == true).count();
     let refused: Vec<&Value> = results.iter().filter(|r| r["ok"] == false).collect();
     let calls = standin.calls();
@@ -182,18 +176,12 @@ fn a_stream_that_would_blow_the_budget_is_cut_cleanly_at_the_limit() {
             &format!("[[budget]]\nname = \"coder-tokens\"\nresource = \"tokens\"\nlimit = {limit}\nagent = \"coder\"\non_exceed = \"soft_kill\"\n"),
         ))
         .start();
-    let output = Command::new(&python)
-        .arg("-c")
-        .arg(STREAM)
-        .arg(daemon.url(""))
-        .output()
-        .expect("python");
-    assert!(
-        output.status.success(),
-        "the SDK saw no clean end: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let out = run_python(
+        &python,
+        "the stream (the SDK saw no clean end)",
+        STREAM,
+        &[&daemon.url("")],
     );
-    let out: Value = serde_json::from_slice(&output.stdout).expect("JSON");
     assert_eq!(out["stop_reason"], "max_tokens");
     let call = wait_for("the stand-in to see the stream closed", SETTLE, || {
         standin.calls().into_iter().find(|c| c["gone"] == true)

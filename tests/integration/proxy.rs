@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -161,20 +160,12 @@ fn the_official_sdks_through_the_proxy_over_tls_are_metered_exactly() {
     let daemon = Daemon::builder()
         .config(&proxy_config(&standin, Some(&ca)))
         .start();
-    let output = Command::new(&python)
-        .arg("-c")
-        .arg(SDK_SCRIPT)
-        .arg(daemon.url(""))
-        .arg(SECRET)
-        .arg(PROMPT)
-        .output()
-        .expect("python");
-    assert!(
-        output.status.success(),
-        "the SDK script failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let out = crate::util::run_python(
+        &python,
+        "the SDK script",
+        SDK_SCRIPT,
+        &[&daemon.url(""), SECRET, PROMPT],
     );
-    let out: Value = serde_json::from_slice(&output.stdout).expect("the script's JSON");
     let calls = standin.calls();
     assert_eq!(calls.len(), 8, "every call reached the stand-in: {calls:?}");
 

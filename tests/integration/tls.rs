@@ -166,6 +166,17 @@ fn spans_reach_https_otlp_http_and_grpc_collectors() {
     crate::spans::assert_spans_of_the_run(&received);
 }
 
+/// `check-config` on a file it must refuse (exit 2); what it printed.
+fn refused_config(config: &std::path::Path) -> String {
+    let output = Command::new(costmeter_bin())
+        .args(["check-config"])
+        .arg(config)
+        .output()
+        .expect("check-config");
+    assert_eq!(output.status.code(), Some(2));
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
 #[test]
 fn bad_certificate_files_are_config_errors_naming_the_file() {
     let ca = test_ca();
@@ -182,13 +193,7 @@ fn bad_certificate_files_are_config_errors_naming_the_file() {
         ),
     )
     .expect("config");
-    let output = Command::new(costmeter_bin())
-        .args(["check-config"])
-        .arg(&config)
-        .output()
-        .expect("check-config");
-    assert_eq!(output.status.code(), Some(2));
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = refused_config(&config);
     assert!(
         text.contains("server.tls_cert") && text.contains("does not belong to the certificate"),
         "{text}"
@@ -217,13 +222,7 @@ fn bad_certificate_files_are_config_errors_naming_the_file() {
         ),
     )
     .expect("config");
-    let output = Command::new(costmeter_bin())
-        .args(["check-config"])
-        .arg(&config)
-        .output()
-        .expect("check-config");
-    assert_eq!(output.status.code(), Some(2));
-    let text = String::from_utf8_lossy(&output.stderr);
+    let text = refused_config(&config);
     assert!(
         text.contains("server.tls_cert")
             && text.contains("old.pem")

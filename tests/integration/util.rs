@@ -697,6 +697,24 @@ fn python_venv(name: &str, packages: &[&str]) -> Option<PathBuf> {
     Some(python)
 }
 
+/// Runs a Python script with `args`; it must succeed and print one JSON value, which is
+/// returned. A failure shows the script's stderr under `what`.
+#[track_caller]
+pub fn run_python(python: &Path, what: &str, script: &str, args: &[&str]) -> serde_json::Value {
+    let output = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python");
+    assert!(
+        output.status.success(),
+        "{what} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("the script prints JSON")
+}
+
 /// The stand-in LLM provider (`tests/standin/provider.py`): Anthropic, OpenAI and Gemini wire
 /// formats, whole and streamed, over TLS with `ca`'s server certificate when given. Every
 /// answer's usage, as the provider reported it, is logged. Killed on drop.
