@@ -57,7 +57,9 @@ on_exceed = "alert"          # the kill must come through Alertmanager, not from
 [enforcement]
 grace = "2s"
 EOF
-(cd "$work" && COSTMETER_LOG=info "$bin" run --config "$work/costmeter.toml" > "$work/costmeter.log" 2>&1) & pids+=("$!")
+# exec: the PID recorded is costmeter itself, so the cleanup stops it (a subshell would
+# leave it running after the check).
+(cd "$work" && exec env COSTMETER_LOG=info "$bin" run --config "$work/costmeter.toml" > "$work/costmeter.log" 2>&1) & pids+=("$!")
 
 # The bundled configs, with the compose service names pointed at this machine's ports.
 mkdir -p "$work/rules"
