@@ -8,15 +8,30 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::budget::BudgetStatus;
 use crate::report::{Report, SpendLine, iso};
+use crate::store::HourlySpend;
 
 const HOUR_MS: i64 = 3_600_000;
 /// How far back the rollup keeps hours.
 pub const KEPT_MS: i64 = 8 * 24 * HOUR_MS;
 
-/// (agent, model) → (tokens, USD) within one hour.
-type Pairs = HashMap<(String, String), (u64, f64)>;
+/// Token kinds kept per hour, in this order: input neither read from nor written to a cache,
+/// cache reads, cache writes, output (the `type` label values of the token counter).
+pub const KINDS: [&str; 4] = ["input", "cache_read", "cache_write", "output"];
 
-#[derive(Debug, Default)]
+/// One agent and model's usage within one hour.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    /// Input plus output tokens: what token budgets and reports count.
+    pub tokens: u64,
+    /// Tokens by [`KINDS`].
+    pub kinds: [u64; 4],
+    pub usd: f64,
+}
+
+/// (agent, model) → usage within one hour.
+pub type Pairs = HashMap<(String, String), Usage>;
+
+#[derive(Debug, Default, Clone)]
 pub struct SpendByHour {
     /// Hour start (ms) → its pairs.
     hours: BTreeMap<i64, Pairs>,
@@ -30,27 +45,30 @@ fn hour_of(ts_ms: i64) -> i64 {
 }
 
 impl SpendByHour {
-    /// Adds one event's usage, if it falls within the kept hours before `now_ms`.
-    pub fn add(
-        &mut self,
-        ts_ms: i64,
-        agent: &str,
-        model: &str,
-        tokens: u64,
-        usd: f64,
-        now_ms: i64,
-    ) {
-        if ts_ms < now_ms - KEPT_MS {
+    /// Adds one event's (or one stored hour's) usage, if it falls within the kept hours
+    /// before `now_ms`.
+    pub fn add(&mut self, usage: &HourlySpend, now_ms: i64) {
+        if usage.hour_ms < now_ms - KEPT_MS {
             return;
         }
         let slot = self
             .hours
-            .entry(hour_of(ts_ms))
+            .entry(hour_of(usage.hour_ms))
             .or_default()
-            .entry((agent.to_string(), model.to_string()))
+            .entry((usage.agent.clone(), usage.model.clone()))
             .or_default();
-        slot.0 += tokens;
-        slot.1 += usd;
+        slot.tokens += usage.tokens;
+        for (kept, added) in slot.kinds.iter_mut().zip(usage.kinds) {
+            *kept += added;
+        }
+        slot.usd += usage.usd;
+    }
+
+    /// The kept hours from `from_ms` (rounded down to its hour) to `to_ms`, oldest first.
+    pub fn hours(&self, from_ms: i64, to_ms: i64) -> impl Iterator<Item = (i64, &Pairs)> {
+        self.hours
+            .range(hour_of(from_ms)..=to_ms)
+            .map(|(hour, pairs)| (*hour, pairs))
     }
 
     /// Drops hours older than the kept span.
@@ -63,14 +81,14 @@ impl SpendByHour {
     /// hour) to `to_ms`.
     pub fn lines(&self, from_ms: i64, to_ms: i64) -> Vec<SpendLine> {
         let mut lines: HashMap<(String, &str, &str), (u64, f64)> = HashMap::new();
-        for (hour, pairs) in self.hours.range(hour_of(from_ms)..=to_ms) {
-            let day = iso(*hour).get(..10).unwrap_or_default().to_string();
-            for ((agent, model), (tokens, usd)) in pairs {
+        for (hour, pairs) in self.hours(from_ms, to_ms) {
+            let day = iso(hour).get(..10).unwrap_or_default().to_string();
+            for ((agent, model), usage) in pairs {
                 let line = lines
                     .entry((day.clone(), agent.as_str(), model.as_str()))
                     .or_default();
-                line.0 += tokens;
-                line.1 += usd;
+                line.0 += usage.tokens;
+                line.1 += usage.usd;
             }
         }
         lines
@@ -136,9 +154,23 @@ mod tests {
     #[test]
     fn hours_add_up_into_windows_and_old_ones_go() {
         let mut spend = SpendByHour::default();
-        spend.add(NOW - HOUR_MS, "a", "m", 100, 1.0, NOW);
-        spend.add(NOW - 2 * 86_400_000, "a", "m", 10, 0.5, NOW);
-        spend.add(NOW - 9 * 86_400_000, "a", "m", 999, 9.0, NOW);
+        let usage = |hour_ms, tokens, usd| HourlySpend {
+            hour_ms,
+            agent: "a".into(),
+            model: "m".into(),
+            tokens,
+            kinds: [tokens, 0, 0, 0],
+            usd,
+        };
+        spend.add(&usage(NOW - HOUR_MS, 100, 1.0), NOW);
+        spend.add(&usage(NOW - 2 * 86_400_000, 10, 0.5), NOW);
+        spend.add(&usage(NOW - 9 * 86_400_000, 999, 9.0), NOW);
+        let kinds: u64 = spend
+            .hours(NOW - 86_400_000, NOW)
+            .flat_map(|(_, pairs)| pairs.values())
+            .map(|u| u.kinds[0])
+            .sum();
+        assert_eq!(kinds, 100, "kinds are kept per hour");
         let day = spend.report(NOW - 86_400_000, NOW, Vec::new());
         assert_eq!((day.total_tokens, day.total_usd), (100, 1.0));
         let week = spend.report(NOW - 7 * 86_400_000, NOW, Vec::new());

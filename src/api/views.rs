@@ -16,6 +16,9 @@ use crate::runs::{RunFilter, RunsQuery};
 use crate::wire::{BudgetBrief, BudgetList, Readiness, Spend, SpendWindows, Status};
 
 const DAY_MS: i64 = 86_400_000;
+const HOUR_MS: i64 = 3_600_000;
+/// Most resource samples the page reads: an hour of 1 s samples of 20 targets.
+const PAGE_SAMPLES: usize = 72_000;
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -248,8 +251,16 @@ pub(super) async fn page(State(state): State<Arc<AppState>>) -> Response {
     let rendered = reads
         .run(move |store| {
             let runs = store.runs(&filter)?;
+            let now = now_ms();
+            let samples = store.resource_points(now - HOUR_MS, PAGE_SAMPLES)?;
             let (status, budgets, day, week) = overview(&state);
             let targets = state.metrics.target_figures(&state.targets);
+            // A copy, so the ledger's next batch never waits for the page to be drawn.
+            let spend = state
+                .spend
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone();
             Ok(crate::page::render(&crate::page::Sections {
                 status: &status,
                 budgets: &budgets,
@@ -257,6 +268,9 @@ pub(super) async fn page(State(state): State<Arc<AppState>>) -> Response {
                 day: &day,
                 runs: &runs,
                 targets: &targets,
+                spend: &spend,
+                samples: &samples,
+                now_ms: now,
             }))
         })
         .await;

@@ -124,6 +124,7 @@ impl Ledger {
                     agent: usage.agent.clone(),
                     model: usage.model.clone(),
                     tokens: usage.input_tokens + usage.output_tokens,
+                    kinds: counts,
                     usd: cost,
                 });
                 series.usd.0.inc_by(cost, exemplar, None);

@@ -444,14 +444,7 @@ impl Ledger {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for usage in self.spend_batch.drain(..) {
-                spend.add(
-                    usage.hour_ms,
-                    &usage.agent,
-                    &usage.model,
-                    usage.tokens,
-                    usage.usd,
-                    received,
-                );
+                spend.add(&usage, received);
             }
             spend.prune(received);
         }

@@ -99,14 +99,7 @@ impl Ledger {
                 .write()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             for hour in ledger.store.spend_by_hour(now - crate::spend::KEPT_MS)? {
-                spend.add(
-                    hour.hour_ms,
-                    &hour.agent,
-                    &hour.model,
-                    hour.tokens,
-                    hour.usd,
-                    now,
-                );
+                spend.add(&hour, now);
             }
         }
         let baselines = ledger.store.baselines()?;

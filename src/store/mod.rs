@@ -100,8 +100,22 @@ pub struct HourlySpend {
     pub hour_ms: i64,
     pub agent: String,
     pub model: String,
+    /// Input plus output tokens.
     pub tokens: u64,
+    /// Tokens by kind: uncached input, cache reads, cache writes, output.
+    pub kinds: [u64; 4],
     pub usd: f64,
+}
+
+/// One resource sample as the page draws it: what the target used since the previous sample
+/// (CPU seconds, disk bytes read and written) and its RSS then.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResourcePoint {
+    pub ts_ms: i64,
+    pub target: String,
+    pub cpu_seconds: f64,
+    pub disk_bytes: f64,
+    pub rss_bytes: f64,
 }
 
 /// One stored usage amount, replayed into budgets at start.

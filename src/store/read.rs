@@ -260,7 +260,9 @@ impl Store {
             .conn
             .prepare(
                 "SELECT (ts_ms / 3600000) * 3600000 AS hour, agent, model,
-                        SUM(input_tokens + output_tokens), COALESCE(SUM(cost_usd), 0)
+                        SUM(input_tokens + output_tokens), COALESCE(SUM(cost_usd), 0),
+                        SUM(input_tokens - cache_read_tokens - cache_write_tokens),
+                        SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(output_tokens)
                  FROM events WHERE type = 'llm_usage' AND ts_ms >= ?1 GROUP BY hour, agent, model",
             )
             .map_err(StoreError::Read)?;
@@ -271,9 +273,47 @@ impl Store {
                     agent: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                     model: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
                     tokens: u64::try_from(r.get::<_, i64>(3)?).unwrap_or(0),
+                    kinds: [5, 6, 7, 8].map(|column| {
+                        r.get::<_, Option<i64>>(column)
+                            .ok()
+                            .flatten()
+                            .and_then(|n| u64::try_from(n).ok())
+                            .unwrap_or(0)
+                    }),
                     usd: r.get(4)?,
                 })
             })
+            .map_err(StoreError::Read)?;
+        rows.collect::<Result<_, _>>().map_err(StoreError::Read)
+    }
+
+    /// Resource samples since `from_ms`, oldest first, at most `limit` (the newest kept).
+    pub fn resource_points(
+        &self,
+        from_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<ResourcePoint>, StoreError> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT ts_ms, target, cpu_seconds, read_bytes + written_bytes, rss_bytes
+                 FROM (SELECT * FROM resource_samples WHERE ts_ms >= ?1 ORDER BY ts_ms DESC LIMIT ?2)
+                 ORDER BY ts_ms",
+            )
+            .map_err(StoreError::Read)?;
+        let rows = statement
+            .query_map(
+                params![from_ms, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(ResourcePoint {
+                        ts_ms: r.get(0)?,
+                        target: r.get(1)?,
+                        cpu_seconds: r.get(2)?,
+                        disk_bytes: r.get::<_, i64>(3)? as f64,
+                        rss_bytes: r.get::<_, i64>(4)? as f64,
+                    })
+                },
+            )
             .map_err(StoreError::Read)?;
         rows.collect::<Result<_, _>>().map_err(StoreError::Read)
     }
