@@ -36,6 +36,7 @@ run otlp_throughput benches/otlp_throughput.sh "$6" "$7"
 run span_export_overhead benches/span_export_overhead.sh "$8" "$9"
 run reads_beside_writes benches/reads_beside_writes.py --events "${10}"
 run kill_latency python3 benches/kill_latency.py "${11}"
+run statusline python3 benches/statusline.py "$([ "$quick" = "--quick" ] && echo 30 || echo 300)"
 # LiteLLM beside it when LITELLM names its executable (pip install 'litellm[proxy]').
 run proxy_overhead benches/proxy_overhead.sh "${12}" "${13}"
 echo
