@@ -134,6 +134,9 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     let health = Arc::new(Health::default());
     let token = read_token(&config)?;
     let (ledger, baselines) = Ledger::open(&config, metrics.clone(), health.clone(), now_ms())?;
+    // The price table's parse is over: give back what it freed (on this thread, before an
+    // await can move the task).
+    crate::memory::release_freed();
     if let Some(command) = &command {
         // Relaunch guard: a command started into an exhausted budget would only be stopped
         // again; a supervisor gets the same answer every time.

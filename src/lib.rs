@@ -18,6 +18,7 @@ pub mod health;
 pub mod identity;
 pub mod ingest;
 pub mod ledger;
+pub mod memory;
 pub mod metrics;
 pub mod notify;
 pub mod otlp;
