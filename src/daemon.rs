@@ -294,6 +294,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         token: token.clone(),
         max_body_bytes: usize::try_from(config.server.max_body_bytes).unwrap_or(usize::MAX),
         targets: config.targets.iter().map(|t| t.name.clone()).collect(),
+        instances: config.fleet.instance_names(config.server.listen),
         otlp: crate::otlp::Defaults {
             agent: config.otlp.default_agent.clone(),
         },
@@ -366,12 +367,12 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
             };
             // Count the command's last moments before anything stops.
             tokio::task::block_in_place(|| sampler.flush());
-            match health.budget_kill() {
-                Some(budget) => {
+            match health.kill_cause() {
+                Some(cause) => {
                     let grace = running.enforcement.grace + std::time::Duration::from_secs(1);
                     wait_for_descendants(grace).await;
                     eprintln!(
-                        "costmeter: budget '{budget}' exceeded; the command was stopped with {} (exit status {EXIT_BUDGET_KILLED})",
+                        "costmeter: {cause}; the command was stopped with {} (exit status {EXIT_BUDGET_KILLED})",
                         running.enforcement.signal_name
                     );
                     EXIT_BUDGET_KILLED

@@ -331,9 +331,14 @@ impl Enforcer {
         // anything born in the last moments.
         let deadline = Instant::now() + self.config.grace;
         let mut known: HashSet<i32> = handles.iter().map(|h| h.identity.pid).collect();
+        // Whether the grace ran out with something left; when everything exited in time, the
+        // tree had its last look in the loop, and nothing is SIGKILLed (a process seen only
+        // now, mid-exit, would be recorded as a survivor it never was).
+        let mut outlived = false;
         loop {
             handles = wait_for_exit(handles, deadline, LATE_COMER_SCAN);
             if polite == Signal::KILL || Instant::now() >= deadline {
+                outlived = polite != Signal::KILL;
                 break;
             }
             let late: Vec<Identity> = self
@@ -351,7 +356,7 @@ impl Enforcer {
             }
         }
         let mut last_round: Vec<Handle> = handles;
-        if polite != Signal::KILL {
+        if outlived {
             for member in self.members(target, &mut Vec::new()) {
                 if !known.contains(&member.pid)
                     && let Ok(handle) = Handle::open(member)

@@ -19,7 +19,7 @@ pub struct Health {
     /// The last store write's failure, if it failed.
     store_failure: Mutex<Option<String>>,
     /// The budget whose excess ordered a soft-kill, for `exec`'s exit status.
-    budget_kill: Mutex<Option<String>>,
+    kill_cause: Mutex<Option<String>>,
     /// The span exporter's health, in strict mode with an endpoint.
     export: Mutex<Option<Arc<ExportHealth>>>,
     /// The weekly report's last outcome: (configured, last success in ms, last error).
@@ -97,16 +97,18 @@ impl Health {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(export);
     }
 
-    pub fn set_budget_kill(&self, budget: &str) {
+    /// Why costmeter first stopped the command (`budget 'x' exceeded`, `alert 'A' firing`):
+    /// `exec` then exits with 86 and says so.
+    pub fn set_kill_cause(&self, cause: &str) {
         let mut slot = self
-            .budget_kill
+            .kill_cause
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.get_or_insert_with(|| budget.to_string());
+        slot.get_or_insert_with(|| cause.to_string());
     }
 
-    pub fn budget_kill(&self) -> Option<String> {
-        self.budget_kill
+    pub fn kill_cause(&self) -> Option<String> {
+        self.kill_cause
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()

@@ -91,7 +91,8 @@ pub struct BudgetCheck {
 pub struct AlertAction {
     pub alert: String,
     pub target: String,
-    /// Always `soft_kill`.
+    /// `soft_kill` (firing: stopped, and held stopped until the alert resolves) or `release`
+    /// (resolved: the hold ends).
     pub action: String,
     pub fingerprint: Option<String>,
 }

@@ -25,7 +25,11 @@ pub(super) async fn alerts(
         Ok(body) => body,
         Err(refusal) => return refusal,
     };
-    let decisions = match crate::alerts::decide(&body, &state.targets) {
+    let sidecar = crate::alerts::Sidecar {
+        targets: &state.targets,
+        instances: &state.instances,
+    };
+    let decisions = match crate::alerts::decide(&body, &sidecar) {
         Ok(decisions) => decisions,
         Err(problem) => return error(StatusCode::BAD_REQUEST, problem),
     };
@@ -35,15 +39,22 @@ pub(super) async fn alerts(
     };
     for decision in decisions {
         match decision.action {
-            Ok(order) => {
-                let target = order.target.clone();
-                if let Err(problem) = state.ledger.tell(LedgerInput::Enforce(order)).await {
+            Ok(action) => {
+                let (name, order) = match action {
+                    crate::alerts::Action::Hold(order) => ("soft_kill", Some(order)),
+                    crate::alerts::Action::Release => ("release", None),
+                };
+                let input = LedgerInput::AlertHold {
+                    key: decision.key,
+                    order,
+                };
+                if let Err(problem) = state.ledger.tell(input).await {
                     return unavailable(&problem);
                 }
                 answer.actions.push(AlertAction {
                     alert: decision.alert,
-                    target,
-                    action: "soft_kill".into(),
+                    target: decision.target.unwrap_or_default(),
+                    action: name.into(),
                     fingerprint: decision.fingerprint,
                 });
             }

@@ -39,6 +39,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// Names of the configured targets, for Alertmanager payloads.
     pub targets: Vec<String>,
+    /// The names this sidecar answers to in an alert's `instance` label.
+    pub instances: Vec<String>,
     /// When the daemon started, for `/v1/status`.
     pub started: std::time::SystemTime,
     /// Asks the daemon's main loop to reload the config file.

@@ -68,6 +68,8 @@ pub struct Config {
     pub tls: crate::tls::ClientFiles,
     /// `[proxy]`: the LLM API proxy.
     pub proxy: ProxyConfig,
+    /// `[fleet]`: this sidecar among many.
+    pub fleet: FleetConfig,
 }
 
 /// `[otlp]`.
@@ -255,6 +257,7 @@ impl Default for Config {
             },
             tls: crate::tls::ClientFiles::default(),
             proxy: ProxyConfig::default(),
+            fleet: FleetConfig::default(),
             enforcement: EnforcementConfig {
                 signal: 15,
                 signal_name: "SIGTERM".into(),
@@ -350,6 +353,8 @@ struct RawConfig {
     tls: RawTls,
     #[serde(default)]
     proxy: RawProxy,
+    #[serde(default)]
+    fleet: RawFleet,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -613,6 +618,7 @@ impl Config {
 }
 
 mod budgets;
+mod fleet;
 mod proxy;
 mod targets;
 #[cfg(test)]
@@ -620,6 +626,8 @@ mod tests;
 mod validate;
 
 use budgets::*;
+pub use fleet::FleetConfig;
+use fleet::{RawFleet, validate_fleet};
 pub use proxy::{Provider, ProxyConfig, Upstream, base_url};
 use proxy::{RawProxy, validate_proxy};
 pub use targets::parse_duration;

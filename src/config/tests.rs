@@ -134,3 +134,24 @@ fn proxy_upstreams_replace_built_ins_and_bad_ones_are_located() {
         );
     }
 }
+
+#[test]
+fn a_fleet_instance_is_checked_and_named_by_default_from_the_listen_address() {
+    let config =
+        Config::from_toml("c.toml", "[fleet]\ninstance = \"host-a:8000\"\n").expect("valid");
+    assert_eq!(
+        config.fleet.instance_names(config.server.listen),
+        vec!["host-a:8000".to_string()]
+    );
+    let defaults = Config::from_toml("c.toml", "").expect("valid");
+    let names = defaults.fleet.instance_names(defaults.server.listen);
+    assert!(names.contains(&"localhost:8000".to_string()), "{names:?}");
+    assert!(names.contains(&"127.0.0.1:8000".to_string()), "{names:?}");
+    let found = problems("[fleet]\ninstance = \"a b\"\n");
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("c.toml:2:12: fleet.instance")),
+        "{found:?}"
+    );
+}

@@ -251,6 +251,7 @@ pub(super) fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
     );
     let tls = client_files(locator, &raw.tls);
     let proxy = validate_proxy(locator, &raw.proxy);
+    let fleet = validate_fleet(locator, &raw.fleet);
     Config {
         source: None,
         server: ServerConfig {
@@ -280,6 +281,7 @@ pub(super) fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         otlp,
         tls,
         proxy,
+        fleet,
     }
 }
 

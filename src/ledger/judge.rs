@@ -33,6 +33,8 @@ impl Ledger {
     /// states it judged by, for the view (computed once a batch).
     pub(super) fn judge_budgets(&mut self, now: i64) -> Vec<BudgetStatus> {
         if self.budgets.is_empty() {
+            // Firing alerts hold targets with no budget configured here.
+            self.enforce_holds(&[]);
             return Vec::new();
         }
         let transitions = self.budgets.evaluate(now);
@@ -64,7 +66,8 @@ impl Ledger {
                             Scope::Target(target) => vec![target.clone()],
                             _ => self.enforceable_targets.clone(),
                         };
-                        self.health.set_budget_kill(&spec.name);
+                        self.health
+                            .set_kill_cause(&format!("budget '{}' exceeded", spec.name));
                         for target in targets {
                             self.order_kill(KillOrder {
                                 target,
@@ -128,11 +131,40 @@ impl Ledger {
             {
                 continue;
             }
-            self.health.set_budget_kill(&hold.budget);
+            let reason = format!("budget '{}' exceeded", hold.budget);
+            self.health.set_kill_cause(&reason);
             self.order_kill(KillOrder {
                 target: hold.target,
-                reason: format!("budget '{}' exceeded", hold.budget),
+                reason,
             });
+        }
+        // A firing alert is a state too: its target is stopped again while it fires.
+        let repeats: Vec<KillOrder> = self
+            .alert_holds
+            .values()
+            .filter(|o| {
+                !self.kills_in_flight.contains(&o.target) && self.seen_alive.contains(&o.target)
+            })
+            .cloned()
+            .collect();
+        for order in repeats {
+            self.order_kill(order);
+        }
+    }
+
+    /// An alert's hold begins (firing: the target is stopped now) or ends (resolved).
+    pub(super) fn alert_hold(&mut self, key: String, order: Option<KillOrder>) {
+        match order {
+            Some(order) => {
+                self.health.set_kill_cause(&order.reason);
+                self.alert_holds.insert(key, order.clone());
+                self.order_kill(order);
+            }
+            None => {
+                if let Some(order) = self.alert_holds.remove(&key) {
+                    info!(target_name = %order.target, reason = %order.reason, "alert resolved; its hold ends");
+                }
+            }
         }
     }
 

@@ -66,8 +66,12 @@ pub enum LedgerInput {
     TargetRemoved(String),
     /// Time passed: windows move, rolling totals age, and the view is published again.
     Tick,
-    /// An order from outside (Alertmanager) to stop a local target.
-    Enforce(KillOrder),
+    /// An alert from outside (Alertmanager) about a local target: `Some` (firing) stops it
+    /// and holds it stopped, `None` (resolved) ends the hold the alert `key` set.
+    AlertHold {
+        key: String,
+        order: Option<KillOrder>,
+    },
     /// A request refused unread for its size: counted, logged, shown by `doctor`; for OTLP,
     /// its signal's family claims lapse so the same usage through another signal counts.
     Refused {
@@ -189,6 +193,8 @@ pub struct Ledger {
     enforcer: Option<std::sync::mpsc::Sender<EnforcerInput>>,
     /// Targets with a kill order the enforcer has not reported on yet: one at a time each.
     kills_in_flight: HashSet<String>,
+    /// Firing alerts' holds: alert key → the order to repeat while its target comes back.
+    alert_holds: std::collections::BTreeMap<String, KillOrder>,
     /// Targets a reading showed alive since their last kill order: while an exceeded budget
     /// holds them, each such sighting is stopped again.
     seen_alive: HashSet<String>,
@@ -343,7 +349,7 @@ impl Ledger {
                 LedgerInput::Reading(reading) => readings.push(reading),
                 LedgerInput::TargetRemoved(name) => self.metrics.forget_target(&name),
                 LedgerInput::Tick => {}
-                LedgerInput::Enforce(order) => self.order_kill(order),
+                LedgerInput::AlertHold { key, order } => self.alert_hold(key, order),
                 LedgerInput::Refused { refusal, signal } => {
                     otlp_rows.extend(self.refused(refusal, signal, received));
                 }

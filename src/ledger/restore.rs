@@ -58,6 +58,7 @@ impl Ledger {
             enforceable_targets: enforceable(config),
             enforcer: None,
             kills_in_flight: HashSet::new(),
+            alert_holds: Default::default(),
             seen_alive: HashSet::new(),
             dry_run: config.enforcement.dry_run,
             dry_run_told: HashSet::new(),

@@ -176,3 +176,128 @@ fn a_process_born_during_the_soft_kill_gets_the_polite_signal_and_its_grace() {
             .then_some(())
     });
 }
+
+/// An Alertmanager webhook payload with one alert.
+fn alert(status: &str, labels: Value) -> Vec<u8> {
+    json!({
+        "version": "4", "status": status, "receiver": "costmeter",
+        "alerts": [{"status": status, "labels": labels, "annotations": {},
+                    "startsAt": "2026-12-01T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                    "generatorURL": "", "fingerprint": "fleet-0001"}],
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093", "groupKey": "{}", "truncatedAlerts": 0
+    })
+    .to_string()
+    .into_bytes()
+}
+
+#[test]
+fn a_firing_alert_holds_its_target_until_it_resolves_and_acts_only_on_the_instance_it_names() {
+    let marker = format!("alert-held-{}", std::process::id());
+    let session = || Workload::shell(&format!("while :; do sleep 0.05; done # {marker}"));
+    let first = session();
+    let daemon = Daemon::start(&format!(
+        "[fleet]\ninstance = \"host-a:8000\"\n\n\
+         [[target]]\nname = \"agent\"\nmatch = {{ cmdline = \"{marker}\" }}\nsample_interval = \"100ms\"\n\n\
+         [enforcement]\ngrace = \"2s\"\n"
+    ));
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    // Another sidecar's alert, sent to a receiver that lists every sidecar: ignored here.
+    let labels = |instance: Option<&str>| {
+        let mut labels = json!({"alertname": "BudgetExceeded", "costmeter_action": "soft_kill", "target": "agent"});
+        if let Some(instance) = instance {
+            labels["instance"] = json!(instance);
+        }
+        labels
+    };
+    let (status, answer) = daemon.post(
+        "/v1/alerts",
+        "application/json",
+        &alert("firing", labels(Some("host-b:8000"))),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        answer["ignored"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("instance 'host-b:8000' is not this sidecar")),
+        "{answer}"
+    );
+    assert!(answer["actions"].as_array().is_some_and(Vec::is_empty));
+
+    // The fleet's alert (no instance: summed over every sidecar) stops the agent here...
+    let (status, answer) = daemon.post(
+        "/v1/alerts",
+        "application/json",
+        &alert("firing", labels(None)),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["actions"][0]["action"], "soft_kill", "{answer}");
+    wait_for("the first session to be stopped", SETTLE, || {
+        (!alive(first.pid())).then_some(())
+    });
+    assert!(alive(std::process::id() as i32));
+    // ...and holds it stopped while it fires: a relaunched agent is stopped again, without
+    // waiting for Alertmanager's repeat_interval.
+    let second = session();
+    wait_for("the relaunched session to be stopped", SETTLE, || {
+        (!alive(second.pid())).then_some(())
+    });
+
+    // Resolved: the hold ends, a new session runs.
+    let (status, answer) = daemon.post(
+        "/v1/alerts",
+        "application/json",
+        &alert("resolved", labels(None)),
+    );
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["actions"][0]["action"], "release", "{answer}");
+    let third = session();
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    // Holds are judged with every batch, before its answer: after batches that follow readings
+    // of the new session, no kill was ordered for it.
+    let ordered = daemon.log_count("soft-kill ordered");
+    for tick in 0..3 {
+        daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+            v == 1.0
+        });
+        let _ = daemon.post_events(&tokens(&format!("tick-{tick}"), 1));
+    }
+    assert!(alive(third.pid()), "a resolved alert holds nothing");
+    assert_eq!(daemon.log_count("soft-kill ordered"), ordered);
+    assert_eq!(
+        daemon.log_count("SIGKILL sent to processes that outlived the grace"),
+        0
+    );
+}
+
+#[test]
+fn an_alert_ordered_kill_of_the_exec_command_exits_86_naming_the_alert() {
+    let mut daemon = Daemon::builder()
+        .config("[enforcement]\ngrace = \"2s\"\n")
+        .exec(&["sh", "-c", "while :; do sleep 0.05; done"])
+        .start();
+    daemon.wait_metric("haios_target_up", &[("target", "agent")], SETTLE, |v| {
+        v == 1.0
+    });
+    let labels = json!({"alertname": "FleetBudgetExceeded", "costmeter_action": "soft_kill", "target": "agent"});
+    let (status, answer) = daemon.post("/v1/alerts", "application/json", &alert("firing", labels));
+    assert_eq!(status, 200, "{answer}");
+    let exit = daemon.wait_exit(SETTLE);
+    assert_eq!(exit.code(), Some(EXIT_BUDGET_KILLED), "{:?}", daemon.logs());
+    assert!(
+        daemon
+            .logs()
+            .iter()
+            .any(|l| l.contains("alert 'FleetBudgetExceeded' firing; the command was stopped")),
+        "{:?}",
+        daemon.logs()
+    );
+    assert_eq!(
+        daemon.log_count("SIGKILL sent to processes that outlived the grace"),
+        0
+    );
+}
