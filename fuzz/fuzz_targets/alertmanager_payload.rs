@@ -4,5 +4,9 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = costmeter::alerts::decide(data, &["agent".to_string(), "worker".to_string()]);
+    let sidecar = costmeter::alerts::Sidecar {
+        targets: &["agent".to_string(), "worker".to_string()],
+        instances: &["host-a:8000".to_string()],
+    };
+    let _ = costmeter::alerts::decide(data, &sidecar);
 });
