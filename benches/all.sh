@@ -39,6 +39,8 @@ run kill_latency python3 benches/kill_latency.py "${11}"
 run statusline python3 benches/statusline.py "$([ "$quick" = "--quick" ] && echo 30 || echo 300)"
 # LiteLLM beside it when LITELLM names its executable (pip install 'litellm[proxy]').
 run proxy_overhead benches/proxy_overhead.sh "${12}" "${13}"
+# Not run here (five minutes of mostly waiting on Prometheus's intervals):
+#   python3 benches/fleet_alert_latency.py 10
 echo
 if [ ${#failed[@]} -gt 0 ]; then echo "failed: ${failed[*]}"; exit 1; fi
 echo "all benchmarks ran"
