@@ -198,6 +198,10 @@ pub struct Ledger {
     /// Targets a reading showed alive since their last kill order: while an exceeded budget
     /// holds them, each such sighting is stopped again.
     seen_alive: HashSet<String>,
+    /// Targets whose kill report just came in: their next reading may have been taken before
+    /// the kill (the sampler and the enforcer send on the same inbox, in either order), so it
+    /// is not a sighting. A relaunch is then seen one sample later.
+    settling: HashSet<String>,
     /// `[enforcement] dry_run`, and the held targets a dry run already told about.
     dry_run: bool,
     dry_run_told: HashSet<String>,
@@ -357,6 +361,7 @@ impl Ledger {
                     // Sightings from before the report are of processes it just stopped.
                     self.kills_in_flight.remove(&report.target);
                     self.seen_alive.remove(&report.target);
+                    self.settling.insert(report.target.clone());
                     self.record_enforcement(&report, received);
                 }
                 LedgerInput::Reserve { ask, reply } => {
@@ -427,7 +432,8 @@ impl Ledger {
         // Resource gauges and counters move even when the store failed: the deltas are then
         // counted again from the stored baseline after a restart, never lost.
         for reading in &readings {
-            if reading.up && reading.processes > 0 {
+            let settled = !self.settling.remove(&reading.target);
+            if settled && reading.up && reading.processes > 0 {
                 self.seen_alive.insert(reading.target.clone());
             }
             self.metrics.record_target(reading);

@@ -60,6 +60,7 @@ impl Ledger {
             kills_in_flight: HashSet::new(),
             alert_holds: Default::default(),
             seen_alive: HashSet::new(),
+            settling: HashSet::new(),
             dry_run: config.enforcement.dry_run,
             dry_run_told: HashSet::new(),
             webhook: None,

@@ -225,6 +225,11 @@ fn a_dry_run_tells_once_per_hold() {
     assert_eq!(f.orders().len(), 1, "the crossing");
     f.report(NOW + 10);
     f.reading(2, NOW + 20);
+    assert!(
+        f.orders().is_empty(),
+        "the reading after a report may predate the kill"
+    );
+    f.reading(2, NOW + 25);
     assert_eq!(f.orders().len(), 1, "the hold, said once");
     f.report(NOW + 30);
     f.reading(2, NOW + 40);
@@ -348,6 +353,11 @@ fn an_enforcement_that_found_nothing_frees_the_target_without_a_record() {
         .expect("count");
     assert_eq!(recorded, 0);
     f.reading(1, NOW + 20);
+    assert!(
+        f.orders().is_empty(),
+        "the reading after a report may predate the kill"
+    );
+    f.reading(1, NOW + 25);
     assert_eq!(f.orders().len(), 1, "the target is free for the next order");
 }
 
