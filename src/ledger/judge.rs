@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Most firing alerts holding targets at once (Alertmanager sends one per rule and label set:
+/// a few per sidecar in practice); beyond it an alert stops its target once, without a hold.
+pub(super) const MAX_ALERT_HOLDS: usize = 256;
+
 impl Ledger {
     pub(super) fn charge_reading(&mut self, reading: &TargetReading, now: i64) {
         if self.budgets.is_empty() {
@@ -157,7 +161,12 @@ impl Ledger {
         match order {
             Some(order) => {
                 self.health.set_kill_cause(&order.reason);
-                self.alert_holds.insert(key, order.clone());
+                if self.alert_holds.len() < MAX_ALERT_HOLDS || self.alert_holds.contains_key(&key) {
+                    self.alert_holds.insert(key, order.clone());
+                } else {
+                    // A flood of distinct alerts cannot grow the ledger: this one acts once.
+                    warn!(target_name = %order.target, reason = %order.reason, limit = MAX_ALERT_HOLDS, "too many firing alerts hold targets; this one stops its target once, without a hold");
+                }
                 self.order_kill(order);
             }
             None => {

@@ -414,3 +414,31 @@ fn the_view_holds_the_restored_state_before_any_input() {
     assert_eq!(view.budgets.len(), 1);
     assert_eq!(view.budgets[0].used, 150.0);
 }
+
+#[test]
+fn firing_alerts_hold_until_resolved_and_a_flood_of_them_stays_bounded() {
+    let mut f = fixture(TARGET);
+    let alert = |key: &str, firing: bool| LedgerInput::AlertHold {
+        key: key.to_string(),
+        order: firing.then(|| KillOrder {
+            target: "agent".into(),
+            reason: format!("alert '{key}' firing"),
+        }),
+    };
+    f.ledger.process(vec![alert("a", true)], NOW);
+    assert_eq!(f.orders(), vec!["agent".to_string()]);
+    f.report(NOW + 10);
+    f.reading(1, NOW + 20);
+    f.reading(1, NOW + 30);
+    assert_eq!(f.orders(), vec!["agent".to_string()], "held: stopped again");
+    f.report(NOW + 40);
+    f.ledger.process(vec![alert("a", false)], NOW + 50);
+    f.reading(1, NOW + 60);
+    f.reading(1, NOW + 70);
+    assert!(f.orders().is_empty(), "resolved: no hold");
+    let flood: Vec<LedgerInput> = (0..judge::MAX_ALERT_HOLDS + 50)
+        .map(|i| alert(&format!("k{i}"), true))
+        .collect();
+    f.ledger.process(flood, NOW + 80);
+    assert_eq!(f.ledger.alert_holds.len(), judge::MAX_ALERT_HOLDS);
+}
