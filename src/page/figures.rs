@@ -321,27 +321,37 @@ pub fn targets(
             .take(MINUTES + 1)
             .collect();
         let rss: Vec<(i64, f64)> = rss.into_iter().take(MINUTES + 1).collect();
-        out.push_str("<div><span class=\"muted\">CPU, cores (per minute)</span>");
-        out.push_str(&svg::line(&svg::Line {
-            id: &format!("cpu-{index}"),
-            label: &format!("{target}: CPU over the last hour, cores"),
-            from_ms: from,
-            to_ms: now_ms,
-            points: &cpu,
-            limit: None,
-            unit: Unit::Cores,
-        }));
-        out.push_str("</div><div><span class=\"muted\">memory, largest RSS (per minute)</span>");
-        out.push_str(&svg::line(&svg::Line {
-            id: &format!("mem-{index}"),
-            label: &format!("{target}: memory over the last hour"),
-            from_ms: from,
-            to_ms: now_ms,
-            points: &rss,
-            limit,
-            unit: Unit::Bytes,
-        }));
-        out.push_str("</div></div></figure>");
+        for (kind, caption, label, points, limit, unit) in [
+            (
+                "cpu",
+                "CPU, cores (per minute)",
+                "CPU over the last hour, cores",
+                &cpu,
+                None,
+                Unit::Cores,
+            ),
+            (
+                "mem",
+                "memory, largest RSS (per minute)",
+                "memory over the last hour",
+                &rss,
+                limit,
+                Unit::Bytes,
+            ),
+        ] {
+            let _ = write!(out, "<div><span class=\"muted\">{caption}</span>");
+            out.push_str(&svg::line(&svg::Line {
+                id: &format!("{kind}-{index}"),
+                label: &format!("{target}: {label}"),
+                from_ms: from,
+                to_ms: now_ms,
+                points,
+                limit,
+                unit,
+            }));
+            out.push_str("</div>");
+        }
+        out.push_str("</div></figure>");
     }
     (!out.is_empty()).then_some(out)
 }

@@ -121,6 +121,53 @@ impl Plot {
     fn y(&self, value: f64) -> f64 {
         TOP + (1.0 - (value / self.y_max).clamp(0.0, 1.05)) * (HEIGHT - TOP - BOTTOM)
     }
+
+    /// Opens a figure over time from `from_ms` to `to_ms` whose y axis holds `top` (with room
+    /// above it), and draws that axis.
+    fn over_time(
+        out: &mut String,
+        (id, label): (&str, &str),
+        (from_ms, to_ms): (i64, i64),
+        top: f64,
+        unit: Unit,
+    ) -> Plot {
+        let (y_max, step) = scale(top * 1.08);
+        let plot = Plot {
+            x0: from_ms as f64,
+            x1: to_ms.max(from_ms + 1) as f64,
+            y_max,
+        };
+        open(out, id, label);
+        y_axis(out, &plot, step, unit);
+        plot
+    }
+
+    /// A horizontal line across the plot at `value`, labelled `text` at its right end.
+    fn rule(&self, out: &mut String, class: &str, value: f64, text: &str) {
+        let y = self.y(value);
+        let _ = write!(
+            out,
+            "<line class=\"{class}\" x1=\"{LEFT}\" x2=\"{x2}\" y1=\"{y:.1}\" y2=\"{y:.1}\"><title>{text}</title></line><text class=\"{class}-label\" x=\"{x2}\" y=\"{ty:.1}\" text-anchor=\"end\">{text}</text>",
+            x2 = WIDTH - RIGHT,
+            ty = y - 3.0,
+            text = escape(text),
+        );
+    }
+
+    /// An SVG path through (time, value) points.
+    fn path(&self, points: &[(i64, f64)]) -> String {
+        let mut path = String::new();
+        for (i, (ts, value)) in points.iter().enumerate() {
+            let _ = write!(
+                path,
+                "{}{:.1},{:.1}",
+                if i == 0 { "M" } else { " L" },
+                self.x(*ts as f64),
+                self.y(*value)
+            );
+        }
+        path
+    }
 }
 
 fn open(out: &mut String, id: &str, label: &str) {
@@ -260,46 +307,27 @@ pub fn burn_down(figure: &BurnDown<'_>) -> String {
     let top = [figure.limit, last, figure.projected.unwrap_or(0.0)]
         .into_iter()
         .fold(0.0, f64::max);
-    let (y_max, step) = scale(top * 1.08);
-    let plot = Plot {
-        x0: figure.start_ms as f64,
-        x1: figure.end_ms.max(figure.start_ms + 1) as f64,
-        y_max,
-    };
     let mut out = String::new();
-    open(&mut out, figure.id, figure.label);
-    y_axis(&mut out, &plot, step, figure.unit);
-    for (class, value, text) in [
-        (
-            "warn",
-            figure.limit * figure.warn_at,
-            format!("warn {:.0} %", figure.warn_at * 100.0),
-        ),
-        (
-            "limit",
-            figure.limit,
-            format!("limit {}", figure.unit.format(figure.limit)),
-        ),
-    ] {
-        let y = plot.y(value);
-        let _ = write!(
-            out,
-            "<line class=\"{class}\" x1=\"{LEFT}\" x2=\"{x2}\" y1=\"{y:.1}\" y2=\"{y:.1}\"><title>{text}</title></line><text class=\"{class}-label\" x=\"{x2}\" y=\"{ty:.1}\" text-anchor=\"end\">{text}</text>",
-            x2 = WIDTH - RIGHT,
-            ty = y - 3.0,
-            text = escape(&text),
-        );
-    }
-    let mut path = String::new();
-    for (i, (ts, value)) in figure.used.iter().enumerate() {
-        let _ = write!(
-            path,
-            "{}{:.1},{:.1}",
-            if i == 0 { "M" } else { " L" },
-            plot.x(*ts as f64),
-            plot.y(*value)
-        );
-    }
+    let plot = Plot::over_time(
+        &mut out,
+        (figure.id, figure.label),
+        (figure.start_ms, figure.end_ms),
+        top,
+        figure.unit,
+    );
+    plot.rule(
+        &mut out,
+        "warn",
+        figure.limit * figure.warn_at,
+        &format!("warn {:.0} %", figure.warn_at * 100.0),
+    );
+    plot.rule(
+        &mut out,
+        "limit",
+        figure.limit,
+        &format!("limit {}", figure.unit.format(figure.limit)),
+    );
+    let path = plot.path(figure.used);
     let now_x = plot.x(figure.now_ms as f64);
     let _ = write!(
         out,
@@ -343,35 +371,23 @@ pub fn line(figure: &Line<'_>) -> String {
         .map(|p| p.1)
         .chain(figure.limit)
         .fold(0.0, f64::max);
-    let (y_max, step) = scale(top * 1.08);
-    let plot = Plot {
-        x0: figure.from_ms as f64,
-        x1: figure.to_ms.max(figure.from_ms + 1) as f64,
-        y_max,
-    };
     let mut out = String::new();
-    open(&mut out, figure.id, figure.label);
-    y_axis(&mut out, &plot, step, figure.unit);
+    let plot = Plot::over_time(
+        &mut out,
+        (figure.id, figure.label),
+        (figure.from_ms, figure.to_ms),
+        top,
+        figure.unit,
+    );
     if let Some(limit) = figure.limit {
-        let y = plot.y(limit);
-        let _ = write!(
-            out,
-            "<line class=\"limit\" x1=\"{LEFT}\" x2=\"{x2}\" y1=\"{y:.1}\" y2=\"{y:.1}\"><title>limit {text}</title></line><text class=\"limit-label\" x=\"{x2}\" y=\"{ty:.1}\" text-anchor=\"end\">limit {text}</text>",
-            x2 = WIDTH - RIGHT,
-            ty = y - 3.0,
-            text = escape(&figure.unit.format(limit)),
+        plot.rule(
+            &mut out,
+            "limit",
+            limit,
+            &format!("limit {}", figure.unit.format(limit)),
         );
     }
-    let mut path = String::new();
-    for (i, (ts, value)) in figure.points.iter().enumerate() {
-        let _ = write!(
-            path,
-            "{}{:.1},{:.1}",
-            if i == 0 { "M" } else { " L" },
-            plot.x(*ts as f64),
-            plot.y(*value)
-        );
-    }
+    let path = plot.path(figure.points);
     let peak = figure.points.iter().map(|p| p.1).fold(0.0, f64::max);
     let _ = write!(
         out,

@@ -11,27 +11,9 @@
 #
 #   tests/e2e/fleet_alerts.sh [path/to/costmeter]      (default target/debug/costmeter)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=$(realpath "${1:-$root/target/debug/costmeter}")
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] && echo "fleet e2e: kept $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-say() { echo "fleet e2e: $*"; }
-fail() { echo "fleet e2e: FAILED: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -n 15 "$f" >&2; done; exit 1; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-await() { # await SECONDS DESCRIPTION COMMAND...
-  local limit=$1 what=$2; shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" > /dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || fail "timed out after ${limit}s waiting for $what"
-    sleep 0.2
-  done
-}
+name="fleet e2e"
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "$0")/lib.sh"
 now_ms() { date +%s%3N; }
 prom_port=$(free_port); am_port=$(free_port)
 ports=($(free_port) $(free_port) $(free_port))

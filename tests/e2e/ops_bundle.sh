@@ -8,20 +8,9 @@
 #
 #   tests/e2e/ops_bundle.sh [path/to/costmeter]      (default target/debug/costmeter)
 set -euo pipefail
-root=$(cd "$(dirname "$0")/../.." && pwd)
-bin=$(realpath "${1:-$root/target/debug/costmeter}")
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  [ -n "${KEEP:-}" ] && echo "e2e: kept $work" >&2 || rm -rf "$work"
-}
-trap cleanup EXIT
-say() { echo "e2e: $*"; }
-fail() { echo "e2e: FAILED: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -n 20 "$f" >&2; done; exit 1; }
-
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+name="e2e"
+# shellcheck source=tests/e2e/lib.sh
+source "$(dirname "$0")/lib.sh"
 cm_port=$(free_port); prom_port=$(free_port); am_port=$(free_port); hook_port=$(free_port)
 
 # The metered target: a process that Alertmanager's order must stop.
@@ -83,14 +72,6 @@ prometheus-alertmanager --config.file="$work/alertmanager.yml" --storage.path="$
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/prom" \
   --web.listen-address="127.0.0.1:$prom_port" > "$work/prometheus.log" 2>&1 & pids+=("$!")
 
-await() { # await SECONDS DESCRIPTION COMMAND...
-  local limit=$1 what=$2; shift 2
-  local deadline=$((SECONDS + limit))
-  until "$@" > /dev/null 2>&1; do
-    [ $SECONDS -lt $deadline ] || fail "timed out after ${limit}s waiting for $what"
-    sleep 0.5
-  done
-}
 post() { curl -sf "http://127.0.0.1:$cm_port/v1/events" -H 'Content-Type: application/json' -d "$1" > /dev/null; }
 notified() { [ -f "$work/notifications.jsonl" ] && python3 - "$work/notifications.jsonl" "$1" <<'PY'
 import json, sys

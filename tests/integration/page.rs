@@ -58,18 +58,29 @@ fn the_status_page_renders_budget_states_in_a_real_browser() {
     );
     assert!(dom.contains("href=\"/metrics\""));
 
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
-    std::fs::create_dir_all(&shots).expect("screenshot dir");
-    for (name, size) in [("desktop", "1280,900"), ("phone", "390,844")] {
-        let file = shots.join(format!("status-{name}.png"));
+    screenshots(
+        browser,
+        profile.path(),
+        &url,
+        &[("status-desktop", "1280,900"), ("status-phone", "390,844")],
+    );
+}
+
+/// Screenshots of `url` at each (name, window size), as PNG files in target/tmp/status-page/
+/// for a person (and CI's artifacts) to look at.
+fn screenshots(browser: &str, profile: &std::path::Path, url: &str, shots: &[(&str, &str)]) {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&dir).expect("screenshot dir");
+    for (name, size) in shots {
+        let file = dir.join(format!("{name}.png"));
         let _ = std::fs::remove_file(&file);
         headless(
             browser,
-            profile.path(),
+            profile,
             &[
                 format!("--window-size={size}"),
                 format!("--screenshot={}", file.display()),
-                url.clone(),
+                url.to_string(),
             ],
         );
         let bytes = std::fs::read(&file).expect("a screenshot was written");
@@ -201,25 +212,14 @@ fn the_page_draws_a_day_of_usage_budgets_and_a_target_as_figures_in_a_real_brows
     assert!(memory.contains(">limit 1024.0 MiB</text>"), "{memory}");
 
     // Screenshots for people (CI keeps target/tmp/status-page); a phone-width one too.
-    let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page");
-    std::fs::create_dir_all(&shots).expect("screenshot dir");
-    for (name, size) in [
-        ("figures-desktop", "1280,2600"),
-        ("figures-phone", "390,3200"),
-    ] {
-        let file = shots.join(format!("{name}.png"));
-        let _ = std::fs::remove_file(&file);
-        headless(
-            browser,
-            profile.path(),
-            &[
-                format!("--window-size={size}"),
-                format!("--screenshot={}", file.display()),
-                url.clone(),
-            ],
-        );
-        let bytes = std::fs::read(&file).expect("a screenshot was written");
-        assert!(bytes.starts_with(b"\x89PNG"), "{name} is a PNG");
-    }
+    screenshots(
+        browser,
+        profile.path(),
+        &url,
+        &[
+            ("figures-desktop", "1280,2600"),
+            ("figures-phone", "390,3200"),
+        ],
+    );
     drop(agent);
 }
