@@ -45,6 +45,10 @@ pub enum DaemonError {
     Ledger(#[from] crate::ledger::LedgerError),
     #[error("cannot start the ledger thread: {0}")]
     LedgerThread(#[source] std::io::Error),
+    #[error(transparent)]
+    Fleet(#[from] crate::fleet::FleetError),
+    #[error("cannot start the fleet threads: {0}")]
+    FleetThread(#[source] std::io::Error),
     #[error("costmeter exec: {0}")]
     Exec(String),
     #[error("cannot read server.token_file '{path}': {reason}")]
@@ -196,10 +200,14 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     };
     let spend = ledger.spend();
     let view = ledger.view();
-    let (ledger_tx, ledger_thread) = ledger
-        .with_actions(Some(enforcer.clone()), webhook, telemetry)?
-        .spawn()
-        .map_err(DaemonError::LedgerThread)?;
+    let instance = config.fleet.instance_name(config.server.listen);
+    let fleet_plan = crate::fleet::FleetPlan::new(&config.fleet, &config.budgets, &instance);
+    let fleet_link = Arc::new(crate::fleet::pusher::Link::default());
+    let mut ledger = ledger.with_actions(Some(enforcer.clone()), webhook, telemetry)?;
+    if fleet_plan.is_some() {
+        ledger = ledger.with_fleet(fleet_link.clone(), config.fleet.on_fleet_unavailable);
+    }
+    let (ledger_tx, ledger_thread) = ledger.spawn().map_err(DaemonError::LedgerThread)?;
     *report_slot
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(ledger_tx.clone());
@@ -259,6 +267,18 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
         }
     };
     let sampler = start_sampler(&config, &baselines, book, ledger_tx.clone())?;
+    let fleet_admitter = match fleet_plan {
+        Some(plan) => Some(start_fleet(
+            plan,
+            &config,
+            &client_tls,
+            fleet_link.clone(),
+            &ledger_tx,
+            health.clone(),
+            metrics.clone(),
+        )?),
+        None => None,
+    };
     info!(
         addr = %local,
         config = %config.source.as_ref().map_or("built-in defaults".into(), |p| p.display().to_string()),
@@ -275,6 +295,7 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
             crate::ledger::LedgerHandle::new(ledger_tx.clone(), view.clone()),
             metrics.clone(),
             exec_agent,
+            fleet_admitter.map(|a| (a, config.fleet.on_fleet_unavailable)),
         )?;
         info!(
             upstreams = %config.proxy.upstreams.iter().map(|u| u.name.as_str()).collect::<Vec<_>>().join(", "),
@@ -644,4 +665,49 @@ async fn reload(
     info!(config = %detail, "config reloaded");
     running.targets = new.targets;
     Ok(detail)
+}
+
+/// Starts the fleet's pusher and listener; the admitter for the proxy. Updates reach the
+/// ledger by `try_send` through a weak sender: the fleet never keeps the ledger alive, and a
+/// full inbox drops a refresh the next round repeats.
+fn start_fleet(
+    plan: crate::fleet::FleetPlan,
+    config: &Config,
+    tls: &crate::tls::ClientTls,
+    link: Arc<crate::fleet::pusher::Link>,
+    ledger: &crate::ledger::LedgerSender,
+    health: Arc<Health>,
+    metrics: Arc<crate::metrics::Metrics>,
+) -> Result<crate::fleet::admit::Admitter, DaemonError> {
+    let client = crate::fleet::client(&plan.redis, tls)?;
+    let weak = ledger.downgrade();
+    let sink: Arc<crate::fleet::UpdateSink> = Arc::new(Box::new(move |update| {
+        if let Some(sender) = weak.upgrade() {
+            let _ = sender.try_send(crate::ledger::LedgerInput::Fleet(update));
+        }
+    }));
+    info!(
+        redis = %crate::config::redact(&plan.redis.url),
+        namespace = %plan.keys.namespace,
+        budgets = %plan.budgets.iter().map(|b| b.name.as_str()).collect::<Vec<_>>().join(", "),
+        "fleet budgets shared through Redis"
+    );
+    let admitter = crate::fleet::admit::Admitter::new(
+        plan.clone(),
+        client.clone(),
+        link.clone(),
+        sink.clone(),
+    );
+    crate::fleet::pusher::Pusher::new(
+        plan,
+        client,
+        &config.store.path,
+        link,
+        sink,
+        health,
+        metrics,
+    )
+    .spawn()
+    .map_err(DaemonError::FleetThread)?;
+    Ok(admitter)
 }

@@ -30,6 +30,8 @@ pub struct Health {
     unpriced: Mutex<(u64, Option<(i64, String)>)>,
     /// Deliveries (the webhook) whose last attempt failed: when, and why (with the URL).
     failed_deliveries: Mutex<std::collections::BTreeMap<&'static str, (i64, String)>>,
+    /// Fleet budgets: `None` without Redis configured, else the last push's outcome.
+    fleet: Mutex<Option<Result<String, String>>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -195,6 +197,11 @@ impl Health {
         problems
     }
 
+    /// The fleet pusher's last outcome: what it did, or why Redis did not answer.
+    pub fn set_fleet(&self, outcome: Result<String, String>) {
+        *lock(&self.fleet) = Some(outcome);
+    }
+
     /// Each readiness check.
     pub fn checks(&self) -> Vec<Check> {
         let sampled = self.sampled.load(Ordering::Relaxed);
@@ -238,6 +245,16 @@ impl Health {
                         export.last_error().map(|e| format!(": {e}")).unwrap_or_default()
                     ),
                 )
+            });
+        }
+        if let Some(fleet) = lock(&self.fleet).clone() {
+            checks.push(match fleet {
+                Ok(detail) => check("fleet", true, detail),
+                Err(why) => check(
+                    "fleet",
+                    false,
+                    format!("fleet budgets degraded, usage kept here until Redis answers: {why}"),
+                ),
             });
         }
         checks

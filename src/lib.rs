@@ -14,6 +14,7 @@ pub mod config;
 pub mod daemon;
 pub mod enforce;
 pub mod files;
+pub mod fleet;
 pub mod health;
 pub mod identity;
 pub mod ingest;

@@ -203,6 +203,24 @@ impl ClientTls {
         })
     }
 
+    /// The CA file's PEM, for clients that take PEM (tonic, Redis).
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
+    }
+
+    /// The client certificate chain and key, PEM.
+    pub fn identity_pem(&self) -> Option<(&[u8], &[u8])> {
+        self.identity_pem
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_slice()))
+    }
+
+    /// Makes ring the process's default rustls provider, for a library that asks for the
+    /// default (the Redis client). Idempotent.
+    pub fn install_default_provider() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
     /// An HTTP client (webhook, OTLP/HTTP) that speaks https with these roots.
     pub fn http_agent(&self, timeout: std::time::Duration) -> ureq::Agent {
         let roots: Vec<ureq::tls::Certificate<'static>> = self

@@ -24,6 +24,32 @@ pub(super) struct Tally {
     /// Recent charges for the burn rate.
     pub(super) recent: VecDeque<(i64, f64)>,
     state: Option<State>,
+    /// Fleet budgets: the fleet's totals as Redis last said.
+    fleet: Option<FleetTotal>,
+}
+
+/// A fleet budget's window as Redis holds it: every sidecar's usage, what open calls hold, and
+/// how much of the usage is this sidecar's (pushed so far).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct FleetTotal {
+    /// The window's start (0 for a lifetime budget).
+    pub window_start_ms: i64,
+    pub used: f64,
+    pub reserved: f64,
+    /// This sidecar's pushed usage in the window; `None` when the message did not say.
+    pub mine: Option<f64>,
+}
+
+/// Admission to fleet budgets while Redis cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum FleetReach {
+    #[default]
+    Up,
+    /// Down: each sidecar admits within its share of what the fleet had left (`instances`
+    /// sidecars were alive when Redis was last seen).
+    DownShare { instances: u32 },
+    /// Down: calls a fleet budget covers are refused.
+    DownRefuse,
 }
 
 /// Adds `amount` to the bucket starting at `start`, keeping buckets ordered oldest first.
@@ -42,6 +68,7 @@ pub(super) fn add_to_bucket(buckets: &mut VecDeque<(i64, f64)>, start: i64, amou
 pub struct Budgets {
     specs: Vec<BudgetSpec>,
     pub(super) tallies: Vec<Tally>,
+    reach: FleetReach,
 }
 
 pub(super) fn fmt_ms(ms: i64) -> Option<String> {
@@ -57,7 +84,11 @@ impl Budgets {
                 ..Tally::default()
             })
             .collect();
-        Budgets { specs, tallies }
+        Budgets {
+            specs,
+            tallies,
+            reach: FleetReach::Up,
+        }
     }
 
     pub fn specs(&self) -> &[BudgetSpec] {
@@ -141,16 +172,85 @@ impl Budgets {
         match (spec.resource, spec.window) {
             (Resource::MemBytes, _) => tally.memory.values().fold(0.0, |sum, v| sum + v),
             (_, Window::Rolling(_)) => tally.buckets.iter().fold(0.0, |sum, (_, v)| sum + v),
-            _ => tally.used,
+            _ => match Self::fleet_of(tally) {
+                // The fleet's total, and what this sidecar charged that is not in it yet.
+                Some(fleet) => fleet.used + Self::unpushed(tally, fleet),
+                None => tally.used,
+            },
         }
     }
 
-    /// What budget `index` has left before its limit (negative when over).
+    /// The fleet total of the current window, if Redis has told one.
+    fn fleet_of(tally: &Tally) -> Option<&FleetTotal> {
+        let start = tally.bounds.map_or(0, |b| b.0);
+        tally.fleet.as_ref().filter(|f| f.window_start_ms == start)
+    }
+
+    /// This sidecar's usage in the window that Redis has not counted yet.
+    fn unpushed(tally: &Tally, fleet: &FleetTotal) -> f64 {
+        (tally.used - fleet.mine.unwrap_or(tally.used)).max(0.0)
+    }
+
+    /// What budget `index` has left before its limit (negative when over). A fleet budget
+    /// with Redis down has this sidecar's share of it ([`FleetReach`]).
     pub fn room(&self, index: usize) -> f64 {
-        match (self.specs.get(index), self.tallies.get(index)) {
-            (Some(spec), Some(tally)) => spec.limit - Self::used(spec, tally),
-            _ => 0.0,
+        let (Some(spec), Some(tally)) = (self.specs.get(index), self.tallies.get(index)) else {
+            return 0.0;
+        };
+        let room = spec.limit - Self::used(spec, tally);
+        if !spec.fleet {
+            return room;
         }
+        match self.reach {
+            FleetReach::Up => room,
+            FleetReach::DownRefuse => 0.0,
+            FleetReach::DownShare { instances } => match Self::fleet_of(tally) {
+                Some(fleet) => {
+                    let share = (spec.limit - fleet.used - fleet.reserved).max(0.0)
+                        / f64::from(instances.max(1));
+                    share - Self::unpushed(tally, fleet)
+                }
+                // Never reached Redis in this window: the whole limit is shared by one.
+                None => room,
+            },
+        }
+    }
+
+    /// Records what Redis says of fleet budget `name`'s window. Totals only grow within a
+    /// window, so an older message arriving late does not move them back.
+    pub fn set_fleet(&mut self, name: &str, total: FleetTotal) {
+        for (spec, tally) in self.specs.iter().zip(&mut self.tallies) {
+            if !spec.fleet || spec.name != name {
+                continue;
+            }
+            let merged = match tally.fleet {
+                Some(old) if old.window_start_ms == total.window_start_ms => FleetTotal {
+                    used: old.used.max(total.used),
+                    mine: match (old.mine, total.mine) {
+                        (Some(a), Some(b)) => Some(a.max(b)),
+                        (a, b) => a.or(b),
+                    },
+                    ..total
+                },
+                _ => total,
+            };
+            tally.fleet = Some(merged);
+        }
+    }
+
+    /// Whether Redis is reachable, and what admission does when it is not.
+    pub fn set_reach(&mut self, reach: FleetReach) {
+        self.reach = reach;
+    }
+
+    pub fn reach(&self) -> FleetReach {
+        self.reach
+    }
+
+    /// What open calls of the whole fleet hold against fleet budget `index`.
+    pub fn fleet_reserved(&self, index: usize) -> Option<f64> {
+        let tally = self.tallies.get(index)?;
+        Self::fleet_of(tally).map(|f| f.reserved)
     }
 
     /// Moves windows to `now_ms` and returns the transitions, each once.
@@ -260,6 +360,7 @@ impl Budgets {
                     warn_at: spec.warn_at,
                     on_exceed: spec.on_exceed,
                     projected_exhaustion_seconds: projected,
+                    fleet: spec.fleet,
                 }
             })
             .collect()

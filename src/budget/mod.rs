@@ -146,6 +146,8 @@ pub struct BudgetSpec {
     pub scope: Scope,
     pub warn_at: f64,
     pub on_exceed: OnExceed,
+    /// Totals and reservations shared in Redis by every sidecar with a budget of this name.
+    pub fleet: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -261,6 +263,9 @@ pub struct BudgetStatus {
     /// Seconds until the limit at the burn rate of the last five minutes; absent when not
     /// spending, already over, or when it would fall after the window ends.
     pub projected_exhaustion_seconds: Option<f64>,
+    /// A fleet budget: `used` and `reserved` are the whole fleet's, from Redis.
+    #[serde(default)]
+    pub fleet: bool,
 }
 
 impl BudgetStatus {
@@ -291,6 +296,7 @@ impl BudgetStatus {
             warn_at: 0.9,
             on_exceed: OnExceed::Alert,
             projected_exhaustion_seconds: None,
+            fleet: false,
         }
     }
 
@@ -354,6 +360,6 @@ pub mod reserve;
 #[cfg(test)]
 mod tests;
 
-pub use engine::Budgets;
+pub use engine::{Budgets, FleetReach, FleetTotal};
 pub use holds::{Hold, TS_TOLERANCE_MS, charge_time, holds};
 pub use reserve::{Admitted, Ask, NoRoom, Reservations};

@@ -49,6 +49,8 @@ pub struct Admitted {
     pub output_tokens: u64,
     /// The budget that cut the output below what was asked.
     pub limited_by: Option<usize>,
+    /// What is held against each covering budget: (budget index, amount).
+    pub held: Vec<(usize, f64)>,
 }
 
 /// Why a call was refused: the first budget it does not fit.
@@ -168,7 +170,7 @@ impl Reservations {
             self.open.insert(
                 id,
                 Held {
-                    amounts,
+                    amounts: amounts.clone(),
                     expires_ms: now_ms + RESERVATION_TTL_MS,
                 },
             );
@@ -177,6 +179,7 @@ impl Reservations {
             id,
             output_tokens: output,
             limited_by,
+            held: amounts,
         })
     }
 
@@ -205,6 +208,7 @@ mod tests {
                 scope: Scope::Agent("coder".into()),
                 warn_at: 0.9,
                 on_exceed,
+                fleet: false,
             }],
             0,
         )

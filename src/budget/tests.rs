@@ -17,6 +17,7 @@ fn spec(name: &str, resource: Resource, limit: f64, window: Window) -> BudgetSpe
         scope: Scope::All,
         warn_at: 0.9,
         on_exceed: OnExceed::SoftKill,
+        fleet: false,
     }
 }
 

@@ -42,6 +42,7 @@ pub(super) fn validate_budgets(
     shorthand: RawShorthand,
     list: Vec<Spanned<RawBudget>>,
     targets: &[String],
+    has_redis: bool,
     locator: &mut Locator<'_>,
 ) -> Vec<BudgetSpec> {
     let mut budgets: Vec<BudgetSpec> = Vec::new();
@@ -65,11 +66,12 @@ pub(super) fn validate_budgets(
                 scope: Scope::All,
                 warn_at: DEFAULT_WARN_AT,
                 on_exceed: OnExceed::SoftKill,
+                fleet: false,
             });
         }
     }
     for raw in list {
-        if let Some(budget) = validate_budget(raw, targets, &budgets, locator) {
+        if let Some(budget) = validate_budget(raw, targets, &budgets, has_redis, locator) {
             budgets.push(budget);
         }
     }
@@ -80,6 +82,7 @@ pub(super) fn validate_budget(
     raw: Spanned<RawBudget>,
     targets: &[String],
     earlier: &[BudgetSpec],
+    has_redis: bool,
     locator: &mut Locator<'_>,
 ) -> Option<BudgetSpec> {
     let span = raw.span();
@@ -227,10 +230,35 @@ pub(super) fn validate_budget(
         }
         (None, None) => Scope::All,
     };
+    let fleet = raw.fleet.as_ref().is_some_and(|f| *f.get_ref());
+    if let Some(flag) = raw.fleet.as_ref().filter(|f| *f.get_ref()) {
+        if !has_redis {
+            locator.report(
+                flag.span(),
+                format!("budget '{name}': fleet = true needs [fleet] redis_url, the Redis every sidecar of the fleet shares"),
+            );
+        }
+        if let Some(r) = resource.filter(|r| !r.is_usage()) {
+            locator.report(
+                flag.span(),
+                format!(
+                    "budget '{name}': fleet = true is for usd and tokens budgets; a {} budget counts this sidecar's own processes",
+                    r.label()
+                ),
+            );
+        }
+        if let Some(Window::Rolling(_)) = window {
+            locator.report(
+                flag.span(),
+                format!("budget '{name}': a fleet budget's window is lifetime, day, week or month (UTC calendar); rolling windows are per sidecar"),
+            );
+        }
+    }
     if locator.problems.len() > before {
         return None;
     }
     Some(BudgetSpec {
+        fleet,
         name,
         resource: resource?,
         limit: limit?,

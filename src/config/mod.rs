@@ -426,6 +426,7 @@ struct RawBudget {
     target: Option<Spanned<String>>,
     warn_at: Option<Spanned<f64>>,
     on_exceed: Option<Spanned<String>>,
+    fleet: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -626,7 +627,7 @@ mod tests;
 mod validate;
 
 use budgets::*;
-pub use fleet::FleetConfig;
+pub use fleet::{DEFAULT_FLEET_NAME, FleetConfig, OnFleetUnavailable, RedisConfig, redact};
 use fleet::{RawFleet, validate_fleet};
 pub use proxy::{Provider, ProxyConfig, Upstream, base_url};
 use proxy::{RawProxy, validate_proxy};

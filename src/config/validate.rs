@@ -177,7 +177,13 @@ pub(super) fn validate(raw: RawConfig, locator: &mut Locator<'_>) -> Config {
         targets.push(own_process_target());
     }
     let target_names: Vec<String> = targets.iter().map(|t| t.name.clone()).collect();
-    let budgets = validate_budgets(raw.shorthand, raw.budget_list, &target_names, locator);
+    let budgets = validate_budgets(
+        raw.shorthand,
+        raw.budget_list,
+        &target_names,
+        raw.fleet.has_redis(),
+        locator,
+    );
     let enforcement = validate_enforcement(raw.enforcement, locator);
     let telemetry = validate_telemetry(raw.telemetry, locator);
     let report = raw.report.map(|r| {

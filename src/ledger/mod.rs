@@ -86,6 +86,8 @@ pub enum LedgerInput {
         ask: CallAsk,
         reply: oneshot::Sender<Result<Admission, BudgetRefusal>>,
     },
+    /// What Redis says of the fleet's budgets (pushed, published or answered to a reservation).
+    Fleet(crate::fleet::FleetUpdate),
     /// A proxied call ended: its usage (none when it died) is stored and charged, and only then
     /// is its reservation released.
     Settle {
@@ -114,6 +116,9 @@ pub struct Admission {
     pub reservation: u64,
     pub output_tokens: u64,
     pub limited_by: Option<String>,
+    /// Fleet budgets to reserve in Redis too: (name, worst case). Empty while Redis is down
+    /// (the local share was held instead) or when no fleet budget covers the call.
+    pub fleet: Vec<(String, f64)>,
 }
 
 /// A refused call: the budget without room, as it stands, and what the call would have needed.
@@ -227,6 +232,11 @@ pub struct Ledger {
     pricing_changed: bool,
     /// Calls through the proxy and what they hold against the hard budgets.
     reservations: crate::budget::Reservations,
+    /// Fleet budgets: the pusher to wake after a commit, what to do while Redis is away, and
+    /// how many sidecars were alive when it last answered.
+    fleet_link: Option<Arc<crate::fleet::pusher::Link>>,
+    fleet_policy: crate::config::OnFleetUnavailable,
+    fleet_instances: u32,
 }
 
 /// Targets a budget without its own target scope stops: every configured target but the
@@ -364,6 +374,7 @@ impl Ledger {
                     self.settling.insert(report.target.clone());
                     self.record_enforcement(&report, received);
                 }
+                LedgerInput::Fleet(update) => self.fleet_update(update),
                 LedgerInput::Reserve { ask, reply } => {
                     let _ = reply.send(self.reserve(&ask, received));
                 }
@@ -406,6 +417,11 @@ impl Ledger {
             match self.store.commit(&priced, &rows, &otlp_rows, received) {
                 Ok(fresh) => {
                     self.health.set_store(Ok(()));
+                    if let Some(link) = &self.fleet_link
+                        && fresh.iter().any(|new| *new)
+                    {
+                        link.nudge();
+                    }
                     for (event, is_new) in priced.iter().zip(&fresh) {
                         if *is_new {
                             self.apply(event, received);
@@ -584,6 +600,15 @@ impl Ledger {
                 limited_by: admitted
                     .limited_by
                     .map(|i| self.budgets.specs()[i].name.clone()),
+                fleet: match self.budgets.reach() {
+                    crate::budget::FleetReach::Up => admitted
+                        .held
+                        .iter()
+                        .filter(|(i, _)| self.budgets.specs()[*i].fleet)
+                        .map(|(i, amount)| (self.budgets.specs()[*i].name.clone(), *amount))
+                        .collect(),
+                    _ => Vec::new(),
+                },
             }),
             Err(no_room) => {
                 let mut budget = self.budgets.status(now).swap_remove(no_room.budget);
@@ -597,9 +622,46 @@ impl Ledger {
         }
     }
 
+    /// Takes in what Redis said: the fleet's totals, and whether it answers (while it does
+    /// not, admission to fleet budgets follows `[fleet] on_fleet_unavailable`).
+    fn fleet_update(&mut self, update: crate::fleet::FleetUpdate) {
+        use crate::budget::FleetReach;
+        if let Some(instances) = update.instances {
+            self.fleet_instances = instances.max(1);
+        }
+        match update.reachable {
+            Some(true) => self.budgets.set_reach(FleetReach::Up),
+            Some(false) => self.budgets.set_reach(match self.fleet_policy {
+                crate::config::OnFleetUnavailable::Local => FleetReach::DownShare {
+                    instances: self.fleet_instances,
+                },
+                crate::config::OnFleetUnavailable::Refuse => FleetReach::DownRefuse,
+            }),
+            None => {}
+        }
+        for (name, total) in update.totals {
+            self.budgets.set_fleet(&name, total);
+        }
+    }
+
+    /// Wires the fleet pusher (woken after each commit with new usage) and the outage policy.
+    pub fn with_fleet(
+        mut self,
+        link: Arc<crate::fleet::pusher::Link>,
+        policy: crate::config::OnFleetUnavailable,
+    ) -> Ledger {
+        self.fleet_link = Some(link);
+        self.fleet_policy = policy;
+        self
+    }
+
     fn publish(&mut self, now: i64, mut budgets: Vec<BudgetStatus>) {
         for (index, status) in budgets.iter_mut().enumerate() {
-            status.reserved = self.reservations.held(index);
+            let local = self.reservations.held(index);
+            status.reserved = self
+                .budgets
+                .fleet_reserved(index)
+                .map_or(local, |fleet| fleet.max(local));
         }
         let pricing = if self.pricing_changed {
             self.pricing_changed = false;

@@ -292,6 +292,11 @@ pub struct Metrics {
     /// Unlabelled, but a family so it stays absent until the first report is written.
     pub cost_report_last_success_timestamp_seconds: Family<Vec<(String, String)>, FloatGauge>,
     pub build_info: Family<VersionLabels, Gauge>,
+    /// Fleet budgets: whether Redis answered the last push (1) or not (0), and the usage
+    /// events acknowledged here that Redis has not counted yet. Absent without `[fleet]
+    /// redis_url`.
+    pub fleet_up: Family<Vec<(String, String)>, Gauge>,
+    pub fleet_backlog_events: Family<Vec<(String, String)>, Gauge>,
 }
 
 impl Metrics {
@@ -413,6 +418,8 @@ impl Metrics {
             pricing_rejected_rows: Family::default(),
             cost_report_last_success_timestamp_seconds: Family::default(),
             build_info: Family::default(),
+            fleet_up: Family::default(),
+            fleet_backlog_events: Family::default(),
             registry: Registry::default(),
         };
         let m = &metrics;
@@ -530,6 +537,16 @@ impl Metrics {
             "requests_refused",
             "Requests refused before their body was read, by route and reason; a refused OTLP batch is dropped by its exporter, so its usage is missing",
             Listed(m.requests_refused_total.clone()),
+        );
+        r.register(
+            "fleet_up",
+            "Whether the fleet's Redis answered the last push (1) or not (0): fleet budgets are degraded while 0",
+            m.fleet_up.clone(),
+        );
+        r.register(
+            "fleet_backlog_events",
+            "Usage events acknowledged here that the fleet's Redis has not counted yet (pushed exactly once when it answers)",
+            m.fleet_backlog_events.clone(),
         );
         r.register(
             "proxy_calls",

@@ -89,6 +89,19 @@ pub fn refuse(provider: Provider, refusal: &crate::ledger::BudgetRefusal) -> Res
     response
 }
 
+/// A call a fleet budget covers, refused because the fleet's Redis does not answer and
+/// `[fleet] on_fleet_unavailable = "refuse"`.
+pub fn refuse_fleet_down(provider: Provider, budget: &str, why: &str) -> Response {
+    let message = format!(
+        "costmeter: fleet budget '{budget}' cannot be checked ({why}) and on_fleet_unavailable = \"refuse\": calls it covers are refused until the fleet's Redis answers."
+    );
+    let mut response = answer(provider, REFUSAL, &message);
+    if let Ok(value) = axum::http::HeaderValue::from_str(budget) {
+        response.headers_mut().insert(BUDGET_HEADER, value);
+    }
+    response
+}
+
 /// An error answer in `provider`'s shape.
 pub fn answer(provider: Provider, status: StatusCode, message: &str) -> Response {
     let (kind, google_status) = kinds(status);

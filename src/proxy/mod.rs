@@ -49,6 +49,11 @@ type Upstreams = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>
 pub(crate) struct Shared {
     pub ledger: LedgerHandle,
     pub metrics: Arc<Metrics>,
+    /// Fleet budgets' reservations in Redis, and what to do when it does not answer.
+    pub fleet: Option<(
+        crate::fleet::admit::Admitter,
+        crate::config::OnFleetUnavailable,
+    )>,
 }
 
 pub struct Proxy {
@@ -211,6 +216,10 @@ impl Proxy {
         ledger: LedgerHandle,
         metrics: Arc<Metrics>,
         exec_agent: Option<String>,
+        fleet: Option<(
+            crate::fleet::admit::Admitter,
+            crate::config::OnFleetUnavailable,
+        )>,
     ) -> Result<Proxy, crate::tls::TlsError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -228,7 +237,11 @@ impl Proxy {
         Ok(Proxy {
             config: config.clone(),
             client,
-            shared: Arc::new(Shared { ledger, metrics }),
+            shared: Arc::new(Shared {
+                ledger,
+                metrics,
+                fleet,
+            }),
             exec_agent,
         })
     }
@@ -275,7 +288,7 @@ impl Proxy {
             stream,
         };
         match self.shared.ledger.reserve(ask).await {
-            Ok(Ok(admission)) => Ok(Some(admission)),
+            Ok(Ok(admission)) => self.admit_fleet(upstream, agent, admission).await.map(Some),
             Ok(Err(refusal)) => {
                 self.count(&upstream.name, CallOutcome::refused);
                 warn!(upstream = %upstream.name, agent, budget = %refusal.budget.name, needed = refusal.needed, free = refusal.free, "proxy: call refused, a hard budget has no room for it");
@@ -287,6 +300,74 @@ impl Proxy {
                 &format!("costmeter proxy: the call could not be admitted: {unavailable}"),
             )),
         }
+    }
+
+    /// Reserves the fleet budgets covering an admitted call in Redis; refused there, the local
+    /// reservation is released and the call refused. With Redis unreachable the outage policy
+    /// decides: `local` keeps the call (the ledger held it against this sidecar's view),
+    /// `refuse` refuses it.
+    async fn admit_fleet(
+        &self,
+        upstream: &Upstream,
+        agent: &str,
+        admission: crate::ledger::Admission,
+    ) -> Result<crate::ledger::Admission, Response> {
+        use crate::fleet::admit::FleetRefusal;
+        let Some((fleet, policy)) = &self.shared.fleet else {
+            return Ok(admission);
+        };
+        if admission.fleet.is_empty() {
+            return Ok(admission);
+        }
+        let outcome = fleet.reserve(admission.reservation, &admission.fleet).await;
+        let refusal = match outcome {
+            Ok(()) => return Ok(admission),
+            Err(FleetRefusal::Unreachable(why))
+                if *policy == crate::config::OnFleetUnavailable::Local =>
+            {
+                warn!(upstream = %upstream.name, agent, %why, "proxy: fleet Redis unreachable; admitted on this sidecar's view (on_fleet_unavailable = \"local\")");
+                return Ok(admission);
+            }
+            Err(FleetRefusal::Unreachable(why)) => {
+                let budget = admission.fleet[0].0.clone();
+                warn!(upstream = %upstream.name, agent, %why, budget, "proxy: call refused, the fleet's Redis does not answer (on_fleet_unavailable = \"refuse\")");
+                errors::refuse_fleet_down(upstream.provider, &budget, &why)
+            }
+            Err(FleetRefusal::NoRoom {
+                budget,
+                used,
+                reserved,
+                limit,
+                needed,
+            }) => {
+                warn!(upstream = %upstream.name, agent, %budget, used, reserved, limit, needed, "proxy: call refused, a fleet budget has no room for it");
+                let view = self.shared.ledger.view();
+                match view.budgets.iter().find(|b| b.name == budget) {
+                    Some(status) => {
+                        let mut status = status.clone();
+                        status.used = used;
+                        status.reserved = reserved;
+                        errors::refuse(
+                            upstream.provider,
+                            &crate::ledger::BudgetRefusal {
+                                budget: Box::new(status),
+                                needed,
+                                free: (limit - used - reserved).max(0.0),
+                            },
+                        )
+                    }
+                    None => errors::refuse_fleet_down(upstream.provider, &budget, "no room"),
+                }
+            }
+        };
+        self.count(&upstream.name, CallOutcome::refused);
+        settle(
+            &self.shared,
+            upstream.name.clone(),
+            Some(admission.reservation),
+            Vec::new(),
+        );
+        Err(refusal)
     }
 
     /// Serves one `/proxy/...` request.
@@ -602,10 +683,15 @@ pub(crate) fn settle(
         return;
     }
     let ledger = shared.ledger.clone();
+    let fleet = shared.fleet.clone();
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
         runtime.spawn(async move {
             if let Err(error) = ledger.settle(reservation, events).await {
                 warn!(%upstream, %error, "proxy: the call's usage could not be stored");
+            }
+            // Committed: the fleet reservation ends with the push that charges the usage.
+            if let (Some((fleet, _)), Some(reservation)) = (&fleet, reservation) {
+                fleet.release(reservation);
             }
         });
     }

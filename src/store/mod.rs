@@ -92,6 +92,10 @@ const MIGRATIONS: &[&str] = &[
     // count per call when the proxy and the agent's telemetry both report it.
     "CREATE TABLE calls (call_id TEXT PRIMARY KEY, ts_ms INTEGER NOT NULL) WITHOUT ROWID;
     CREATE INDEX calls_ts ON calls(ts_ms);",
+    // 6: the store's own id, under which Redis keeps how far its usage was pushed to the fleet
+    // (a new store, even at the same path, starts again from nothing).
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+    INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));",
 ];
 
 /// Usage of one agent and model in one hour.
@@ -380,6 +384,8 @@ impl Store {
     }
 }
 
+mod fleet;
+pub use fleet::FleetUsage;
 mod read;
 #[cfg(test)]
 mod tests;

@@ -108,7 +108,7 @@ impl Store {
         totals.unknown_models = self
             .query_triples(
                 "SELECT model, COUNT(*), SUM(input_tokens + output_tokens) FROM events
-                 WHERE cost_confidence = 'unknown_model' GROUP BY model",
+                 WHERE cost_confidence = 'unknown_model' AND type <> 'folded' GROUP BY model",
             )?
             .into_iter()
             .map(|(model, events, tokens)| (model, events.parse().unwrap_or(0), tokens))
@@ -117,7 +117,7 @@ impl Store {
             "SELECT task_type, result, COUNT(*) FROM events WHERE type = 'task_end' GROUP BY task_type, result",
         )?;
         totals.events =
-            self.query_triples("SELECT source, type, COUNT(*) FROM events GROUP BY source, type")?;
+            self.query_triples("SELECT source, type, COUNT(*) FROM events WHERE type <> 'folded' GROUP BY source, type")?;
         let mut statement = self
             .conn
             .prepare(
@@ -321,7 +321,11 @@ impl Store {
     /// Count of stored events, for tests and status.
     pub fn event_count(&self) -> Result<u64, StoreError> {
         self.conn
-            .query_row("SELECT COUNT(*) FROM events", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT COUNT(*) FROM events WHERE type <> 'folded'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map(|n| u64::try_from(n).unwrap_or(0))
             .map_err(StoreError::Read)
     }

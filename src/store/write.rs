@@ -158,6 +158,16 @@ impl Store {
         .map_err(StoreError::Write)?;
         // Only usage and resource rows fold; run, task and lock events stay for their tables'
         // sake until those get their own retention.
+        // The newest row stays, emptied: seq must never be handed out twice (the fleet's
+        // cursor in Redis counts on it), and SQLite reuses a deleted maximum.
+        let emptied = tx
+            .execute(
+                "UPDATE events SET type = 'folded', input_tokens = 0, cache_read_tokens = 0,
+                cache_write_tokens = 0, output_tokens = 0, reasoning_tokens = 0, cost_usd = 0
+             WHERE seq = (SELECT MAX(seq) FROM events) AND type = 'llm_usage' AND ts_ms < ?1",
+                [cutoff_ms],
+            )
+            .map_err(StoreError::Write)?;
         let folded_events = tx
             .execute(
                 "DELETE FROM events WHERE type = 'llm_usage' AND ts_ms < ?1",
@@ -174,7 +184,7 @@ impl Store {
         tx.execute("DELETE FROM otlp_claims WHERE last_ms < ?1", [cutoff_ms])
             .map_err(StoreError::Write)?;
         tx.commit().map_err(StoreError::Write)?;
-        Ok(folded_events + folded_samples)
+        Ok(emptied + folded_events + folded_samples)
     }
 
     pub fn save_budget_state(
