@@ -679,11 +679,24 @@ fn start_fleet(
     health: Arc<Health>,
     metrics: Arc<crate::metrics::Metrics>,
 ) -> Result<crate::fleet::admit::Admitter, DaemonError> {
+    let mut plan = plan;
+    plan.store = crate::store::Store::open_reader(&config.store.path)
+        .and_then(|reader| reader.store_id())
+        .map_err(crate::fleet::FleetError::from)?;
     let client = crate::fleet::client(&plan.redis, tls)?;
     let weak = ledger.downgrade();
+    // The fleet's own threads wait for room in the inbox: a total dropped there could leave
+    // the ledger with another store's newer total but not its own part of it (counted twice
+    // until the next push). Admission's answers (on the runtime) never wait; each carries this
+    // store's part, so dropping one loses nothing.
     let sink: Arc<crate::fleet::UpdateSink> = Arc::new(Box::new(move |update| {
         if let Some(sender) = weak.upgrade() {
-            let _ = sender.try_send(crate::ledger::LedgerInput::Fleet(update));
+            let input = crate::ledger::LedgerInput::Fleet(update);
+            if tokio::runtime::Handle::try_current().is_ok() {
+                let _ = sender.try_send(input);
+            } else {
+                let _ = sender.blocking_send(input);
+            }
         }
     }));
     info!(

@@ -232,6 +232,8 @@ impl Budgets {
                     },
                     ..total
                 },
+                // A late message about a window already over changes nothing.
+                Some(old) if old.window_start_ms > total.window_start_ms => old,
                 _ => total,
             };
             tally.fleet = Some(merged);

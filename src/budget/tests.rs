@@ -297,3 +297,77 @@ fn the_burn_rate_history_stays_small_whatever_the_event_rate() {
     // $100 in the last five minutes: a third of a dollar a second.
     assert!((projected - (1e9 - 100.0) * 3.0).abs() < 1e3, "{projected}");
 }
+
+fn fleet_spec(limit: f64) -> BudgetSpec {
+    BudgetSpec {
+        fleet: true,
+        ..spec("team", Resource::Usd, limit, Window::Month)
+    }
+}
+
+/// 2026-11-01T00:00:00Z: the month `NOW` falls in.
+const NOVEMBER: i64 = 1_793_491_200_000;
+
+fn fleet_total(window_start_ms: i64, used: f64, reserved: f64, mine: Option<f64>) -> FleetTotal {
+    FleetTotal {
+        window_start_ms,
+        used,
+        reserved,
+        mine,
+    }
+}
+
+fn used_of(budgets: &Budgets) -> f64 {
+    budgets.status(NOW)[0].used
+}
+
+#[test]
+fn a_fleet_budget_counts_the_fleets_total_and_this_sidecars_unpushed_part_once() {
+    let mut budgets = Budgets::new(vec![fleet_spec(10.0)], NOW);
+    budgets.charge(&usd(1.0, NOW), NOW);
+    assert_eq!(used_of(&budgets), 1.0, "before Redis answers: local only");
+    // Redis holds 4 (1 of it ours); then 0.5 more is charged here, not pushed yet.
+    budgets.set_fleet("team", fleet_total(NOVEMBER, 4.0, 0.0, Some(1.0)));
+    assert_eq!(used_of(&budgets), 4.0);
+    budgets.charge(&usd(0.5, NOW), NOW);
+    assert_eq!(used_of(&budgets), 4.5);
+    // Another store's newer total carries no part of ours: ours stays what we last heard.
+    budgets.set_fleet("team", fleet_total(NOVEMBER, 6.0, 0.0, None));
+    assert_eq!(used_of(&budgets), 6.5);
+    // Our push of the 0.5 lands: the fleet holds it now, counted once.
+    budgets.set_fleet("team", fleet_total(NOVEMBER, 6.5, 0.0, Some(1.5)));
+    assert_eq!(used_of(&budgets), 6.5);
+    // An older message arriving late moves nothing back.
+    budgets.set_fleet("team", fleet_total(NOVEMBER, 5.0, 0.0, Some(1.0)));
+    assert_eq!(used_of(&budgets), 6.5);
+    // Nor does a late message about last month's window.
+    budgets.set_fleet(
+        "team",
+        fleet_total(NOVEMBER - 30 * DAY, 9.9, 0.0, Some(0.0)),
+    );
+    assert_eq!(used_of(&budgets), 6.5);
+    // Crossing by the fleet's usage alone exceeds here too.
+    budgets.set_fleet("team", fleet_total(NOVEMBER, 10.5, 0.0, Some(1.5)));
+    assert_eq!(
+        kinds(&budgets.evaluate(NOW)).last(),
+        Some(&TransitionKind::Exceeded)
+    );
+}
+
+#[test]
+fn with_redis_away_admission_gets_a_share_of_what_the_fleet_had_left_or_nothing() {
+    let mut budgets = Budgets::new(vec![fleet_spec(10.0)], NOW);
+    budgets.charge(&usd(1.0, NOW), NOW);
+    budgets.set_fleet("team", fleet_total(NOVEMBER, 4.0, 1.0, Some(1.0)));
+    assert_eq!(budgets.room(0), 6.0, "up: the limit less the fleet's usage");
+    budgets.set_reach(FleetReach::DownShare { instances: 4 });
+    // (10 − 4 used − 1 reserved) ÷ 4 sidecars.
+    assert_eq!(budgets.room(0), 1.25);
+    // What this sidecar spent since comes out of its share.
+    budgets.charge(&usd(0.75, NOW), NOW);
+    assert_eq!(budgets.room(0), 0.5);
+    budgets.set_reach(FleetReach::DownRefuse);
+    assert_eq!(budgets.room(0), 0.0);
+    budgets.set_reach(FleetReach::Up);
+    assert_eq!(budgets.room(0), 10.0 - 4.75);
+}

@@ -39,6 +39,7 @@ struct Item<'a> {
 
 #[derive(Serialize)]
 struct Args<'a> {
+    store: &'a str,
     id: &'a str,
     ttl_ms: i64,
     items: Vec<Item<'a>>,
@@ -126,6 +127,7 @@ impl Admitter {
             return Ok(());
         }
         let payload = serde_json::to_string(&Args {
+            store: &self.plan.store,
             id: &id,
             ttl_ms: RESERVATION_TTL_MS,
             items: items
@@ -161,7 +163,7 @@ impl Admitter {
         (self.sink)(FleetUpdate {
             reachable: Some(true),
             instances: None,
-            totals: FleetUpdate::from_totals(answer.totals.values()),
+            totals: FleetUpdate::from_totals(answer.totals.values(), &self.plan.store),
         });
         if !answer.ok {
             let index = usize::try_from(answer.index).unwrap_or(0);

@@ -140,17 +140,21 @@ pub struct WireTotal {
     pub w: i64,
     pub used: f64,
     pub reserved: f64,
+    /// The part of `used` that store `s` pushed.
     #[serde(default)]
     pub mine: Option<f64>,
+    #[serde(default)]
+    pub s: Option<String>,
 }
 
 impl WireTotal {
-    pub fn total(&self) -> FleetTotal {
+    /// The totals as store `me` sees them: another store's part is not this one's.
+    pub fn total(&self, me: &str) -> FleetTotal {
         FleetTotal {
             window_start_ms: self.w,
             used: self.used,
             reserved: self.reserved,
-            mine: self.mine,
+            mine: self.mine.filter(|_| self.s.as_deref() == Some(me)),
         }
     }
 }
@@ -169,10 +173,11 @@ pub struct FleetUpdate {
 impl FleetUpdate {
     fn from_totals<'a>(
         totals: impl IntoIterator<Item = &'a WireTotal>,
+        me: &str,
     ) -> Vec<(String, FleetTotal)> {
         totals
             .into_iter()
-            .map(|t| (t.n.clone(), t.total()))
+            .map(|t| (t.n.clone(), t.total(me)))
             .collect()
     }
 }
@@ -227,6 +232,9 @@ pub struct FleetPlan {
     pub redis: RedisConfig,
     /// This run's prefix for reservation ids (unique across restarts and sidecars).
     pub run: String,
+    /// The local store's id ([`crate::store::Store::store_id`]): whose part of a total is
+    /// this sidecar's. Set once the store is open.
+    pub store: String,
 }
 
 impl FleetPlan {
@@ -246,6 +254,7 @@ impl FleetPlan {
             budgets,
             redis,
             run: format!("{instance}:{}:{started}", std::process::id()),
+            store: String::new(),
         })
     }
 }

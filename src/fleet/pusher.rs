@@ -196,6 +196,7 @@ impl Pusher {
         let listener = Listener {
             client: self.client.clone(),
             channel: self.plan.keys.channel(),
+            store: self.plan.store.clone(),
             sink: self.sink.clone(),
             link: self.link.clone(),
         };
@@ -222,6 +223,8 @@ impl Pusher {
         let mut was_up: Option<bool> = None;
         let script = scripts::push();
         let mut pending = Vec::new();
+        // The cursor Redis last confirmed: what is after it waits, even while Redis is away.
+        let mut confirmed = 0;
         loop {
             match self.link.wait(PUSH_EVERY) {
                 Some(releases) => pending.extend(releases),
@@ -231,6 +234,7 @@ impl Pusher {
             match self.push(&reader, &mut session, &script, &pending) {
                 Ok((pushed, backlog)) => {
                     pending.clear();
+                    confirmed = session.as_ref().map_or(confirmed, |s| s.cursor);
                     if was_up != Some(true) {
                         info!(redis = %url, "fleet: Redis answers; fleet budgets shared");
                     }
@@ -254,7 +258,7 @@ impl Pusher {
                     });
                     was_up = Some(false);
                     self.health.set_fleet(Err(error.to_string()));
-                    let backlog = reader.usage_count_after(0).unwrap_or(0);
+                    let backlog = reader.usage_count_after(confirmed).unwrap_or(0);
                     self.gauges(false, backlog);
                 }
             }
@@ -371,7 +375,7 @@ impl Pusher {
             (self.sink)(FleetUpdate {
                 reachable: Some(true),
                 instances: Some(answer.instances),
-                totals: FleetUpdate::from_totals(answer.totals.values()),
+                totals: FleetUpdate::from_totals(answer.totals.values(), &live.store),
             });
             if rows.len() < PUSH_BATCH {
                 break;
@@ -387,6 +391,8 @@ impl Pusher {
 struct Listener {
     client: redis::Client,
     channel: String,
+    /// This sidecar's store: a message carries the part of the store that pushed it.
+    store: String,
     sink: Arc<UpdateSink>,
     link: Arc<Link>,
 }
@@ -441,7 +447,7 @@ impl Listener {
                 (self.sink)(FleetUpdate {
                     reachable: None,
                     instances: None,
-                    totals: FleetUpdate::from_totals(totals.values()),
+                    totals: FleetUpdate::from_totals(totals.values(), &self.store),
                 });
             }
         }

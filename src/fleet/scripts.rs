@@ -34,7 +34,10 @@ end
 local function total(w, now, store)
   local used = tonumber(redis.call('HGET', w.k, 'used') or '0')
   local t = {n = w.n, w = w.w, used = used, reserved = reserved_of(w.k, now)}
-  if store then t.mine = tonumber(redis.call('HGET', w.k, 'u:' .. store) or '0') end
+  if store then
+    t.mine = tonumber(redis.call('HGET', w.k, 'u:' .. store) or '0')
+    t.s = store
+  end
   return t
 end
 "#;
@@ -71,7 +74,7 @@ redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - p.alive_ms)
 local changed = {}
 local any = false
 for k, w in pairs(touched) do
-  changed[k] = total(w, now, nil)
+  changed[k] = total(w, now, p.store)
   any = true
 end
 if any then redis.call('PUBLISH', p.channel, cjson.encode(changed)) end
@@ -80,7 +83,7 @@ for _, w in ipairs(p.watch) do totals[w.k] = total(w, now, p.store) end
 return cjson.encode({cursor = cursor, instances = redis.call('ZCARD', KEYS[2]), totals = totals})
 "#;
 
-/// Reserve: ARGV[1] = {id, ttl_ms, channel, items: [{k, n, w, a, l, x}]}. Admits only if every
+/// Reserve: ARGV[1] = {store, id, ttl_ms, items: [{k, n, w, a, l, x}]}. Admits only if every
 /// item fits (used + reserved + amount ≤ limit) and then holds them all; answers {ok, index,
 /// totals} where index is the first item that did not fit (0-based).
 const RESERVE: &str = r#"
@@ -88,7 +91,7 @@ local p = cjson.decode(ARGV[1])
 local now = now_ms()
 local totals = {}
 for i, it in ipairs(p.items) do
-  local t = total(it, now, nil)
+  local t = total(it, now, p.store)
   totals[it.k] = t
   if t.used + t.reserved + it.a > it.l then
     return cjson.encode({ok = false, index = i - 1, totals = totals})

@@ -11,6 +11,7 @@ mod cli;
 mod events;
 mod exposition;
 mod faults;
+mod fleet;
 mod holds;
 mod hostile;
 mod layout;

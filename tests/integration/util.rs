@@ -927,3 +927,101 @@ pub fn open_stream(
     }
     stream
 }
+
+/// A real `redis-server` on a free loopback port, its append-only file (fsync'd on every
+/// write) in `dir`, so a restart on the same port and folder keeps what it acknowledged.
+/// Killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl RedisServer {
+    /// None (the test skips) when redis-server is not installed, outside CI.
+    pub fn start(dir: &Path) -> Option<RedisServer> {
+        require_tool("redis-server", "apt-get install redis-server")?;
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+        };
+        server.restart();
+        Some(server)
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it again (after `kill`) on the same port and data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "redis-server is running");
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+            ])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn redis-server");
+        self.child = Some(child);
+        wait_for(
+            "redis-server to answer PING",
+            Duration::from_secs(20),
+            || {
+                self.client()
+                    .get_connection_with_timeout(Duration::from_millis(200))
+                    .ok()
+                    .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c).ok())
+            },
+        );
+    }
+
+    /// SIGKILL: an outage with no warning.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn client(&self) -> redis::Client {
+        redis::Client::open(self.url()).expect("a redis URL")
+    }
+
+    /// A field of a hash, as a number (0 when absent).
+    pub fn hash_number(&self, key: &str, field: &str) -> f64 {
+        let mut conn = self.client().get_connection().expect("connect to redis");
+        redis::cmd("HGET")
+            .arg(key)
+            .arg(field)
+            .query::<Option<f64>>(&mut conn)
+            .expect("HGET")
+            .unwrap_or(0.0)
+    }
+
+    /// Keys matching `pattern`.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        let mut conn = self.client().get_connection().expect("connect to redis");
+        redis::cmd("KEYS")
+            .arg(pattern)
+            .query(&mut conn)
+            .expect("KEYS")
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
