@@ -19,7 +19,7 @@ fn config(standin: &StandIn, budget: &str) -> String {
 }
 
 /// USD the stand-in's reported usage costs at the baseline's prices.
-fn priced(calls: &[Value]) -> f64 {
+pub(crate) fn priced(calls: &[Value]) -> f64 {
     let table = costmeter::pricing::PriceTable::load(None, &Default::default()).expect("prices");
     calls
         .iter()

@@ -244,3 +244,100 @@ fn a_sidecar_restarted_with_an_unpushed_backlog_pushes_it_once() {
     daemon.wait_metric("haios_fleet_backlog_events", &[], SETTLE, |v| v == 0.0);
     assert_eq!(redis.hash_number(&key, "used"), total + 0.5);
 }
+
+const SPREAD_CALLS: &str = r#"
+import concurrent.futures, json, sys
+import anthropic
+
+clients = [anthropic.Anthropic(base_url=base + "/proxy/anthropic", api_key="sk-test",
+                               default_headers={"x-standin-events": "400", "x-costmeter-agent": "coder"})
+           for base in sys.argv[1:]]
+
+def call(i):
+    try:
+        clients[i % len(clients)].messages.create(
+            model="claude-sonnet-4-5", max_tokens=100,
+            messages=[{"role": "user", "content": "write call %d at length" % i}])
+        return {"ok": True, "sidecar": i % len(clients)}
+    except anthropic.APIStatusError as e:
+        return {"ok": False, "status": e.status_code, "sidecar": i % len(clients),
+                "budget": e.response.headers.get("x-costmeter-budget")}
+
+with concurrent.futures.ThreadPoolExecutor(36) as pool:
+    print(json.dumps(list(pool.map(call, range(36)))))
+"#;
+
+#[test]
+fn concurrent_calls_through_three_sidecars_never_spend_past_the_fleet_budget() {
+    let Some(python) = crate::util::sdk_python() else {
+        return;
+    };
+    let scratch = scratch_dir();
+    let Some(redis) = RedisServer::start(scratch.path()) else {
+        return;
+    };
+    let standin = crate::util::StandIn::start(scratch.path(), None);
+    let limit = 0.02;
+    let sidecars: Vec<Daemon> = (0..3)
+        .map(|i| {
+            Daemon::start(&format!(
+                "[proxy]\nenabled = true\n[[proxy.upstream]]\nname = \"anthropic\"\n\
+                 provider = \"anthropic\"\nbase_url = \"{}\"\n{}",
+                standin.url,
+                fleet_config(&redis, &format!("side-{i}"), limit, "soft_kill")
+            ))
+        })
+        .collect();
+    let bases: Vec<String> = sidecars.iter().map(|s| s.url("")).collect();
+    let args: Vec<&str> = bases.iter().map(String::as_str).collect();
+    let results = crate::util::run_python(&python, "the spread calls", SPREAD_CALLS, &args);
+    let results = results.as_array().expect("a list");
+    let admitted = results.iter().filter(|r| r["ok"] == true).count();
+    let refused: Vec<&Value> = results.iter().filter(|r| r["ok"] == false).collect();
+    let calls = standin.calls();
+    let spent = crate::admission::priced(&calls);
+    eprintln!(
+        "36 calls over 3 sidecars against a ${limit} fleet budget: {admitted} admitted, {} refused, ${spent:.6} billed",
+        refused.len()
+    );
+    assert!(
+        spent <= limit,
+        "the provider billed ${spent} against a ${limit} fleet budget"
+    );
+    assert_eq!(
+        calls.len(),
+        admitted,
+        "refused calls never reach the provider"
+    );
+    // Each call may cost 100 output tokens and ~50 input tokens at the cache-write price: at
+    // least as many as fit were admitted, and not all 36 fit.
+    let worst = 100.0 * 15e-6 + 50.0 * 3.75e-6;
+    assert!(
+        admitted as f64 >= (limit / worst).floor(),
+        "{admitted} admitted, at least {} fit",
+        (limit / worst).floor()
+    );
+    assert!(!refused.is_empty(), "36 calls do not all fit");
+    for refusal in &refused {
+        assert_eq!(refusal["status"], 402, "{refusal}");
+        assert_eq!(refusal["budget"], "team-usd", "{refusal}");
+    }
+    // Every sidecar settles on what the provider billed, and the fleet holds nothing open.
+    let key = window_key(&redis);
+    for sidecar in &sidecars {
+        wait_for("the sidecar to see the fleet's spend", SETTLE, || {
+            let budget = team_budget(sidecar);
+            let used = budget["used"].as_f64()?;
+            ((used - spent).abs() < 1e-9 && budget["reserved"] == 0.0).then_some(())
+        });
+    }
+    wait_for("the fleet's reservations to end", SETTLE, || {
+        let mut conn = redis.client().get_connection().ok()?;
+        let open: u64 = redis::cmd("HLEN")
+            .arg(format!("{key}:res"))
+            .query(&mut conn)
+            .ok()?;
+        (open == 0).then_some(())
+    });
+    assert!((redis.hash_number(&key, "used") - spent).abs() < 1e-9);
+}
