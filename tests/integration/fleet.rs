@@ -341,3 +341,78 @@ fn concurrent_calls_through_three_sidecars_never_spend_past_the_fleet_budget() {
     });
     assert!((redis.hash_number(&key, "used") - spent).abs() < 1e-9);
 }
+
+#[test]
+fn with_redis_away_one_sidecar_admits_within_its_share_and_a_refusing_one_admits_nothing() {
+    let Some(python) = crate::util::sdk_python() else {
+        return;
+    };
+    let scratch = scratch_dir();
+    let Some(mut redis) = RedisServer::start(scratch.path()) else {
+        return;
+    };
+    let standin = crate::util::StandIn::start(scratch.path(), None);
+    let limit = 0.02;
+    let sidecar = |instance: &str, policy: &str| {
+        Daemon::start(&format!(
+            "[proxy]\nenabled = true\n[[proxy.upstream]]\nname = \"anthropic\"\n\
+             provider = \"anthropic\"\nbase_url = \"{}\"\n{}",
+            standin.url,
+            fleet_config(&redis, instance, limit, "soft_kill").replace(
+                "[fleet]\n",
+                &format!("[fleet]\non_fleet_unavailable = \"{policy}\"\n")
+            )
+        ))
+    };
+    let sharing = sidecar("sharing", "local");
+    let refusing = sidecar("refusing", "refuse");
+    refusing.wait_metric("haios_fleet_up", &[], SETTLE, |v| v == 1.0);
+    // A push from the sharing sidecar after the refusing one is alive: both count as alive.
+    let spent_before = 1.0 / 1024.0;
+    sharing.post_events(&usage("before", spent_before));
+    wait_used(&refusing, spent_before);
+
+    redis.kill();
+    for sidecar in [&sharing, &refusing] {
+        sidecar.wait_metric("haios_fleet_up", &[], SETTLE, |v| v == 0.0);
+    }
+    let results = crate::util::run_python(
+        &python,
+        "calls with Redis away",
+        SPREAD_CALLS,
+        &[&sharing.url(""), &refusing.url("")],
+    );
+    let results = results.as_array().expect("a list");
+    let through = |sidecar: u64, ok: bool| {
+        results
+            .iter()
+            .filter(|r| r["sidecar"] == sidecar && r["ok"] == ok)
+            .count()
+    };
+    let spent = crate::admission::priced(&standin.calls());
+    // The share: (limit − what the fleet had used and held) ÷ the sidecars alive.
+    let share = (limit - spent_before) / 2.0;
+    let worst = 100.0 * 15e-6 + 50.0 * 3.75e-6;
+    eprintln!(
+        "Redis away: the sharing sidecar admitted {} of 18 (${spent:.6} billed, share ${share:.6}), the refusing one {}",
+        through(0, true),
+        through(1, true)
+    );
+    assert_eq!(through(1, true), 0, "the refusing sidecar admits nothing");
+    assert!(spent <= share, "${spent} billed past the share ${share}");
+    assert!(
+        through(0, true) as f64 >= (share / worst).floor(),
+        "the sharing sidecar admits what fits its share"
+    );
+    for refusal in results.iter().filter(|r| r["ok"] == false) {
+        assert_eq!(refusal["status"], 402, "{refusal}");
+        assert_eq!(refusal["budget"], "team-usd", "{refusal}");
+    }
+
+    // Redis back: the fleet counts what the sharing sidecar spent meanwhile, exactly once.
+    redis.restart();
+    let key = window_key(&redis);
+    wait_for("the outage's spend to reach Redis", SETTLE, || {
+        ((redis.hash_number(&key, "used") - (spent_before + spent)).abs() < 1e-9).then_some(())
+    });
+}
