@@ -67,6 +67,9 @@ pub fn findings(status: &Status, now_ms: i64) -> Vec<Finding> {
                 "start the OTLP collector at [telemetry] otlp_endpoint, or set mode = \"dev_fast\""
             }
             "sampler" => "wait a sample interval; if it persists, see the daemon's log",
+            "fleet" => {
+                "start or reach the Redis at [fleet] redis_url (usage is kept here and pushed once it answers; admissions follow on_fleet_unavailable)"
+            }
             _ => "see the daemon's log",
         };
         findings.push(if check.ok {

@@ -376,6 +376,16 @@ fn with_redis_away_one_sidecar_admits_within_its_share_and_a_refusing_one_admits
     for sidecar in [&sharing, &refusing] {
         sidecar.wait_metric("haios_fleet_up", &[], SETTLE, |v| v == 0.0);
     }
+    let (code, answer) = crate::verbs::doctor(&sharing.url(""));
+    assert_eq!(code, 3, "doctor is red: {answer}");
+    let fleet = crate::verbs::finding(&answer, "fleet");
+    assert_eq!(fleet["status"], "red", "{answer}");
+    assert!(
+        fleet["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("redis_url")),
+        "{answer}"
+    );
     let results = crate::util::run_python(
         &python,
         "calls with Redis away",
