@@ -205,7 +205,11 @@ async fn serve(mut config: Config, command: Option<ExecCommand>) -> Result<u8, D
     let fleet_link = Arc::new(crate::fleet::pusher::Link::default());
     let mut ledger = ledger.with_actions(Some(enforcer.clone()), webhook, telemetry)?;
     if fleet_plan.is_some() {
-        ledger = ledger.with_fleet(fleet_link.clone(), config.fleet.on_fleet_unavailable);
+        ledger = ledger.with_fleet(
+            fleet_link.clone(),
+            config.fleet.on_fleet_unavailable,
+            &config.fleet.name,
+        );
     }
     let (ledger_tx, ledger_thread) = ledger.spawn().map_err(DaemonError::LedgerThread)?;
     *report_slot

@@ -46,10 +46,7 @@ impl Ledger {
         for transition in transitions {
             let spec = self.budgets.specs()[transition.budget].clone();
             let status = &statuses[transition.budget];
-            let labels = BudgetLabels {
-                budget: spec.name.clone(),
-                resource: spec.resource.label().to_string(),
-            };
+            let labels = self.budget_labels(&spec.name, spec.resource, spec.fleet);
             let event = transition.kind.event_name();
             match transition.kind {
                 TransitionKind::Warning => {
@@ -192,13 +189,23 @@ impl Ledger {
             .collect()
     }
 
+    fn budget_labels(
+        &self,
+        name: &str,
+        resource: crate::budget::Resource,
+        fleet: bool,
+    ) -> BudgetLabels {
+        BudgetLabels {
+            budget: name.to_string(),
+            resource: resource.label().to_string(),
+            fleet: self.fleet_name.clone().filter(|_| fleet),
+        }
+    }
+
     pub(super) fn publish_budget_series(&self, statuses: &[BudgetStatus]) {
         let m = &self.metrics;
         for status in statuses {
-            let labels = BudgetLabels {
-                budget: status.name.clone(),
-                resource: status.resource.label().to_string(),
-            };
+            let labels = self.budget_labels(&status.name, status.resource, status.fleet);
             m.budget_limit.get_or_create(&labels).set(status.limit);
             m.budget_used.get_or_create(&labels).set(status.used);
             m.budget_utilization_ratio

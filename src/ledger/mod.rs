@@ -237,6 +237,8 @@ pub struct Ledger {
     fleet_link: Option<Arc<crate::fleet::pusher::Link>>,
     fleet_policy: crate::config::OnFleetUnavailable,
     fleet_instances: u32,
+    /// `[fleet] name`, the label fleet budgets' series carry.
+    fleet_name: Option<String>,
 }
 
 /// Targets a budget without its own target scope stops: every configured target but the
@@ -649,7 +651,9 @@ impl Ledger {
         mut self,
         link: Arc<crate::fleet::pusher::Link>,
         policy: crate::config::OnFleetUnavailable,
+        name: &str,
     ) -> Ledger {
+        self.fleet_name = Some(name.to_string());
         self.fleet_link = Some(link);
         self.fleet_policy = policy;
         self

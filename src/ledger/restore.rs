@@ -71,6 +71,7 @@ impl Ledger {
             fleet_link: None,
             fleet_policy: crate::config::OnFleetUnavailable::default(),
             fleet_instances: 1,
+            fleet_name: None,
             span_batch: Vec::new(),
             webhook_batch: Vec::new(),
             status_files: None,

@@ -200,6 +200,7 @@ fn usage_arriving_while_exceeded_is_stored_and_announced_once() {
         .get_or_create(&crate::metrics::BudgetLabels {
             budget: "lifetime-tokens".into(),
             resource: "tokens".into(),
+            fleet: None,
         })
         .get();
     assert_eq!(exceeded, 1, "a state, announced once");

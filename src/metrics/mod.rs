@@ -102,10 +102,29 @@ pub struct SpendLabels {
     pub model: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// A budget's series: `fleet` (the `[fleet] name` its totals are shared under) only on fleet
+/// budgets, so a query can tell a fleet's total (the same on every sidecar: take the max) from
+/// a sidecar's own (sum them).
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub struct BudgetLabels {
     pub budget: String,
     pub resource: String,
+    pub fleet: Option<String>,
+}
+
+impl EncodeLabelSet for BudgetLabels {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("budget", self.budget.as_str()).encode(encoder.encode_label())?;
+        ("resource", self.resource.as_str()).encode(encoder.encode_label())?;
+        if let Some(fleet) = &self.fleet {
+            ("fleet", fleet.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -109,6 +109,12 @@ fn usage_on_three_sidecars_moves_one_total_and_a_crossing_on_one_stops_every_age
         let budget = wait_used(sidecar, 0.875);
         assert_eq!(budget["fleet"], true, "{budget}");
         assert_eq!(budget["state"], "ok", "{budget}");
+        // Its series say whose total it is: the fleet's, the same on every sidecar.
+        let used = sidecar.scrape().value(
+            "haios_budget_used",
+            &[("budget", "team-usd"), ("fleet", "costmeter")],
+        );
+        assert_eq!(used, Some(0.875));
     }
     let key = window_key(&redis);
     assert_eq!(redis.hash_number(&key, "used"), 0.875);
