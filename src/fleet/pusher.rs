@@ -20,6 +20,10 @@ use crate::store::Store;
 /// counted alive, and a Redis that came back is noticed.
 pub const PUSH_EVERY: Duration = Duration::from_millis(1000);
 
+/// The least time between two pushes: commits that come faster share one (a busy proxy's
+/// calls would otherwise each cost a round trip and a publish to every sidecar).
+pub const PUSH_GAP: Duration = Duration::from_millis(5);
+
 /// What wakes the pusher, and the reservations it is to end.
 #[derive(Default)]
 pub struct Link {
@@ -82,6 +86,13 @@ impl Link {
         }
         state.nudged = false;
         Some(std::mem::take(&mut state.releases))
+    }
+
+    /// What was released since the last wait, without waiting.
+    fn take_releases(&self) -> Vec<Release> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.nudged = false;
+        std::mem::take(&mut state.releases)
     }
 
     /// Releases that could not be sent go back in front.
@@ -225,11 +236,17 @@ impl Pusher {
         let mut pending = Vec::new();
         // The cursor Redis last confirmed: what is after it waits, even while Redis is away.
         let mut confirmed = 0;
+        let mut last_push: Option<Instant> = None;
         loop {
             match self.link.wait(PUSH_EVERY) {
                 Some(releases) => pending.extend(releases),
                 None => return,
             }
+            if let Some(gap) = last_push.and_then(|at| PUSH_GAP.checked_sub(at.elapsed())) {
+                std::thread::sleep(gap);
+                pending.extend(self.link.take_releases());
+            }
+            last_push = Some(Instant::now());
             let started = Instant::now();
             match self.push(&reader, &mut session, &script, &pending) {
                 Ok((pushed, backlog)) => {
