@@ -127,6 +127,8 @@ pub struct BudgetRefusal {
     pub budget: Box<BudgetStatus>,
     pub needed: f64,
     pub free: f64,
+    /// A fleet budget judged without Redis: the policy that judged it.
+    pub fleet_down: Option<crate::config::OnFleetUnavailable>,
 }
 
 /// What became of one request's events: for each stored one, whether it was new (else a
@@ -615,10 +617,14 @@ impl Ledger {
             Err(no_room) => {
                 let mut budget = self.budgets.status(now).swap_remove(no_room.budget);
                 budget.reserved = self.reservations.held(no_room.budget);
+                let fleet_down = (budget.fleet
+                    && self.budgets.reach() != crate::budget::FleetReach::Up)
+                    .then_some(self.fleet_policy);
                 Err(BudgetRefusal {
                     budget: Box::new(budget),
                     needed: no_room.needed,
                     free: no_room.free,
+                    fleet_down,
                 })
             }
         }

@@ -71,7 +71,23 @@ pub const BUDGET_HEADER: &str = "x-costmeter-budget";
 /// A call refused by a budget, in the provider's shape, naming the budget, what is used and
 /// held of what, and when it frees up.
 pub fn refuse(provider: Provider, refusal: &crate::ledger::BudgetRefusal) -> Response {
+    use crate::config::OnFleetUnavailable;
     let b = &refusal.budget;
+    match refusal.fleet_down {
+        Some(OnFleetUnavailable::Refuse) => {
+            return refuse_fleet_down(provider, &b.name, "its Redis does not answer");
+        }
+        Some(OnFleetUnavailable::Local) => {
+            let message = format!(
+                "costmeter: fleet budget '{}' has no room for this call in this sidecar's share: the fleet's Redis does not answer, so this sidecar admits only within its share of what the fleet had left (on_fleet_unavailable = \"local\"); the call may cost up to {} and {} of the share is free. Not retryable until Redis answers or the budget resets.",
+                b.name,
+                b.amount(refusal.needed),
+                b.amount(refusal.free.max(0.0)),
+            );
+            return named(answer(provider, REFUSAL, &message), &b.name);
+        }
+        None => {}
+    }
     let message = format!(
         "costmeter: budget '{}' has no room for this call: it may cost up to {}, and {} is free ({} used and {} held by calls in flight, of {}); {}. Not retryable until then.",
         b.name,
@@ -82,11 +98,7 @@ pub fn refuse(provider: Provider, refusal: &crate::ledger::BudgetRefusal) -> Res
         b.amount(b.limit),
         b.resets()
     );
-    let mut response = answer(provider, REFUSAL, &message);
-    if let Ok(value) = axum::http::HeaderValue::from_str(&b.name) {
-        response.headers_mut().insert(BUDGET_HEADER, value);
-    }
-    response
+    named(answer(provider, REFUSAL, &message), &b.name)
 }
 
 /// A call a fleet budget covers, refused because the fleet's Redis does not answer and
@@ -95,7 +107,11 @@ pub fn refuse_fleet_down(provider: Provider, budget: &str, why: &str) -> Respons
     let message = format!(
         "costmeter: fleet budget '{budget}' cannot be checked ({why}) and on_fleet_unavailable = \"refuse\": calls it covers are refused until the fleet's Redis answers."
     );
-    let mut response = answer(provider, REFUSAL, &message);
+    named(answer(provider, REFUSAL, &message), budget)
+}
+
+/// A refusal names its budget in a header, for clients that do not read the message.
+fn named(mut response: Response, budget: &str) -> Response {
     if let Ok(value) = axum::http::HeaderValue::from_str(budget) {
         response.headers_mut().insert(BUDGET_HEADER, value);
     }

@@ -353,6 +353,7 @@ impl Proxy {
                                 budget: Box::new(status),
                                 needed,
                                 free: (limit - used - reserved).max(0.0),
+                                fleet_down: None,
                             },
                         )
                     }

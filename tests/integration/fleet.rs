@@ -267,7 +267,7 @@ def call(i):
         return {"ok": True, "sidecar": i % len(clients)}
     except anthropic.APIStatusError as e:
         return {"ok": False, "status": e.status_code, "sidecar": i % len(clients),
-                "budget": e.response.headers.get("x-costmeter-budget")}
+                "budget": e.response.headers.get("x-costmeter-budget"), "message": str(e)}
 
 with concurrent.futures.ThreadPoolExecutor(36) as pool:
     print(json.dumps(list(pool.map(call, range(36)))))
@@ -423,6 +423,14 @@ fn with_redis_away_one_sidecar_admits_within_its_share_and_a_refusing_one_admits
     for refusal in results.iter().filter(|r| r["ok"] == false) {
         assert_eq!(refusal["status"], 402, "{refusal}");
         assert_eq!(refusal["budget"], "team-usd", "{refusal}");
+        // Each says why: the share, or the policy that refuses while Redis is away.
+        let says = if refusal["sidecar"] == 0 {
+            "admits only within its share"
+        } else {
+            "on_fleet_unavailable = \"refuse\""
+        };
+        let message = refusal["message"].as_str().unwrap_or_default();
+        assert!(message.contains(says), "{refusal}");
     }
 
     // Redis back: the fleet counts what the sharing sidecar spent meanwhile, exactly once.
