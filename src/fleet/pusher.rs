@@ -74,6 +74,13 @@ impl Link {
         self.wake.notify_all();
     }
 
+    fn stopped(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stop
+    }
+
     /// Waits for a nudge or `timeout`; the releases to send, or `None` to stop.
     fn wait(&self, timeout: Duration) -> Option<Vec<Release>> {
         let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -418,13 +425,7 @@ impl Listener {
     fn run(self) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            if self
-                .link
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .stop
-            {
+            if self.link.stopped() {
                 return;
             }
             match self.listen() {
@@ -443,13 +444,7 @@ impl Listener {
         pubsub.subscribe(&self.channel)?;
         pubsub.set_read_timeout(Some(Duration::from_secs(1)))?;
         loop {
-            if self
-                .link
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .stop
-            {
+            if self.link.stopped() {
                 return Ok(());
             }
             let message = match pubsub.get_message() {
