@@ -103,6 +103,37 @@ fn the_python_sdk_s_genai_spans_and_histogram_meter_exact_totals_once() {
 }
 
 #[test]
+fn opencode_s_cache_split_and_litellm_s_own_cost_are_read_from_python_sdk_spans() {
+    let daemon = Daemon::start("");
+    if !run_python_agent(&daemon, "opencode+litellm") {
+        return;
+    }
+    let agent = "py-agent-opencode+litellm";
+    let model = "claude-sonnet-4-5";
+    // 10,000 input of which 9,000 cache reads and 800 cache writes (tests/otlp/genai_agent.py).
+    assert_eq!(tokens(&daemon, agent, model, "input"), 200.0);
+    assert_eq!(tokens(&daemon, agent, model, "cache_read"), 9_000.0);
+    assert_eq!(tokens(&daemon, agent, model, "cache_write"), 800.0);
+    assert_eq!(tokens(&daemon, agent, model, "output"), 200.0);
+    let table = costmeter::pricing::PriceTable::load(None, &Default::default()).expect("prices");
+    let price = table.lookup(model).expect("priced");
+    let expected = (200.0 * price.input
+        + 9_000.0 * price.cache_read.expect("cache read price")
+        + 800.0 * price.cache_write.expect("cache write price")
+        + 200.0 * price.output)
+        / 1e6;
+    let usd = series(
+        &daemon,
+        "haios_usd_spend_total",
+        &[("agent", agent), ("model", model)],
+    );
+    assert!((usd - expected).abs() < 1e-9, "{usd} against {expected}");
+    // LiteLLM's cost is the event's, not the table's ($0.0035 for these tokens).
+    assert!((gpt_4o_spend(&daemon, agent) - 0.0123).abs() < 1e-12);
+    assert_eq!(tokens(&daemon, agent, "gpt-4o", "input"), 1_000.0);
+}
+
+#[test]
 fn a_cumulative_histogram_exported_twice_counts_once() {
     let daemon = Daemon::start("");
     if !run_python_agent(&daemon, "histogram-twice") {

@@ -4,6 +4,9 @@ official SDK and OTLP/HTTP exporter. costmeter's tests run it against a live dae
 Usage: genai_agent.py MODE
   spans+histogram  three chat calls as spans and as gen_ai.client.token.usage points
   histogram-twice  the same calls as histogram points only, exported twice (cumulative)
+  opencode+litellm one span shaped as opencode's (the Vercel AI SDK: input including the cache,
+                   the split under ai.usage.inputTokenDetails) and one as LiteLLM's otel
+                   callback's (its own cost in gen_ai.cost.total_cost)
 
 The endpoint comes from OTEL_EXPORTER_OTLP_ENDPOINT, as for any stock exporter.
 """
@@ -23,6 +26,22 @@ CALLS = [(1000, 0, 100), (2000, 500, 200), (3000, 0, 300)]
 MODEL = "gpt-4o"
 
 
+def other_shapes(tracer) -> None:
+    with tracer.start_as_current_span("ai.streamText.doStream") as span:
+        span.set_attribute("gen_ai.system", "anthropic")
+        span.set_attribute("gen_ai.request.model", "claude-sonnet-4-5")
+        span.set_attribute("gen_ai.usage.input_tokens", 10_000)
+        span.set_attribute("gen_ai.usage.output_tokens", 200)
+        span.set_attribute("ai.usage.inputTokenDetails.cacheReadTokens", 9_000)
+        span.set_attribute("ai.usage.inputTokenDetails.cacheWriteTokens", 800)
+    with tracer.start_as_current_span("litellm_request") as span:
+        span.set_attribute("gen_ai.system", "openai")
+        span.set_attribute("gen_ai.request.model", MODEL)
+        span.set_attribute("gen_ai.usage.prompt_tokens", 1_000)
+        span.set_attribute("gen_ai.usage.completion_tokens", 100)
+        span.set_attribute("gen_ai.cost.total_cost", 0.0123)
+
+
 def main(mode: str) -> None:
     resource = Resource.create({"service.name": f"py-agent-{mode}"})
     reader = PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=3_600_000)
@@ -34,7 +53,9 @@ def main(mode: str) -> None:
     tracers.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     tracer = tracers.get_tracer("genai-test")
 
-    for input_tokens, cache_read, output_tokens in CALLS:
+    if mode == "opencode+litellm":
+        other_shapes(tracer)
+    for input_tokens, cache_read, output_tokens in ([] if mode == "opencode+litellm" else CALLS):
         common = {
             "gen_ai.operation.name": "chat",
             "gen_ai.provider.name": "openai",

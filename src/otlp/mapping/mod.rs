@@ -164,6 +164,17 @@ impl<'a> Attributes<'a> {
     fn first_number(&self, keys: &[&str]) -> Option<Raw> {
         keys.iter().find_map(|k| self.number(k))
     }
+
+    /// The reported cost in USD; a cost in another currency is not one (it is priced instead).
+    fn cost_usd(&self) -> Option<Raw> {
+        let in_usd = self
+            .string(COST_CURRENCY_KEY)
+            .is_none_or(|c| c.eq_ignore_ascii_case("usd"));
+        if !in_usd {
+            return self.number(COST_KEYS[1]);
+        }
+        self.first_number(&COST_KEYS)
+    }
 }
 
 const INPUT_KEYS: [&str; 3] = [
@@ -176,17 +187,26 @@ const OUTPUT_KEYS: [&str; 3] = [
     "gen_ai.usage.completion_tokens",
     "llm.usage.completion_tokens",
 ];
-const CACHE_READ_KEYS: [&str; 2] = [
+// opencode (the Vercel AI SDK) reports input with the cache included in
+// `gen_ai.usage.input_tokens`, and its split only under `ai.usage.inputTokenDetails`.
+const CACHE_READ_KEYS: [&str; 3] = [
     "gen_ai.usage.cache_read.input_tokens",
     "gen_ai.usage.cache_read_input_tokens",
+    "ai.usage.inputTokenDetails.cacheReadTokens",
 ];
 // `cache_write` is the current semantic-conventions name (the Anthropic SDK's own tracing uses
 // it); `cache_creation` the earlier one.
-const CACHE_WRITE_KEYS: [&str; 3] = [
+const CACHE_WRITE_KEYS: [&str; 4] = [
     "gen_ai.usage.cache_write.input_tokens",
     "gen_ai.usage.cache_creation.input_tokens",
     "gen_ai.usage.cache_creation_input_tokens",
+    "ai.usage.inputTokenDetails.cacheWriteTokens",
 ];
+/// The call's cost as the client computed or the provider reported it: the proposed semantic
+/// convention (with `gen_ai.usage.cost.currency`), then LiteLLM's. Either is taken as the
+/// event's `cost_usd`, so it is not priced again from the table.
+const COST_KEYS: [&str; 2] = ["gen_ai.usage.cost.amount", "gen_ai.cost.total_cost"];
+const COST_CURRENCY_KEY: &str = "gen_ai.usage.cost.currency";
 const REASONING_KEYS: [&str; 2] = [
     "gen_ai.usage.reasoning.output_tokens",
     "gen_ai.usage.reasoning_tokens",

@@ -62,6 +62,7 @@ pub fn spans(request: &ExportTraceServiceRequest, defaults: &Defaults, now_ms: i
                         attributes.first_number(&CACHE_WRITE_KEYS),
                     )
                     .maybe("reasoning_tokens", attributes.first_number(&REASONING_KEYS))
+                    .maybe("cost_usd", attributes.cost_usd())
                     // The provider's id of the call: two spans of one response (an SDK's own
                     // and an instrumentation's), or a span and the proxy, count once.
                     .maybe(

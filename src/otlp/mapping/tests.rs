@@ -357,3 +357,86 @@ fn metric_events_keep_cache_within_input_and_claude_cost_exact() {
         "cost comes from its own metric"
     );
 }
+
+fn one_span(attributes: Vec<KeyValue>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: resource(vec![s("service.name", "svc")]),
+            scope_spans: vec![ScopeSpans {
+                spans: vec![Span {
+                    trace_id: vec![0x11; 16],
+                    span_id: vec![0x22; 8],
+                    name: "chat".into(),
+                    end_time_unix_nano: 1_790_000_000_000_000_000,
+                    attributes,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+fn f(key: &str, v: f64) -> KeyValue {
+    kv(key, any_value::Value::DoubleValue(v))
+}
+
+#[test]
+fn opencode_input_includes_its_cache_and_the_split_comes_from_the_ai_sdk_details() {
+    let request = one_span(vec![
+        s("gen_ai.request.model", "claude-sonnet-4-5"),
+        i("gen_ai.usage.input_tokens", 10_000),
+        i("gen_ai.usage.output_tokens", 200),
+        i("ai.usage.inputTokenDetails.cacheReadTokens", 9_000),
+        i("ai.usage.inputTokenDetails.cacheWriteTokens", 800),
+    ]);
+    let mapped = spans(&request, &defaults(), 0);
+    assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);
+    let u = usage(&mapped.records[0].event);
+    assert_eq!(
+        (
+            u.input_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.uncached_input_tokens()
+        ),
+        (10_000, 9_000, 800, 200)
+    );
+}
+
+#[test]
+fn a_cost_the_client_reports_in_usd_is_the_events_and_one_in_another_currency_is_not() {
+    let cost_of = |attributes: Vec<KeyValue>| {
+        let mut all = vec![
+            s("gen_ai.request.model", "gpt-4o"),
+            i("gen_ai.usage.input_tokens", 100),
+            i("gen_ai.usage.output_tokens", 10),
+        ];
+        all.extend(attributes);
+        let mapped = spans(&one_span(all), &defaults(), 0);
+        assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);
+        usage(&mapped.records[0].event).cost_usd
+    };
+    assert_eq!(
+        cost_of(vec![
+            f("gen_ai.usage.cost.amount", 0.0125),
+            s("gen_ai.usage.cost.currency", "USD"),
+        ]),
+        Some(0.0125)
+    );
+    assert_eq!(
+        cost_of(vec![f("gen_ai.cost.total_cost", 0.0042)]),
+        Some(0.0042),
+        "LiteLLM's"
+    );
+    assert_eq!(
+        cost_of(vec![
+            f("gen_ai.usage.cost.amount", 11.0),
+            s("gen_ai.usage.cost.currency", "EUR"),
+        ]),
+        None,
+        "priced from the table instead"
+    );
+    assert_eq!(cost_of(vec![]), None);
+}
