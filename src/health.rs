@@ -32,7 +32,21 @@ pub struct Health {
     failed_deliveries: Mutex<std::collections::BTreeMap<&'static str, (i64, String)>>,
     /// Fleet budgets: `None` without Redis configured, else the last push's outcome.
     fleet: Mutex<Option<Result<String, String>>>,
+    /// OTLP items refused (their rule broken) since start.
+    otlp_rejected: Mutex<Rejections>,
 }
+
+/// Refused OTLP items: how many, the last with when, and what the log has said of them.
+#[derive(Debug, Default)]
+struct Rejections {
+    count: u64,
+    last: Option<(i64, String)>,
+    logged_ms: Option<i64>,
+    since_logged: u64,
+}
+
+/// At most one log line about refused OTLP items this often (a broken exporter repeats).
+pub const REJECTION_LOG_EVERY_MS: i64 = 10_000;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -130,6 +144,34 @@ impl Health {
         refused.1 = Some((now_ms, refusal));
     }
 
+    /// OTLP items one request's answer refused, each a problem naming the item and the rule.
+    /// Exporters drop the partial-success answer that says so; this keeps the last for
+    /// `/v1/status` and returns what to log now: the first problem and how many were refused
+    /// since the last line, at most once per [`REJECTION_LOG_EVERY_MS`].
+    pub fn record_otlp_rejections(
+        &self,
+        problems: &[String],
+        now_ms: i64,
+    ) -> Option<(String, u64)> {
+        let last = problems.last()?;
+        let mut rejections = lock(&self.otlp_rejected);
+        let n = u64::try_from(problems.len()).unwrap_or(u64::MAX);
+        rejections.count = rejections.count.saturating_add(n);
+        rejections.since_logged = rejections.since_logged.saturating_add(n);
+        rejections.last = Some((now_ms, last.clone()));
+        let due = rejections
+            .logged_ms
+            .is_none_or(|at| now_ms - at >= REJECTION_LOG_EVERY_MS);
+        if !due {
+            return None;
+        }
+        rejections.logged_ms = Some(now_ms);
+        Some((
+            problems[0].clone(),
+            std::mem::take(&mut rejections.since_logged),
+        ))
+    }
+
     pub fn record_unpriced(&self, model: &str, now_ms: i64) {
         let mut unpriced = lock(&self.unpriced);
         unpriced.0 += 1;
@@ -180,6 +222,20 @@ impl Health {
                 fix: "check the URL, and for https the CA: the system's roots plus [tls] ca_file are trusted".into(),
             });
         }
+        let rejections = lock(&self.otlp_rejected);
+        if let Some((at, problem)) = rejections.last.as_ref().filter(|(at, _)| recent(*at)) {
+            problems.push(Problem {
+                name: "rejected telemetry".into(),
+                detail: format!(
+                    "{} OTLP item{} refused since start, the last at {}: {problem}; exporters drop the answer that says so, so that usage is missing here",
+                    rejections.count,
+                    if rejections.count == 1 { "" } else { "s" },
+                    iso(*at),
+                ),
+                fix: "the item and the rule it broke are named above (and in the log): fix what the exporter sends, or report it if the rule is wrong".into(),
+            });
+        }
+        drop(rejections);
         let (count, last) = lock(&self.unpriced).clone();
         if usd_budgets && let Some((at, model)) = last.filter(|(at, _)| recent(*at)) {
             problems.push(Problem {
@@ -275,6 +331,41 @@ mod tests {
             limit: 1_048_576,
             setting: "otlp.max_body_bytes",
         }
+    }
+
+    #[test]
+    fn refused_otlp_items_are_logged_at_most_every_ten_seconds_and_shown_for_a_day() {
+        let health = Health::default();
+        let problems = |items: &[&str]| items.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        assert_eq!(health.record_otlp_rejections(&[], NOW), None);
+        assert_eq!(
+            health.record_otlp_rejections(&problems(&["span a: rule 1", "span b: rule 2"]), NOW),
+            Some(("span a: rule 1".to_string(), 2)),
+            "the first is logged at once"
+        );
+        assert_eq!(
+            health.record_otlp_rejections(&problems(&["span c: rule 3"]), NOW + 9_999),
+            None
+        );
+        assert_eq!(
+            health.record_otlp_rejections(&problems(&["span d: rule 4"]), NOW + 10_000),
+            Some(("span d: rule 4".to_string(), 2)),
+            "then one line per ten seconds, with what it held back"
+        );
+        let shown = health.problems(NOW + 10_001, false);
+        assert_eq!(shown.len(), 1);
+        assert_eq!(shown[0].name, "rejected telemetry");
+        assert!(
+            shown[0].detail.starts_with("4 OTLP items refused")
+                && shown[0].detail.contains("span d: rule 4"),
+            "{}",
+            shown[0].detail
+        );
+        assert!(
+            health
+                .problems(NOW + 10_000 + PROBLEM_SHOWN_MS + 1, false)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -355,6 +355,12 @@ impl Ledger {
                             resolved.rejected.push(problem);
                         }
                     }
+                    if let Some((problem, refused)) = self
+                        .health
+                        .record_otlp_rejections(&resolved.rejected, received)
+                    {
+                        warn!(refused, first = %problem, "OTLP items refused (exporters drop the partial-success answer that says so; at most one line per 10 s)");
+                    }
                     otlp_rows.extend(resolved.rows);
                     otlp_undo.push(resolved.undo);
                     otlp_requests.push((

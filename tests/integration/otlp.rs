@@ -825,4 +825,17 @@ fn spans_without_ids_count_once_and_nan_token_counts_are_refused() {
         1.0,
         "the resend"
     );
+    // Exporters throw the partial success away: the refusal is logged (once for both sends,
+    // within ten seconds) and red in doctor, naming the rule.
+    let logged = daemon.log_count("OTLP items refused");
+    assert_eq!(logged, 1, "{:?}", daemon.logs());
+    let (code, answer) = crate::verbs::doctor(&daemon.url(""));
+    assert_eq!(code, 3, "{answer}");
+    let rejected = crate::verbs::finding(&answer, "rejected telemetry");
+    assert_eq!(rejected["status"], "red", "{answer}");
+    let detail = rejected["detail"].as_str().unwrap_or_default();
+    assert!(
+        detail.starts_with("2 OTLP items refused") && detail.contains("input_tokens"),
+        "{detail}"
+    );
 }
