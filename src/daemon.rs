@@ -89,13 +89,13 @@ pub async fn exec(mut config: Config, command: ExecCommand) -> Result<u8, Daemon
     // Orphans of the command are reparented to costmeter, reaped here and counted.
     rustix::process::set_child_subreaper(Some(rustix::process::getpid()))
         .map_err(|e| DaemonError::Exec(format!("cannot become a child subreaper: {e}")))?;
-    let interval = config
-        .targets
-        .iter()
-        .find(|t| t.name == command.target)
-        .map_or(crate::config::DEFAULT_SAMPLE_INTERVAL, |t| {
-            t.sample_interval
-        });
+    let named = config.targets.iter().find(|t| t.name == command.target);
+    let interval = named.map_or(crate::config::DEFAULT_SAMPLE_INTERVAL, |t| {
+        t.sample_interval
+    });
+    let silent_after = named.map_or(Some(crate::config::DEFAULT_SILENT_AFTER), |t| {
+        t.silent_after
+    });
     config
         .targets
         .retain(|t| t.name != command.target && !matches!(t.selector, Selector::OwnProcess));
@@ -104,6 +104,7 @@ pub async fn exec(mut config: Config, command: ExecCommand) -> Result<u8, Daemon
         selector: Selector::ExecChildren,
         children: true,
         sample_interval: interval,
+        silent_after,
     });
     serve(config, Some(command)).await
 }

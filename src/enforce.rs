@@ -473,6 +473,7 @@ mod tests {
             selector: Selector::Pid(pid),
             children: true,
             sample_interval: Duration::from_secs(1),
+            silent_after: None,
         }
     }
 

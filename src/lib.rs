@@ -31,6 +31,7 @@ pub mod report;
 pub mod runs;
 pub mod sampler;
 pub mod server;
+pub mod silence;
 pub mod spend;
 pub mod status_files;
 pub mod store;

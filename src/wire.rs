@@ -188,6 +188,9 @@ pub struct Tally {
 pub struct Attention {
     /// Configured targets no process was found for at the last sample.
     pub targets_down: Vec<String>,
+    /// Targets busy while no usage arrived for their `silent_after` (telemetry lost).
+    #[serde(default)]
+    pub silent_targets: Vec<String>,
     /// Models usage was reported for without a price (so counted at $0), by events.
     pub unpriced_models: Vec<Tally>,
     /// Labels whose values past `[metrics] max_label_values` were folded into `__other__`.

@@ -95,6 +95,13 @@ pub fn findings(status: &Status, now_ms: i64) -> Vec<Finding> {
         "check the [[target]] selectors (pid, pid_file, match, cgroup)",
     ));
     findings.push(listing(
+        "telemetry",
+        attention.silent_targets.iter().map(|t| text(t)).collect(),
+        "no target is busy without usage arriving",
+        "busy with no usage arriving for their silent_after",
+        "point the agent's exporter or base URL at costmeter (costmeter setup AGENT prints how); if it uses no LLM, set silent_after = \"0s\" on its [[target]]",
+    ));
+    findings.push(listing(
         "pricing",
         attention
             .unpriced_models

@@ -175,7 +175,12 @@ pub struct TargetConfig {
     /// Meter the whole process tree below the selected processes.
     pub children: bool,
     pub sample_interval: Duration,
+    /// Busy this long with no usage arriving is silent telemetry; `None`: never.
+    pub silent_after: Option<Duration>,
 }
+
+/// `[[target]] silent_after` when not given.
+pub const DEFAULT_SILENT_AFTER: Duration = Duration::from_secs(600);
 
 /// How a target's processes are found. Exactly one per target.
 #[derive(Debug, Clone)]
@@ -275,6 +280,8 @@ fn own_process_target() -> TargetConfig {
         selector: Selector::OwnProcess,
         children: true,
         sample_interval: DEFAULT_SAMPLE_INTERVAL,
+        // costmeter reports no usage of its own.
+        silent_after: None,
     }
 }
 
@@ -490,6 +497,7 @@ struct RawTarget {
     own_process: Option<Spanned<bool>>,
     children: Option<bool>,
     sample_interval: Option<Spanned<String>>,
+    silent_after: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -181,6 +181,15 @@ pub(super) fn validate_target(
         DEFAULT_SAMPLE_INTERVAL,
     );
 
+    let silent_after = locator.duration(
+        raw.silent_after.as_ref(),
+        "target.silent_after",
+        Duration::ZERO,
+        Duration::from_secs(30 * 86_400),
+        super::DEFAULT_SILENT_AFTER,
+    );
+    let own = matches!(selector, Some(Selector::OwnProcess));
+
     if locator.problems.len() > before {
         return None;
     }
@@ -189,6 +198,8 @@ pub(super) fn validate_target(
         selector: selector?,
         children: raw.children.unwrap_or(true),
         sample_interval,
+        // "0s" turns the check off; costmeter itself reports no usage.
+        silent_after: (!silent_after.is_zero() && !own).then_some(silent_after),
     })
 }
 

@@ -241,6 +241,8 @@ pub struct Ledger {
     fleet_instances: u32,
     /// `[fleet] name`, the label fleet budgets' series carry.
     fleet_name: Option<String>,
+    /// Targets busy while no usage arrives.
+    silence: crate::silence::Silence,
 }
 
 /// Targets a budget without its own target scope stops: every configured target but the
@@ -371,7 +373,10 @@ impl Ledger {
                     ));
                 }
                 LedgerInput::Reading(reading) => readings.push(reading),
-                LedgerInput::TargetRemoved(name) => self.metrics.forget_target(&name),
+                LedgerInput::TargetRemoved(name) => {
+                    self.silence.forget(&name);
+                    self.metrics.forget_target(&name);
+                }
                 LedgerInput::Tick => {}
                 LedgerInput::AlertHold { key, order } => self.alert_hold(key, order),
                 LedgerInput::Refused { refusal, signal } => {
@@ -432,6 +437,11 @@ impl Ledger {
                     {
                         link.nudge();
                     }
+                    if priced.iter().zip(&fresh).any(|(event, is_new)| {
+                        *is_new && matches!(event.event.body, EventBody::LlmUsage(_))
+                    }) {
+                        self.silence.usage(received);
+                    }
                     for (event, is_new) in priced.iter().zip(&fresh) {
                         if *is_new {
                             self.apply(event, received);
@@ -463,6 +473,18 @@ impl Ledger {
                 self.seen_alive.insert(reading.target.clone());
             }
             self.metrics.record_target(reading);
+            let silent = self.silence.reading(
+                &reading.target,
+                reading.cpu_seconds,
+                reading.silent_after_ms,
+                received,
+            );
+            self.metrics
+                .target_silent_seconds
+                .get_or_create(&crate::metrics::TargetLabels {
+                    target: reading.target.clone(),
+                })
+                .set(silent);
             self.health.mark_sampled();
             self.charge_reading(reading, received);
         }

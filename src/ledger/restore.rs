@@ -72,6 +72,7 @@ impl Ledger {
             fleet_policy: crate::config::OnFleetUnavailable::default(),
             fleet_instances: 1,
             fleet_name: None,
+            silence: crate::silence::Silence::default(),
             span_batch: Vec::new(),
             webhook_batch: Vec::new(),
             status_files: None,

@@ -94,6 +94,7 @@ impl Fixture {
                 processes,
                 selector: "pid 4242".into(),
                 baseline: None,
+                silent_after_ms: None,
             })],
             now,
         );

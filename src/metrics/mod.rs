@@ -290,6 +290,8 @@ pub struct Metrics {
     pub disk_written_bytes_total: Family<TargetLabels, Counter>,
     pub target_processes: Family<TargetLabels, Gauge>,
     pub target_up: Family<TargetLabels, Gauge>,
+    /// Seconds a target has been busy with no usage arriving (silent telemetry), else 0.
+    pub target_silent_seconds: Family<TargetLabels, FloatGauge>,
 
     pub budget_limit: Family<BudgetLabels, FloatGauge>,
     pub budget_used: Family<BudgetLabels, FloatGauge>,
@@ -380,6 +382,17 @@ impl Metrics {
                 })
                 .cloned()
                 .collect(),
+            silent_targets: targets
+                .iter()
+                .filter(|target| {
+                    self.target_silent_seconds
+                        .get(&TargetLabels {
+                            target: (*target).clone(),
+                        })
+                        .is_some_and(|g| g.get() > 0.0)
+                })
+                .cloned()
+                .collect(),
             unpriced_models: Vec::new(),
             folded_labels: self
                 .cap
@@ -419,6 +432,7 @@ impl Metrics {
             disk_written_bytes_total: Family::default(),
             target_processes: Family::default(),
             target_up: Family::default(),
+            target_silent_seconds: Family::default(),
             budget_limit: Family::default(),
             budget_used: Family::default(),
             budget_utilization_ratio: Family::default(),
@@ -505,6 +519,11 @@ impl Metrics {
             "target_up",
             "1 while the target is found, else 0",
             Listed(m.target_up.clone()),
+        );
+        r.register(
+            "target_silent_seconds",
+            "Seconds the target has kept busy while no usage arrived from any source, once past its silent_after (telemetry lost on the way); else 0",
+            Listed(m.target_silent_seconds.clone()),
         );
         r.register(
             "budget_limit",
@@ -675,6 +694,7 @@ impl Metrics {
         self.memory_peak_rss_bytes.remove(&labels);
         self.target_processes.remove(&labels);
         self.target_up.remove(&labels);
+        self.target_silent_seconds.remove(&labels);
     }
 
     /// The registry, for encoding.

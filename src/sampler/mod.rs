@@ -42,6 +42,8 @@ pub struct TargetReading {
     pub selector: String,
     /// What has been counted so far, stored with the deltas so a restart resumes from it.
     pub baseline: Option<Baseline>,
+    /// `[[target]] silent_after`, in ms: the ledger judges silent telemetry with it.
+    pub silent_after_ms: Option<i64>,
 }
 
 /// The accounting state a target resumes from after a restart of the sidecar.
@@ -319,6 +321,7 @@ fn sample_target(
                             processes: agents.len() as u64,
                             selector: describe(&state.config),
                             baseline: Some(Baseline::Tree(state.account.baseline())),
+                            silent_after_ms: None,
                         },
                         problem,
                     )
@@ -327,6 +330,11 @@ fn sample_target(
             }
         }
     };
+    let mut reading = reading;
+    reading.silent_after_ms = state
+        .config
+        .silent_after
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
     debug!(target_name = %name, up = reading.up, processes = reading.processes, "sampled");
     if state.last_up != Some(reading.up) {
         match (&problem, reading.up) {
@@ -353,6 +361,7 @@ fn down(name: &str, config: &TargetConfig, peak: u64) -> TargetReading {
         rss_bytes: 0,
         peak_rss_bytes: peak,
         processes: 0,
+        silent_after_ms: None,
     }
 }
 
@@ -411,6 +420,7 @@ fn sample_cgroup(
         processes: now.processes,
         selector: describe(&state.config),
         baseline: Some(Baseline::Cgroup(now)),
+        silent_after_ms: None,
     };
     cgroup.previous = Some(now);
     (reading, None)

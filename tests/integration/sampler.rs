@@ -248,3 +248,49 @@ fn a_v1_cgroup_target_reads_the_kernel_counters() {
         });
     }
 }
+
+#[test]
+fn a_busy_target_with_no_usage_arriving_is_silent_telemetry_until_usage_comes() {
+    let busy = Workload::shell("while :; do :; done");
+    let idle = Workload::shell("exec sleep 600");
+    let silent_after = "silent_after = \"1s\"\n";
+    let daemon = Daemon::start(&format!(
+        "{}{silent_after}{}{silent_after}",
+        pid_target("busy", busy.pid(), "200ms"),
+        pid_target("idle", idle.pid(), "200ms"),
+    ));
+    let silent = daemon.wait_metric(
+        "haios_target_silent_seconds",
+        &[("target", "busy")],
+        SETTLE,
+        |v| v >= 1.0,
+    );
+    assert!(silent < 60.0, "{silent}");
+    assert_eq!(
+        daemon
+            .scrape()
+            .value("haios_target_silent_seconds", &[("target", "idle")]),
+        Some(0.0),
+        "an idle target is not silent"
+    );
+    let (_, answer) = crate::verbs::doctor(&daemon.url(""));
+    let telemetry = crate::verbs::finding(&answer, "telemetry");
+    assert_eq!(telemetry["status"], "yellow", "{answer}");
+    assert!(
+        telemetry["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("busy") && !d.contains("idle")),
+        "{answer}"
+    );
+    // Usage arrives: not silent any more.
+    daemon.post_events(
+        &serde_json::json!({"type": "llm_usage", "agent": "coder", "model": "gpt-5",
+        "input_tokens": 10, "output_tokens": 1}),
+    );
+    daemon.wait_metric(
+        "haios_target_silent_seconds",
+        &[("target", "busy")],
+        SETTLE,
+        |v| v == 0.0,
+    );
+}
