@@ -6,8 +6,8 @@
 #   benches/all.sh [--quick]
 #
 # --quick runs each with fewer rounds (a smoke run; do not copy its figures).
-# Needs: curl, python3, wrk, prometheus-process-exporter (apt-get install wrk
-# prometheus-process-exporter); LITELLM=/path/to/litellm for the proxy's peer.
+# Needs: curl, python3, wrk, prometheus-process-exporter, redis-server (apt-get install wrk
+# prometheus-process-exporter redis-server); LITELLM=/path/to/litellm for the proxy's peer.
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -39,6 +39,8 @@ run kill_latency python3 benches/kill_latency.py "${11}"
 run statusline python3 benches/statusline.py "$([ "$quick" = "--quick" ] && echo 30 || echo 300)"
 # LiteLLM beside it when LITELLM names its executable (pip install 'litellm[proxy]').
 run proxy_overhead benches/proxy_overhead.sh "${12}" "${13}"
+# Fleet budgets on Redis: admission latency, overshoot and crossing to stop (redis-server).
+run fleet_redis python3 benches/fleet_redis.py "${12}" "${13}" "$([ "$quick" = "--quick" ] && echo 3 || echo 20)"
 # Not run here (five minutes of mostly waiting on Prometheus's intervals):
 #   python3 benches/fleet_alert_latency.py 10
 echo
