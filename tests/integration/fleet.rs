@@ -440,3 +440,45 @@ fn with_redis_away_one_sidecar_admits_within_its_share_and_a_refusing_one_admits
         ((redis.hash_number(&key, "used") - (spent_before + spent)).abs() < 1e-9).then_some(())
     });
 }
+
+#[test]
+fn over_rediss_with_a_password_file_two_sidecars_share_one_total_and_a_wrong_password_is_degraded()
+{
+    let scratch = scratch_dir();
+    let ca = crate::util::test_ca();
+    let Some(redis) = RedisServer::start_tls(scratch.path(), &ca, "s3cret-fleet") else {
+        return;
+    };
+    let sidecar = |password: &str| {
+        let file = scratch
+            .path()
+            .join(format!("redis-password-{}", crate::util::free_port()));
+        std::fs::write(&file, format!("{password}\n")).expect("write the password file");
+        Daemon::start(&format!(
+            "[tls]\nca_file = \"{}\"\n{}",
+            ca.ca.display(),
+            fleet_config(&redis, "tls", 10.0, "alert").replace(
+                "[fleet]\n",
+                &format!("[fleet]\npassword_file = \"{}\"\n", file.display())
+            )
+        ))
+    };
+    let one = sidecar("s3cret-fleet");
+    let two = sidecar("s3cret-fleet");
+    one.post_events(&usage("tls-1", 0.5));
+    two.post_events(&usage("tls-2", 0.25));
+    for daemon in [&one, &two] {
+        wait_used(daemon, 0.75);
+        daemon.wait_metric("haios_fleet_up", &[], SETTLE, |v| v == 1.0);
+    }
+    let wrong = sidecar("not-the-password");
+    wrong.wait_metric("haios_fleet_up", &[], SETTLE, |v| v == 0.0);
+    let (status, _, ready) = wrong.get("/readyz", None);
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready.contains("fleet"), "{ready}");
+    assert!(
+        !ready.contains("not-the-password")
+            && !wrong.logs().iter().any(|l| l.contains("not-the-password")),
+        "the password is never shown"
+    );
+}

@@ -935,6 +935,9 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// TLS only, with this server certificate and key (clients are not asked for one).
+    tls: Option<(PathBuf, PathBuf)>,
+    password: Option<String>,
 }
 
 impl RedisServer {
@@ -945,20 +948,62 @@ impl RedisServer {
             child: None,
             port: free_port(),
             dir: dir.to_path_buf(),
+            tls: None,
+            password: None,
+        };
+        server.restart();
+        Some(server)
+    }
+
+    /// A server that speaks only TLS, with `ca`'s certificate for localhost, and asks for
+    /// `password`.
+    pub fn start_tls(dir: &Path, ca: &TestCa, password: &str) -> Option<RedisServer> {
+        require_tool("redis-server", "apt-get install redis-server")?;
+        let mut server = RedisServer {
+            child: None,
+            port: free_port(),
+            dir: dir.to_path_buf(),
+            tls: Some((ca.cert.clone(), ca.key.clone())),
+            password: Some(password.to_string()),
         };
         server.restart();
         Some(server)
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        match self.tls {
+            Some(_) => format!("rediss://localhost:{}", self.port),
+            None => format!("redis://127.0.0.1:{}", self.port),
+        }
     }
 
     /// Starts it again (after `kill`) on the same port and data.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server is running");
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string()])
+        let port = self.port.to_string();
+        let mut command = Command::new("redis-server");
+        command.args(["--bind", "127.0.0.1"]);
+        match &self.tls {
+            Some((cert, key)) => {
+                command.args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &port,
+                    "--tls-auth-clients",
+                    "no",
+                ]);
+                command.arg("--tls-cert-file").arg(cert);
+                command.arg("--tls-key-file").arg(key);
+            }
+            None => {
+                command.args(["--port", &port]);
+            }
+        }
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
             .args([
                 "--save",
                 "",
@@ -975,6 +1020,13 @@ impl RedisServer {
             .spawn()
             .expect("spawn redis-server");
         self.child = Some(child);
+        if self.tls.is_some() {
+            // The test's own client does not speak TLS: a listening port is the sign.
+            wait_for("redis-server to listen", Duration::from_secs(20), || {
+                std::net::TcpStream::connect(("127.0.0.1", self.port)).ok()
+            });
+            return;
+        }
         wait_for(
             "redis-server to answer PING",
             Duration::from_secs(20),
