@@ -51,7 +51,16 @@ struct Counted {
 #[derive(Debug, Default)]
 pub struct TreeAccount {
     previous: HashMap<i32, Observed>,
+    /// Per live process: what was counted for children that vanished before its reaped figure
+    /// showed them. `/proc` is read one process after another, so a parent can be read just
+    /// before it reaps a child that is gone by the time the child's turn comes; the parent's
+    /// figure then grows one snapshot later, and is not counted again then. With how many
+    /// snapshots it has waited: a child reaped elsewhere never shows up, so credit expires.
+    credit: HashMap<i32, (Counted, u32)>,
 }
+
+/// Snapshots a credit waits for its parent's reaped figure to grow before it is dropped.
+const CREDIT_SNAPSHOTS: u32 = 20;
 
 impl TreeAccount {
     pub fn new() -> Self {
@@ -82,7 +91,8 @@ impl TreeAccount {
         for old in vanished.values() {
             let parent_alive = self.previous.get(&old.ppid).is_some_and(&is_same);
             if parent_alive {
-                let counted = counted_subtree(old.pid, &vanished, &vanished_children, 0);
+                let counted =
+                    counted_subtree(old.pid, &vanished, &vanished_children, &self.credit, 0);
                 let entry = reaped_by_live.entry(old.ppid).or_default();
                 entry.ticks += counted.ticks;
                 entry.read += counted.read;
@@ -91,6 +101,7 @@ impl TreeAccount {
         }
 
         let mut increment = Increment::default();
+        let mut credit = HashMap::new();
         for p in now {
             match self.previous.get(&p.pid).filter(|old| old.start == p.start) {
                 None => {
@@ -99,23 +110,37 @@ impl TreeAccount {
                     increment.written_bytes += p.written_bytes;
                 }
                 Some(old) => {
-                    let already = reaped_by_live.get(&p.pid).copied().unwrap_or_default();
+                    let vanished_now = reaped_by_live.get(&p.pid).copied().unwrap_or_default();
+                    let (waiting, age) = self.credit.get(&p.pid).copied().unwrap_or_default();
+                    let already = Counted {
+                        ticks: vanished_now.ticks + waiting.ticks,
+                        read: vanished_now.read + waiting.read,
+                        written: vanished_now.written + waiting.written,
+                    };
                     let reaped_growth = p.reaped_ticks.saturating_sub(old.reaped_ticks);
+                    let read_growth = p.read_bytes.saturating_sub(old.read_bytes);
+                    let written_growth = p.written_bytes.saturating_sub(old.written_bytes);
                     increment.cpu_ticks += p.own_ticks.saturating_sub(old.own_ticks)
                         + reaped_growth.saturating_sub(already.ticks);
-                    increment.read_bytes += p
-                        .read_bytes
-                        .saturating_sub(old.read_bytes)
-                        .saturating_sub(already.read);
-                    increment.written_bytes += p
-                        .written_bytes
-                        .saturating_sub(old.written_bytes)
-                        .saturating_sub(already.written);
+                    increment.read_bytes += read_growth.saturating_sub(already.read);
+                    increment.written_bytes += written_growth.saturating_sub(already.written);
+                    // What the parent's figures did not show yet waits for the next snapshots.
+                    let left = Counted {
+                        ticks: already.ticks.saturating_sub(reaped_growth),
+                        read: already.read.saturating_sub(read_growth),
+                        written: already.written.saturating_sub(written_growth),
+                    };
+                    let fresh = vanished_now.ticks + vanished_now.read + vanished_now.written > 0;
+                    let age = if fresh { 0 } else { age + 1 };
+                    if left.ticks + left.read + left.written > 0 && age < CREDIT_SNAPSHOTS {
+                        credit.insert(p.pid, (left, age));
+                    }
                 }
             }
         }
 
         self.previous = now.iter().map(|p| (p.pid, *p)).collect();
+        self.credit = credit;
         increment
     }
 
@@ -131,6 +156,7 @@ impl TreeAccount {
     pub fn restore(baseline: Vec<Observed>) -> TreeAccount {
         TreeAccount {
             previous: baseline.into_iter().map(|p| (p.pid, p)).collect(),
+            credit: HashMap::new(),
         }
     }
 }
@@ -138,23 +164,27 @@ impl TreeAccount {
 /// Deepest chain of vanished processes followed; pid reuse could otherwise build a cycle.
 const MAX_VANISHED_DEPTH: usize = 64;
 
+/// What was counted for vanished process `pid` and the vanished processes below it, including
+/// children of theirs that vanished earlier and were waiting (credit) to show in their figures.
 fn counted_subtree(
     pid: i32,
     vanished: &HashMap<i32, &Observed>,
     children: &HashMap<i32, Vec<i32>>,
+    credit: &HashMap<i32, (Counted, u32)>,
     depth: usize,
 ) -> Counted {
     let Some(process) = vanished.get(&pid) else {
         return Counted::default();
     };
+    let waiting = credit.get(&pid).map(|(c, _)| *c).unwrap_or_default();
     let mut counted = Counted {
-        ticks: process.own_ticks + process.reaped_ticks,
-        read: process.read_bytes,
-        written: process.written_bytes,
+        ticks: process.own_ticks + process.reaped_ticks + waiting.ticks,
+        read: process.read_bytes + waiting.read,
+        written: process.written_bytes + waiting.written,
     };
     if depth < MAX_VANISHED_DEPTH {
         for child in children.get(&pid).into_iter().flatten() {
-            let below = counted_subtree(*child, vanished, children, depth + 1);
+            let below = counted_subtree(*child, vanished, children, credit, depth + 1);
             counted.ticks += below.ticks;
             counted.read += below.read;
             counted.written += below.written;
@@ -195,6 +225,28 @@ mod tests {
         // the child's final 5 ticks, 3 of which were already counted.
         let inc = account.observe(&[proc(10, 1, 6, 5)]);
         assert_eq!(inc.cpu_ticks, 1 + 2);
+    }
+
+    #[test]
+    fn a_child_gone_before_its_turn_in_a_snapshot_is_not_counted_again_when_its_parent_shows_it() {
+        // root 1 → timeout 2 → busy 3. Snapshot 2 read timeout just before it reaped busy, and
+        // busy was gone by its turn; timeout's reaped figure grows only in snapshot 3, where
+        // timeout itself is gone and root shows both.
+        let mut account = TreeAccount::new();
+        let first = account.observe(&[proc(1, 0, 0, 0), proc(2, 1, 1, 0), proc(3, 2, 100, 0)]);
+        assert_eq!(first.cpu_ticks, 101);
+        let second = account.observe(&[proc(1, 0, 0, 0), proc(2, 1, 1, 0)]);
+        assert_eq!(second.cpu_ticks, 0);
+        let third = account.observe(&[proc(1, 0, 0, 101)]);
+        assert_eq!(
+            third.cpu_ticks, 0,
+            "busy's 100 ticks were counted once, while it ran"
+        );
+        // The same when the parent lives on and shows the child a snapshot late.
+        let mut account = TreeAccount::new();
+        account.observe(&[proc(1, 0, 0, 0), proc(3, 1, 50, 0)]);
+        assert_eq!(account.observe(&[proc(1, 0, 0, 0)]).cpu_ticks, 0);
+        assert_eq!(account.observe(&[proc(1, 0, 0, 60)]).cpu_ticks, 10);
     }
 
     #[test]
