@@ -134,6 +134,36 @@ fn opencode_s_cache_split_and_litellm_s_own_cost_are_read_from_python_sdk_spans(
 }
 
 #[test]
+fn codex_s_completed_response_log_from_the_python_sdk_is_one_priced_call() {
+    let daemon = Daemon::start("");
+    if !run_python_agent(&daemon, "codex-logs") {
+        return;
+    }
+    let agent = "py-agent-codex-logs";
+    // 12,000 input of which 10,000 cached, 900 output of which 600 reasoning.
+    assert_eq!(tokens(&daemon, agent, "gpt-5", "input"), 2_000.0);
+    assert_eq!(tokens(&daemon, agent, "gpt-5", "cache_read"), 10_000.0);
+    assert_eq!(tokens(&daemon, agent, "gpt-5", "output"), 900.0);
+    assert_eq!(
+        otlp_events(&daemon, "llm_usage", "accepted"),
+        1.0,
+        "one call, not one per server-sent event"
+    );
+    let table = costmeter::pricing::PriceTable::load(None, &Default::default()).expect("prices");
+    let price = table.lookup("gpt-5").expect("priced");
+    let expected = (2_000.0 * price.input
+        + 10_000.0 * price.cache_read.expect("cache read price")
+        + 900.0 * price.output)
+        / 1e6;
+    let usd = series(
+        &daemon,
+        "haios_usd_spend_total",
+        &[("agent", agent), ("model", "gpt-5")],
+    );
+    assert!((usd - expected).abs() < 1e-9, "{usd} against {expected}");
+}
+
+#[test]
 fn a_cumulative_histogram_exported_twice_counts_once() {
     let daemon = Daemon::start("");
     if !run_python_agent(&daemon, "histogram-twice") {

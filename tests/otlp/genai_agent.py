@@ -7,6 +7,8 @@ Usage: genai_agent.py MODE
   opencode+litellm one span shaped as opencode's (the Vercel AI SDK: input including the cache,
                    the split under ai.usage.inputTokenDetails) and one as LiteLLM's otel
                    callback's (its own cost in gen_ai.cost.total_cost)
+  codex-logs       Codex's codex.sse_event log events of one response (created, a delta, and
+                   response.completed with its usage), through the SDK's logging handler
 
 The endpoint comes from OTEL_EXPORTER_OTLP_ENDPOINT, as for any stock exporter.
 """
@@ -42,8 +44,33 @@ def other_shapes(tracer) -> None:
         span.set_attribute("gen_ai.cost.total_cost", 0.0123)
 
 
+def codex_logs(resource) -> None:
+    import logging
+
+    from opentelemetry.exporter.otlp.proto.http._log_exporter import OTLPLogExporter
+    from opentelemetry.sdk._logs import LoggerProvider, LoggingHandler
+    from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
+
+    provider = LoggerProvider(resource=resource)
+    provider.add_log_record_processor(BatchLogRecordProcessor(OTLPLogExporter()))
+    log = logging.getLogger("codex_otel")
+    log.addHandler(LoggingHandler(logger_provider=provider))
+    log.setLevel(logging.INFO)
+    usage = {"input_token_count": 12_000, "cached_token_count": 10_000, "output_token_count": 900,
+             "reasoning_token_count": 600, "model": "gpt-5"}
+    for kind in ["response.created", "response.output_text.delta", "response.completed"]:
+        log.info("codex.sse_event", extra={"event.name": "codex.sse_event", "event.kind": kind, **usage})
+    if not provider.force_flush(10_000):
+        sys.exit("log export did not finish")
+    provider.shutdown()
+    print("exported", flush=True)
+
+
 def main(mode: str) -> None:
     resource = Resource.create({"service.name": f"py-agent-{mode}"})
+    if mode == "codex-logs":
+        codex_logs(resource)
+        return
     reader = PeriodicExportingMetricReader(OTLPMetricExporter(), export_interval_millis=3_600_000)
     meters = MeterProvider(resource=resource, metric_readers=[reader])
     histogram = meters.get_meter("genai-test").create_histogram(

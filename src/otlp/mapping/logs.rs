@@ -1,4 +1,5 @@
-//! Per-request log events: Claude Code's `api_request`, Gemini CLI's `api_response`.
+//! Per-request log events: Claude Code's `api_request`, Gemini CLI's `api_response`, Codex's
+//! `sse_event` of a completed response.
 
 use super::*;
 
@@ -16,6 +17,11 @@ pub(super) fn log_family(record: &LogRecord, attributes: &Attributes<'_>) -> Opt
         Some(Family::ClaudeCodeLogs)
     } else if named("gemini_cli.api_response") {
         Some(Family::GeminiCliLogs)
+    } else if named("codex.sse_event")
+        && attributes.string("event.kind").as_deref() == Some("response.completed")
+    {
+        // Codex logs every server-sent event; only the completed response carries its usage.
+        Some(Family::CodexLogs)
     } else {
         None
     }
@@ -66,6 +72,16 @@ pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64
                         n("cache_creation_tokens"),
                         None,
                         n("cost_usd"),
+                    ),
+                    // Codex reports the Responses API's usage: input includes the cached part,
+                    // output includes the reasoning.
+                    Family::CodexLogs => (
+                        sum(&[n("input_token_count")]),
+                        sum(&[n("output_token_count")]),
+                        n("cached_token_count"),
+                        n("cache_write_token_count"),
+                        n("reasoning_token_count"),
+                        None,
                     ),
                     _ => (
                         sum(&[n("input_token_count"), n("tool_token_count")]),

@@ -30,16 +30,18 @@ pub enum Family {
     ClaudeCodeLogs,
     GeminiCliMetrics,
     GeminiCliLogs,
+    CodexLogs,
 }
 
 impl Family {
-    pub const ALL: [Family; 6] = [
+    pub const ALL: [Family; 7] = [
         Family::Spans,
         Family::GenAiMetric,
         Family::ClaudeCodeMetrics,
         Family::ClaudeCodeLogs,
         Family::GeminiCliMetrics,
         Family::GeminiCliLogs,
+        Family::CodexLogs,
     ];
 
     pub fn label(self) -> &'static str {
@@ -50,6 +52,7 @@ impl Family {
             Family::ClaudeCodeLogs => "claude_code_logs",
             Family::GeminiCliMetrics => "gemini_cli_metrics",
             Family::GeminiCliLogs => "gemini_cli_logs",
+            Family::CodexLogs => "codex_logs",
         }
     }
 
@@ -64,7 +67,9 @@ impl Family {
             Family::GenAiMetric | Family::ClaudeCodeMetrics | Family::GeminiCliMetrics => {
                 super::Signal::Metrics
             }
-            Family::ClaudeCodeLogs | Family::GeminiCliLogs => super::Signal::Logs,
+            Family::ClaudeCodeLogs | Family::GeminiCliLogs | Family::CodexLogs => {
+                super::Signal::Logs
+            }
         }
     }
 }

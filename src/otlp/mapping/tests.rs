@@ -440,3 +440,44 @@ fn a_cost_the_client_reports_in_usd_is_the_events_and_one_in_another_currency_is
     );
     assert_eq!(cost_of(vec![]), None);
 }
+
+#[test]
+fn codex_s_completed_response_event_is_one_call_and_its_other_sse_events_are_nothing() {
+    let event = |kind: &str| LogRecord {
+        time_unix_nano: 1_790_000_000_000_000_000,
+        attributes: vec![
+            s("event.name", "codex.sse_event"),
+            s("event.kind", kind),
+            s("model", "gpt-5-codex"),
+            i("input_token_count", 12_000),
+            i("cached_token_count", 10_000),
+            i("output_token_count", 900),
+            i("reasoning_token_count", 600),
+        ],
+        ..Default::default()
+    };
+    let request = logs_request(
+        "codex_cli_rs",
+        vec![
+            event("response.created"),
+            event("response.output_text.delta"),
+            event("response.completed"),
+        ],
+    );
+    let mapped = logs(&request, &defaults(), 0);
+    assert!(mapped.rejected.is_empty(), "{:?}", mapped.rejected);
+    assert_eq!(mapped.records.len(), 1, "only the completed response");
+    assert_eq!(mapped.records[0].family, Family::CodexLogs);
+    let u = usage(&mapped.records[0].event);
+    assert_eq!(
+        (
+            u.model.as_str(),
+            u.input_tokens,
+            u.cache_read_tokens,
+            u.output_tokens,
+            u.reasoning_tokens,
+            u.uncached_input_tokens()
+        ),
+        ("gpt-5-codex", 12_000, 10_000, 900, 600, 2_000)
+    );
+}
