@@ -10,7 +10,6 @@ BENCHMARKS.md, "Fleet budgets through Prometheus and Alertmanager".
 """
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,23 +18,16 @@ import time
 import urllib.parse
 import urllib.request
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import alive, free_port, post, wait  # noqa: E402
+
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(HERE, "target", "release", "costmeter")
 TRIALS = int(sys.argv[1]) if len(sys.argv) > 1 else 10
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait(what, condition, limit=90):
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def ok(url):
@@ -46,12 +38,6 @@ def ok(url):
         return False
 
 
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
 def prom_count(port, query):
@@ -128,11 +114,6 @@ def trial(work, fast):
             p.wait()
 
 
-def post(port, usd):
-    body = json.dumps({"type": "llm_usage", "agent": "coder", "model": "gpt-5", "input_tokens": 100,
-                       "output_tokens": 10, "cost_usd": usd}).encode()
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/events", body,
-                                                  {"Content-Type": "application/json"}), timeout=5)
 
 
 def main():

@@ -18,13 +18,15 @@ See BENCHMARKS.md, "Fleet budgets on Redis".
 """
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from benchlib import alive, free_port, post, wait  # noqa: E402
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.join(HERE, "target", "release", "costmeter")
@@ -36,18 +38,8 @@ TRIALS = int(sys.argv[3]) if len(sys.argv) > 3 else 20
 PER_CALL = (21 * 2.50 + 9 * 10.0) / 1e6
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
-def wait(what, condition, limit=60):
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def get(url):
@@ -58,19 +50,8 @@ def get(url):
         return None
 
 
-def alive(pid):
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
-    except OSError:
-        return False
 
 
-def post(port, usd):
-    body = json.dumps({"type": "llm_usage", "agent": "coder", "model": "gpt-5", "input_tokens": 100,
-                       "output_tokens": 10, "cost_usd": usd}).encode()
-    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/v1/events", body,
-                                                  {"Content-Type": "application/json"}), timeout=5)
 
 
 def used(port, budget):

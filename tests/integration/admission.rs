@@ -19,6 +19,21 @@ fn config(standin: &StandIn, budget: &str) -> String {
 }
 
 /// USD the stand-in's reported usage costs at the baseline's prices.
+/// The most a call of the concurrency scripts may cost: 100 output tokens of claude-sonnet-4-5
+/// ($0.0015) and ~50 input tokens at its cache-write price (under $0.0002). Admission holds
+/// this much for each until it settles.
+pub(crate) const WORST_CALL_USD: f64 = 100.0 * 15e-6 + 50.0 * 3.75e-6;
+
+/// At least as many calls as fit `limit` at their worst case were admitted.
+#[track_caller]
+pub(crate) fn assert_admitted_what_fits(admitted: usize, limit: f64) {
+    let fit = (limit / WORST_CALL_USD).floor();
+    assert!(
+        admitted as f64 >= fit,
+        "{admitted} admitted, at least {fit} fit"
+    );
+}
+
 pub(crate) fn priced(calls: &[Value]) -> f64 {
     let table = costmeter::pricing::PriceTable::load(None, &Default::default()).expect("prices");
     calls
@@ -116,14 +131,8 @@ fn forty_concurrent_sdk_calls_never_spend_past_a_hard_budget_and_refusals_are_no
         spent <= limit,
         "the provider billed ${spent} against a ${limit} budget"
     );
-    // At least the calls whose worst case fits were admitted: each asks for 100 output tokens
-    // ($0.0015) and ~50 input tokens at the cache-write price (under $0.0002).
-    let worst = 100.0 * 15e-6 + 50.0 * 3.75e-6;
-    assert!(
-        admitted as f64 >= (limit / worst).floor(),
-        "{admitted} admitted, at least {} fit",
-        (limit / worst).floor()
-    );
+    // At least the calls whose worst case fits were admitted.
+    assert_admitted_what_fits(admitted, limit);
     assert!(!refused.is_empty(), "40 calls do not all fit");
     // Refused calls never reached the provider, raised at once with the budget named, and were
     // sent once each: the SDK's default retries did not fire on the refusal's status.
