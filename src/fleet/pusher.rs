@@ -48,42 +48,37 @@ pub struct Release {
 }
 
 impl Link {
+    fn lock(&self) -> std::sync::MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// New usage was committed: push soon.
     pub fn nudge(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .nudged = true;
+        self.lock().nudged = true;
         self.wake.notify_one();
     }
 
     /// Ends reservations with the next push (after the usage that settled them, which the
     /// ledger committed before this is called).
     pub fn release(&self, releases: Vec<Release>) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock();
         state.releases.extend(releases);
         state.nudged = true;
         self.wake.notify_one();
     }
 
     pub fn stop(&self) {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stop = true;
+        self.lock().stop = true;
         self.wake.notify_all();
     }
 
     fn stopped(&self) -> bool {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stop
+        self.lock().stop
     }
 
     /// Waits for a nudge or `timeout`; the releases to send, or `None` to stop.
     fn wait(&self, timeout: Duration) -> Option<Vec<Release>> {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let state = self.lock();
         let (mut state, _) = self
             .wake
             .wait_timeout_while(state, timeout, |s| !s.nudged && !s.stop)
@@ -97,14 +92,14 @@ impl Link {
 
     /// What was released since the last wait, without waiting.
     fn take_releases(&self) -> Vec<Release> {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock();
         state.nudged = false;
         std::mem::take(&mut state.releases)
     }
 
     /// Releases that could not be sent go back in front.
     fn requeue(&self, mut releases: Vec<Release>) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut state = self.lock();
         releases.append(&mut state.releases);
         state.releases = releases;
     }

@@ -54,18 +54,6 @@ pub(crate) fn priced(calls: &[Value]) -> f64 {
         .sum()
 }
 
-fn budget(daemon: &Daemon, name: &str) -> Value {
-    let (_, _, body) = daemon.get("/v1/budgets", None);
-    let budgets: Value = serde_json::from_str(&body).expect("JSON");
-    budgets["budgets"]
-        .as_array()
-        .expect("budgets")
-        .iter()
-        .find(|b| b["name"] == name)
-        .cloned()
-        .expect("the budget")
-}
-
 fn calls_counted(daemon: &Daemon, outcome: &str) -> f64 {
     daemon
         .scrape()
@@ -150,7 +138,7 @@ fn forty_concurrent_sdk_calls_never_spend_past_a_hard_budget_and_refusals_are_no
         (calls_counted(&daemon, "ok") == admitted as f64).then_some(())
     });
     assert_eq!(calls_counted(&daemon, "refused"), refused.len() as f64);
-    let state = budget(&daemon, "coder-usd");
+    let state = daemon.budget("coder-usd");
     assert_eq!(state["reserved"], 0.0, "{state}");
     let used = state["used"].as_f64().expect("used");
     assert!(
@@ -213,7 +201,7 @@ fn a_stream_that_would_blow_the_budget_is_cut_cleanly_at_the_limit() {
     wait_for("the cut recorded", SETTLE, || {
         (calls_counted(&daemon, "limited") == 1.0).then_some(())
     });
-    let state = budget(&daemon, "coder-tokens");
+    let state = daemon.budget("coder-tokens");
     assert_eq!(state["reserved"], 0.0);
     assert!(state["used"].as_f64().expect("used") <= limit, "{state}");
     assert!(
@@ -246,7 +234,7 @@ fn reservations_are_released_when_a_client_leaves_an_upstream_fails_or_costmeter
         )
     };
     let reserved = |daemon: &Daemon| {
-        budget(daemon, "coder-tokens")["reserved"]
+        daemon.budget("coder-tokens")["reserved"]
             .as_f64()
             .expect("reserved")
     };

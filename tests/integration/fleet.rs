@@ -25,18 +25,6 @@ fn usage(id: &str, cost: f64) -> Value {
            "input_tokens": 10, "output_tokens": 0, "cost_usd": cost})
 }
 
-fn team_budget(daemon: &Daemon) -> Value {
-    let (_, _, body) = daemon.get("/v1/budgets", None);
-    let budgets: Value = serde_json::from_str(&body).expect("JSON");
-    budgets["budgets"]
-        .as_array()
-        .expect("budgets")
-        .iter()
-        .find(|b| b["name"] == "team-usd")
-        .cloned()
-        .expect("the fleet budget")
-}
-
 /// Waits until `daemon` reports `used` for the fleet budget (exactly: the costs below are
 /// multiples of 1/1024, which floating point sums without rounding).
 #[track_caller]
@@ -45,7 +33,7 @@ fn wait_used(daemon: &Daemon, used: f64) -> Value {
         &format!("the fleet budget's used to be {used}"),
         SETTLE,
         || {
-            let budget = team_budget(daemon);
+            let budget = daemon.budget("team-usd");
             (budget["used"].as_f64() == Some(used)).then_some(budget)
         },
     )
@@ -185,7 +173,7 @@ fn redis_killed_mid_stream_then_restarted_counts_every_acknowledged_event_exactl
         sidecar.wait_metric("haios_fleet_up", &[], SETTLE, |v| v == 0.0);
         sidecar.wait_metric("haios_fleet_backlog_events", &[], SETTLE, |v| v > 0.0);
         // What this sidecar acknowledged still counts here.
-        assert!(team_budget(sidecar)["used"].as_f64().expect("used") > 0.0);
+        assert!(sidecar.budget("team-usd")["used"].as_f64().expect("used") > 0.0);
     }
 
     redis.restart();
@@ -326,7 +314,7 @@ fn concurrent_calls_through_three_sidecars_never_spend_past_the_fleet_budget() {
     let key = window_key(&redis);
     for sidecar in &sidecars {
         wait_for("the sidecar to see the fleet's spend", SETTLE, || {
-            let budget = team_budget(sidecar);
+            let budget = sidecar.budget("team-usd");
             let used = budget["used"].as_f64()?;
             ((used - spent).abs() < 1e-9 && budget["reserved"] == 0.0).then_some(())
         });

@@ -232,6 +232,20 @@ impl Daemon {
         .spawn_in(dir, None)
     }
 
+    /// The budget `name` as `GET /v1/budgets` shows it.
+    #[track_caller]
+    pub fn budget(&self, name: &str) -> serde_json::Value {
+        let (_, _, body) = self.get("/v1/budgets", None);
+        let budgets: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+        budgets["budgets"]
+            .as_array()
+            .expect("budgets")
+            .iter()
+            .find(|b| b["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no budget '{name}' in {budgets}"))
+    }
+
     /// The Prometheus text exposition, parsed by an independent parser.
     pub fn scrape(&self) -> Scrape {
         let (status, _, body) = self.get("/metrics", None);
