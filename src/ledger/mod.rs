@@ -323,6 +323,18 @@ impl Ledger {
         let mut otlp_undo = Vec::new();
         let mut otlp_requests = Vec::new();
         let mut releases = Vec::new();
+        // Usage held for a richer twin that did not come is counted now.
+        let due = self.otlp.due(received);
+        if !due.rows.is_empty() {
+            for event in due.events {
+                if let Err(problem) = self.admit(event, crate::otlp::SOURCE, received, &mut priced)
+                {
+                    warn!(%problem, "held OTLP usage could not be counted");
+                }
+            }
+            otlp_rows.extend(due.rows);
+            otlp_undo.push(due.undo);
+        }
         for input in batch {
             match input {
                 LedgerInput::Events {

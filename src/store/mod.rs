@@ -12,7 +12,7 @@ use rusqlite::{Connection, params};
 
 use crate::ingest::{Event, EventBody};
 use crate::otlp::mapping::Family;
-use crate::otlp::streams::{Claim, OtlpState, StateRow, StreamState};
+use crate::otlp::streams::{Claim, Held, OtlpState, StateRow, StreamState};
 use crate::pricing::Cost;
 
 /// Marks a database as costmeter's (`PRAGMA application_id`), so a foreign file is refused.
@@ -96,6 +96,12 @@ const MIGRATIONS: &[&str] = &[
     // (a new store, even at the same path, starts again from nothing).
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
     INSERT INTO meta (key, value) VALUES ('store_id', lower(hex(randomblob(16))));",
+    // 7: one count per call across signals: how far the family metering an owner has counted
+    // (a richer family taking over counts after it), and usage held for a moment for a richer
+    // twin (`held` is the usage as JSON, tokens and ids only).
+    "ALTER TABLE otlp_claims ADD COLUMN covered_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE otlp_claims ADD COLUMN held_until_ms INTEGER;
+    CREATE TABLE otlp_held (key TEXT PRIMARY KEY, held TEXT NOT NULL) WITHOUT ROWID;",
 ];
 
 /// Usage of one agent and model in one hour.

@@ -31,7 +31,7 @@ impl Store {
         let mut claims = HashMap::new();
         let mut statement = self
             .conn
-            .prepare("SELECT owner, family, last_ms FROM otlp_claims")
+            .prepare("SELECT owner, family, last_ms, covered_ms, held_until_ms FROM otlp_claims")
             .map_err(StoreError::Read)?;
         let rows = statement
             .query_map([], |r| {
@@ -39,16 +39,41 @@ impl Store {
                     r.get::<_, String>(0)?,
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
                 ))
             })
             .map_err(StoreError::Read)?;
         for row in rows {
-            let (owner, family, last_ms) = row.map_err(StoreError::Read)?;
+            let (owner, family, last_ms, covered_ms, held_until_ms) =
+                row.map_err(StoreError::Read)?;
             if let Some(family) = Family::from_label(&family) {
-                claims.insert(owner, Claim { family, last_ms });
+                claims.insert(
+                    owner,
+                    Claim {
+                        family,
+                        last_ms,
+                        covered_ms,
+                        held_until_ms,
+                    },
+                );
             }
         }
-        Ok(OtlpState::new(streams, claims))
+        let mut held = Vec::new();
+        let mut statement = self
+            .conn
+            .prepare("SELECT held FROM otlp_held")
+            .map_err(StoreError::Read)?;
+        let rows = statement
+            .query_map([], |r| r.get::<_, String>(0))
+            .map_err(StoreError::Read)?;
+        for row in rows {
+            // A row this costmeter cannot read was written by no costmeter: skip it.
+            if let Ok(h) = serde_json::from_str::<Held>(&row.map_err(StoreError::Read)?) {
+                held.push(h);
+            }
+        }
+        Ok(OtlpState::new(streams, claims, held))
     }
 
     /// Saved accounting baselines: target → (selector description, serialized baseline).

@@ -181,8 +181,11 @@ impl Store {
             .map_err(StoreError::Write)?;
         tx.execute("DELETE FROM otlp_streams WHERE seen_ms < ?1", [cutoff_ms])
             .map_err(StoreError::Write)?;
-        tx.execute("DELETE FROM otlp_claims WHERE last_ms < ?1", [cutoff_ms])
-            .map_err(StoreError::Write)?;
+        tx.execute(
+            "DELETE FROM otlp_claims WHERE last_ms < ?1 AND held_until_ms IS NULL",
+            [cutoff_ms],
+        )
+        .map_err(StoreError::Write)?;
         tx.commit().map_err(StoreError::Write)?;
         Ok(emptied + folded_events + folded_samples)
     }
@@ -433,8 +436,10 @@ fn write_otlp_state(tx: &rusqlite::Transaction<'_>, rows: &[StateRow]) -> Result
         .map_err(StoreError::Write)?;
     let mut claim = tx
         .prepare_cached(
-            "INSERT INTO otlp_claims (owner, family, last_ms) VALUES (?1, ?2, ?3)
-             ON CONFLICT(owner) DO UPDATE SET family = excluded.family, last_ms = excluded.last_ms",
+            "INSERT INTO otlp_claims (owner, family, last_ms, covered_ms, held_until_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(owner) DO UPDATE SET family = excluded.family, last_ms = excluded.last_ms,
+                covered_ms = excluded.covered_ms, held_until_ms = excluded.held_until_ms",
         )
         .map_err(StoreError::Write)?;
     for row in rows {
@@ -446,7 +451,22 @@ fn write_otlp_state(tx: &rusqlite::Transaction<'_>, rows: &[StateRow]) -> Result
                 state.value,
                 state.seen_ms
             ]),
-            StateRow::Claim(owner, c) => claim.execute(params![owner, c.family.label(), c.last_ms]),
+            StateRow::Claim(owner, c) => claim.execute(params![
+                owner,
+                c.family.label(),
+                c.last_ms,
+                c.covered_ms,
+                c.held_until_ms
+            ]),
+            StateRow::Hold(held) => tx
+                .prepare_cached("INSERT OR REPLACE INTO otlp_held (key, held) VALUES (?1, ?2)")
+                .and_then(|mut s| {
+                    let json = serde_json::to_string(held).unwrap_or_default();
+                    s.execute(params![held.key(), json])
+                }),
+            StateRow::Unhold(key) => tx
+                .prepare_cached("DELETE FROM otlp_held WHERE key = ?1")
+                .and_then(|mut s| s.execute([key])),
         }
         .map_err(StoreError::Write)?;
     }

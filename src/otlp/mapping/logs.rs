@@ -1,5 +1,5 @@
 //! Per-request log events: Claude Code's `api_request`, Gemini CLI's `api_response`, Codex's
-//! `sse_event` of a completed response.
+//! `sse_event` of a completed response, Cursor's `api_request`.
 
 use super::*;
 
@@ -15,6 +15,8 @@ pub(super) fn log_family(record: &LogRecord, attributes: &Attributes<'_>) -> Opt
     if named("claude_code.api_request") || (attribute == "api_request" && service == "claude-code")
     {
         Some(Family::ClaudeCodeLogs)
+    } else if named("cursor.api.request") {
+        Some(Family::CursorLogs)
     } else if named("gemini_cli.api_response") {
         Some(Family::GeminiCliLogs)
     } else if named("codex.sse_event")
@@ -73,6 +75,23 @@ pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64
                         None,
                         n("cost_usd"),
                     ),
+                    // Cursor counts each kind apart, as Anthropic's API does.
+                    Family::CursorLogs => {
+                        let cache_write =
+                            n("cache_creation_tokens").or_else(|| n("cache_write_tokens"));
+                        (
+                            sum(&[
+                                n("input_tokens"),
+                                n("cache_read_tokens"),
+                                cache_write.clone(),
+                            ]),
+                            sum(&[n("output_tokens")]),
+                            n("cache_read_tokens"),
+                            cache_write,
+                            None,
+                            n("cost_usd"),
+                        )
+                    }
                     // Codex reports the Responses API's usage: input includes the cached part,
                     // output includes the reasoning.
                     Family::CodexLogs => (
@@ -106,10 +125,16 @@ pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64
                     .set("output_tokens", output)
                     .text(
                         "event_id",
-                        format!(
-                            "otlp-log-{}",
-                            digest(&[resource, &record.attributes], &time_ns.to_string())
-                        ),
+                        match attributes.string("cursor.event.id") {
+                            // Cursor names each event: a resend under a new time counts once.
+                            Some(id) if family == Family::CursorLogs => {
+                                format!("otlp-cursor-{}", digest(&[], &id))
+                            }
+                            _ => format!(
+                                "otlp-log-{}",
+                                digest(&[resource, &record.attributes], &time_ns.to_string())
+                            ),
+                        },
                     )
                     .maybe("provider", labels.provider.map(Raw::Text))
                     .maybe("cache_read_tokens", cache_read)
@@ -134,6 +159,7 @@ pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64
                         owner: attributes.owner(),
                         family,
                         event,
+                        awaiting: None,
                     }),
                     Err(problem) => mapped.rejected.push(problem),
                 }

@@ -1,5 +1,5 @@
-//! Token and cost metric points: the GenAI histogram, Claude Code's and Gemini CLI's
-//! counters; and the usage event of summed deltas.
+//! Token and cost metric points: the GenAI histogram and counters, Claude Code's, Gemini CLI's,
+//! Codex's and Cursor's; and the usage event of summed deltas.
 
 use super::*;
 
@@ -9,15 +9,46 @@ pub(super) fn metric_family(name: &str) -> Option<Family> {
         "gen_ai.client.token.usage" => Some(Family::GenAiMetric),
         "claude_code.token.usage" | "claude_code.cost.usage" => Some(Family::ClaudeCodeMetrics),
         "gemini_cli.token.usage" => Some(Family::GeminiCliMetrics),
+        "codex.turn.token_usage" => Some(Family::CodexMetrics),
+        "cursor.token.usage" | "cursor.cost.usage" => Some(Family::CursorMetrics),
+        name if name.starts_with(GENAI_COUNTER_PREFIX) => Some(Family::GenAiCounters),
         _ => None,
     }
+}
+
+/// The semantic conventions' per-kind usage counters (`semantic-conventions-genai`), which
+/// replace the histogram: the kind is in the name, `gen_ai.token.modality` only splits it.
+const GENAI_COUNTER_PREFIX: &str = "gen_ai.client.inference.usage.";
+
+/// The attribute that names a point's token type, by family.
+pub(super) fn token_type_keys(family: Family) -> &'static [&'static str] {
+    match family {
+        Family::CodexMetrics => &["token_type", "codex.token_type"],
+        Family::CursorMetrics => &["cursor.token.type", "type"],
+        _ => &["gen_ai.token.type", "type"],
+    }
+}
+
+/// Points a metric carries that are no usage of their own (a total of the others).
+pub(super) fn ignored(metric: &str, token_type: Option<&str>) -> bool {
+    metric == "codex.turn.token_usage" && token_type == Some("total")
 }
 
 /// What a point adds to, from its metric and its token-type attribute.
 pub(super) fn parts_of(metric: &str, token_type: Option<&str>) -> Option<&'static [Part]> {
     use Part::*;
-    if metric == "claude_code.cost.usage" {
+    if metric == "claude_code.cost.usage" || metric == "cursor.cost.usage" {
         return Some(&[Usd]);
+    }
+    if let Some(kind) = metric.strip_prefix(GENAI_COUNTER_PREFIX) {
+        return Some(match kind {
+            "input_tokens" => &[Input],
+            "cache_read.input_tokens" => &[CacheRead],
+            "cache_write.input_tokens" => &[CacheWrite],
+            "output_tokens" => &[Output],
+            "reasoning.output_tokens" => &[Reasoning],
+            _ => return None,
+        });
     }
     Some(match (metric, token_type?) {
         ("gen_ai.client.token.usage", "input" | "prompt") => &[Input],
@@ -35,6 +66,19 @@ pub(super) fn parts_of(metric: &str, token_type: Option<&str>) -> Option<&'stati
         ("gemini_cli.token.usage", "thought") => &[Output, Reasoning],
         ("gemini_cli.token.usage", "cache") => &[CacheRead],
         ("gemini_cli.token.usage", "tool") => &[Input],
+        // Codex reports the Responses API's usage: input includes the cached part, output
+        // the reasoning.
+        ("codex.turn.token_usage", "input") => &[Input],
+        ("codex.turn.token_usage", "cached_input") => &[CacheRead],
+        ("codex.turn.token_usage", "cache_write_input") => &[CacheWrite],
+        ("codex.turn.token_usage", "output") => &[Output],
+        ("codex.turn.token_usage", "reasoning_output") => &[Reasoning],
+        // Cursor's kinds are apart from each other, as Anthropic's API and Cursor's usage
+        // export count them: the cache parts add to input.
+        ("cursor.token.usage", "input") => &[Input],
+        ("cursor.token.usage", "output") => &[Output],
+        ("cursor.token.usage", "cache_read") => &[Input, CacheRead],
+        ("cursor.token.usage", "cache_creation" | "cache_write") => &[Input, CacheWrite],
         _ => return None,
     })
 }
@@ -132,9 +176,10 @@ pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Ma
                         item: attributes_list,
                         resource,
                     };
-                    let token_type = attributes
-                        .string("gen_ai.token.type")
-                        .or_else(|| attributes.string("type"));
+                    let token_type = attributes.first_string(token_type_keys(family));
+                    if ignored(&metric.name, token_type.as_deref()) {
+                        continue;
+                    }
                     let Some(parts) = parts_of(&metric.name, token_type.as_deref()) else {
                         mapped.rejected.push(format!(
                             "{origin}: token type '{}' is not one costmeter knows for this metric",
@@ -156,7 +201,8 @@ pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Ma
                         }
                     };
                     let model_keys: &[&str] = match family {
-                        Family::GenAiMetric => MODEL_KEYS,
+                        Family::GenAiMetric | Family::GenAiCounters => MODEL_KEYS,
+                        Family::CursorMetrics => &["model", "cursor.model"],
                         _ => &["model"],
                     };
                     mapped.points.push(Point {

@@ -31,10 +31,18 @@ pub enum Family {
     GeminiCliMetrics,
     GeminiCliLogs,
     CodexLogs,
+    /// The semantic conventions' `gen_ai.client.inference.usage.*` counters.
+    GenAiCounters,
+    /// Codex's `codex.turn.token_usage` histogram.
+    CodexMetrics,
+    /// Cursor's `cursor.token.usage` and `cursor.cost.usage`.
+    CursorMetrics,
+    /// Cursor's `cursor.api.request` log events.
+    CursorLogs,
 }
 
 impl Family {
-    pub const ALL: [Family; 7] = [
+    pub const ALL: [Family; 11] = [
         Family::Spans,
         Family::GenAiMetric,
         Family::ClaudeCodeMetrics,
@@ -42,6 +50,10 @@ impl Family {
         Family::GeminiCliMetrics,
         Family::GeminiCliLogs,
         Family::CodexLogs,
+        Family::GenAiCounters,
+        Family::CodexMetrics,
+        Family::CursorMetrics,
+        Family::CursorLogs,
     ];
 
     pub fn label(self) -> &'static str {
@@ -53,6 +65,10 @@ impl Family {
             Family::GeminiCliMetrics => "gemini_cli_metrics",
             Family::GeminiCliLogs => "gemini_cli_logs",
             Family::CodexLogs => "codex_logs",
+            Family::GenAiCounters => "gen_ai_counters",
+            Family::CodexMetrics => "codex_metrics",
+            Family::CursorMetrics => "cursor_metrics",
+            Family::CursorLogs => "cursor_logs",
         }
     }
 
@@ -64,12 +80,16 @@ impl Family {
     pub fn signal(self) -> super::Signal {
         match self {
             Family::Spans => super::Signal::Traces,
-            Family::GenAiMetric | Family::ClaudeCodeMetrics | Family::GeminiCliMetrics => {
-                super::Signal::Metrics
-            }
-            Family::ClaudeCodeLogs | Family::GeminiCliLogs | Family::CodexLogs => {
-                super::Signal::Logs
-            }
+            Family::GenAiMetric
+            | Family::ClaudeCodeMetrics
+            | Family::GeminiCliMetrics
+            | Family::GenAiCounters
+            | Family::CodexMetrics
+            | Family::CursorMetrics => super::Signal::Metrics,
+            Family::ClaudeCodeLogs
+            | Family::GeminiCliLogs
+            | Family::CodexLogs
+            | Family::CursorLogs => super::Signal::Logs,
         }
     }
 }
@@ -100,6 +120,17 @@ pub struct Record {
     pub owner: String,
     pub family: Family,
     pub event: Event,
+    /// A span that names no model, whose parent (this id) was not in its request: it waits
+    /// for the parent to say the model (Codex puts it on the turn span, which ends last).
+    pub awaiting: Option<String>,
+}
+
+/// What a span without usage says to the spans under it: its model, and its own parent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hint {
+    pub span_id: String,
+    pub parent: Option<String>,
+    pub model: Option<String>,
 }
 
 /// One number of a metric stream, before cumulative values become deltas.
@@ -124,6 +155,8 @@ pub struct Mapped {
     pub points: Vec<Point>,
     /// Items that carried usage but could not be read, each with why.
     pub rejected: Vec<String>,
+    /// Spans without usage that may be the parent a held span waits for.
+    pub hints: Vec<Hint>,
 }
 
 /// Attributes of an item and of its resource; the item's win.
