@@ -328,9 +328,11 @@ impl OtlpState {
         now_ms: i64,
         out: &mut Resolved,
     ) {
-        let verdict = match self.admit(owner, family, event.ts_ms, now_ms, out) {
-            Verdict::Count if awaiting.is_some() => Verdict::Hold(now_ms + HOLD_MS),
-            other => other,
+        // A span waiting for its model is admitted once it knows it: whose usage it is depends
+        // on the model.
+        let verdict = match awaiting {
+            Some(_) => Verdict::Hold(now_ms + HOLD_MS),
+            None => self.admit(owner, family, event.ts_ms, now_ms, out),
         };
         match verdict {
             Verdict::Count => out.events.push(event),
@@ -363,7 +365,7 @@ impl OtlpState {
 
     /// Spans that wait for these parents learn their model (and are counted), or learn the
     /// next parent up to wait for.
-    fn inform(&mut self, hints: &[mapping::Hint], out: &mut Resolved) {
+    fn inform(&mut self, hints: &[mapping::Hint], now_ms: i64, out: &mut Resolved) {
         if self.held.values().all(|h| h.awaiting.is_none()) {
             return;
         }
@@ -383,14 +385,25 @@ impl OtlpState {
             match (&hint.model, &hint.parent) {
                 (Some(model), _) => {
                     held.model = crate::ingest::event::model_label(model).into_owned();
-                    out.events.push(held.event());
+                    let instance = held.owner.rsplit_once('|').map_or("", |(i, _)| i);
+                    held.owner = format!("{instance}|{}", held.model);
+                    self.count_span(held, now_ms, out);
                 }
                 (None, Some(grandparent)) => {
                     held.awaiting = Some(grandparent.clone());
                     self.hold(held, out);
                 }
-                (None, None) => out.events.push(held.event()),
+                (None, None) => self.count_span(held, now_ms, out),
             }
+        }
+    }
+
+    /// A span that waited for its parent, admitted now as its family's usage.
+    fn count_span(&mut self, held: Held, now_ms: i64, out: &mut Resolved) {
+        let event = held.event();
+        match self.admit(&held.owner, Family::Spans, event.ts_ms, now_ms, out) {
+            Verdict::Duplicate => out.duplicates += 1,
+            _ => out.events.push(event),
         }
     }
 
@@ -431,7 +444,7 @@ impl OtlpState {
         };
         // Records before points, and the richest points first: within one request the order
         // of signals does not decide who meters an owner.
-        self.inform(&mapped.hints, &mut out);
+        self.inform(&mapped.hints, now_ms, &mut out);
         for record in mapped.records {
             self.take(
                 &record.owner,
@@ -505,7 +518,7 @@ impl OtlpState {
             .collect();
         for key in orphans {
             if let Some(held) = self.unhold(&key, &mut out) {
-                out.events.push(held.event());
+                self.count_span(held, now_ms, &mut out);
             }
         }
         let owners: Vec<(String, Claim)> = self

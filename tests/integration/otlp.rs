@@ -902,3 +902,78 @@ fn spans_without_ids_count_once_and_nan_token_counts_are_refused() {
         "{detail}"
     );
 }
+
+/// Tokens by kind a stand-in's answers reported: uncached input, cache read, cache write,
+/// output, for one provider.
+fn standin_kinds(calls: &[Value], provider: &str) -> [u64; 4] {
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    calls
+        .iter()
+        .filter(|c| c["provider"] == provider)
+        .map(|c| {
+            let u = &c["usage"];
+            match provider {
+                // Anthropic counts input without the cache.
+                "anthropic" => [
+                    n(&u["input_tokens"]),
+                    n(&u["cache_read_input_tokens"]),
+                    n(&u["cache_creation_input_tokens"]),
+                    n(&u["output_tokens"]),
+                ],
+                _ => [n(&u["prompt_tokens"]), 0, 0, n(&u["completion_tokens"])],
+            }
+        })
+        .fold([0; 4], |a, b| {
+            [a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3]]
+        })
+}
+
+#[test]
+fn instrumented_official_sdks_are_counted_once_per_call_from_their_spans_though_metrics_came_first()
+{
+    let Some(python) = crate::util::genai_python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standin = crate::util::StandIn::start(dir.path(), None);
+    let daemon = Daemon::start("");
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/otlp/instrumented_sdks.py"
+    );
+    let output = Command::new(python)
+        .arg(script)
+        .arg(&standin.url)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", daemon.url("/v1/otlp"))
+        .output()
+        .expect("python runs");
+    assert!(
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("exported"),
+        "the instrumented SDKs failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let calls = standin.calls();
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    let agent = "instrumented-sdks";
+    let kinds = |model: &str| {
+        ["input", "cache_read", "cache_write", "output"]
+            .map(|kind| tokens(&daemon, agent, model, kind) as u64)
+    };
+    // OpenLLMetry's Anthropic spans carry the whole split: exact by kind.
+    assert_eq!(
+        kinds("claude-sonnet-4-5"),
+        standin_kinds(&calls, "anthropic")
+    );
+    // openai-v2 2.4b0 reports no cache split for Chat Completions (its gap, not one costmeter
+    // can fill): its input is all input, as the stand-in's prompt_tokens.
+    let openai = kinds("gpt-4o");
+    let expected = standin_kinds(&calls, "openai");
+    assert_eq!(
+        (openai[0] + openai[1], openai[3]),
+        (expected[0], expected[3])
+    );
+    // One count per call: the spans; the histograms, flushed first and held, were the same
+    // calls again.
+    assert_eq!(otlp_events(&daemon, "llm_usage", "accepted"), 4.0);
+    assert!(otlp_events(&daemon, "llm_usage", "duplicate") >= 2.0);
+}

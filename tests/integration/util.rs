@@ -652,6 +652,28 @@ const OTEL_PYTHON_PACKAGES: &[&str] = &[
 const SDK_PYTHON_PACKAGES: &[&str] =
     &["openai==3.57.0", "anthropic==2.15.0", "google-genai==3.6.1"];
 
+/// The official SDKs with the GenAI instrumentations people add to them: the OpenTelemetry
+/// project's openai-v2 (with the genai utilities it was released against) and OpenLLMetry's
+/// anthropic, on the OpenTelemetry SDK and OTLP/HTTP exporter.
+const GENAI_PYTHON_PACKAGES: &[&str] = &[
+    "openai==3.57.0",
+    "anthropic==2.15.0",
+    "httpx==0.29.0",
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    "opentelemetry-instrumentation-openai-v2==2.4b0",
+    "opentelemetry-util-genai==0.4b0",
+    "opentelemetry-instrumentation-anthropic==0.62.4",
+];
+
+/// A Python with [`GENAI_PYTHON_PACKAGES`], as [`otel_python`].
+pub fn genai_python() -> Option<PathBuf> {
+    static PYTHON: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| python_venv("genai-venv", GENAI_PYTHON_PACKAGES))
+        .clone()
+}
+
 /// A Python with the official OpenTelemetry SDK and OTLP/HTTP exporter, installed from PyPI
 /// into a virtualenv under the target dir the first time a test asks. `None` (the test then
 /// skips) when that cannot be done here, unless `COSTMETER_REQUIRE_TOOLS` is set.

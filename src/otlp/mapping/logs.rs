@@ -117,6 +117,7 @@ pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64
                     record.observed_time_unix_nano
                 };
                 let labels = attributes.labels(defaults, &["model"]);
+                let owner = attributes.owner(&labels.model);
                 let mut draft = Draft::default();
                 draft
                     .text("agent", labels.agent)
@@ -156,7 +157,7 @@ pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64
                 let origin = format!("log event '{}'", family.label());
                 match checked(&draft, &origin, now_ms) {
                     Ok(event) => mapped.records.push(Record {
-                        owner: attributes.owner(),
+                        owner,
                         family,
                         event,
                         awaiting: None,

@@ -205,8 +205,9 @@ pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Ma
                         Family::CursorMetrics => &["model", "cursor.model"],
                         _ => &["model"],
                     };
+                    let labels = attributes.labels(defaults, model_keys);
                     mapped.points.push(Point {
-                        owner: attributes.owner(),
+                        owner: attributes.owner(&labels.model),
                         family,
                         stream: digest(
                             &[resource, attributes_list],
@@ -217,7 +218,7 @@ pub fn metrics(request: &ExportMetricsServiceRequest, defaults: &Defaults) -> Ma
                         cumulative: is_cumulative,
                         value,
                         parts,
-                        labels: attributes.labels(defaults, model_keys),
+                        labels,
                     });
                 }
             }

@@ -276,14 +276,18 @@ impl Attributes<'_> {
             .unwrap_or_else(|| defaults.agent.clone())
     }
 
-    /// The agent instance whose usage this is: one family of signals meters it at a time.
-    fn owner(&self) -> String {
+    /// Whose usage this is — an agent instance's use of one model: one family of signals meters
+    /// it at a time. The model is part of it because one process may hold several clients
+    /// instrumented differently (an OpenAI client seen only by its histogram, an Anthropic one
+    /// by its spans): a family covering one model says nothing of another's calls.
+    fn owner(&self, model: &str) -> String {
         let part = |k: &str| self.string(k).unwrap_or_default();
         format!(
-            "{}|{}|{}",
+            "{}|{}|{}|{}",
             part("service.name"),
             part("service.instance.id"),
-            part("session.id")
+            part("session.id"),
+            crate::ingest::event::model_label(model)
         )
     }
 

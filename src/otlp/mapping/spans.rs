@@ -181,6 +181,7 @@ fn usage_span(
         labels.agent = agent;
     }
     let awaiting = awaiting.filter(|_| labels.model == UNKNOWN_MODEL);
+    let owner = attributes.owner(&labels.model);
     let event_id = match (&trace_id, &span_id) {
         (Some(t), Some(s)) => format!("otlp-span-{t}-{s}"),
         // No ids: the span's content is its identity, so a resend of the same span still
@@ -233,7 +234,7 @@ fn usage_span(
         .text("event_id", event_id);
     match checked(&draft, &origin, now_ms) {
         Ok(event) => Some(Record {
-            owner: attributes.owner(),
+            owner,
             family: Family::Spans,
             event,
             awaiting,

@@ -247,7 +247,7 @@ fn claude_code_token_types_add_to_inclusive_input() {
     let cache_read = &mapped.points[1];
     assert_eq!(cache_read.parts, &[Part::Input, Part::CacheRead]);
     assert_eq!(cache_read.labels.agent, "claude-code");
-    assert_eq!(cache_read.owner, "claude-code||s-1");
+    assert_eq!(cache_read.owner, "claude-code||s-1|claude-sonnet-4-5");
     assert!(!cache_read.cumulative);
     let streams: std::collections::HashSet<_> =
         mapped.points.iter().map(|p| p.stream.clone()).collect();
