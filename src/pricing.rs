@@ -62,6 +62,9 @@ pub enum Confidence {
     CachePriceFallback,
     /// No price for the model: cost 0.
     UnknownModel,
+    /// The tokens or the cost are an estimate: a stream cut before the provider's count, a
+    /// client library's own reckoning.
+    Estimated,
 }
 
 impl Confidence {
@@ -71,6 +74,7 @@ impl Confidence {
             Confidence::Priced => "priced",
             Confidence::CachePriceFallback => "cache_price_fallback",
             Confidence::UnknownModel => "unknown_model",
+            Confidence::Estimated => "estimated",
         }
     }
 }
@@ -277,6 +281,18 @@ impl PriceTable {
 
     /// Prices one usage event by the rule above.
     pub fn cost(&self, usage: &LlmUsage) -> Cost {
+        let cost = self.cost_as_given(usage);
+        match cost.confidence {
+            Confidence::UnknownModel => cost,
+            _ if usage.estimated => Cost {
+                confidence: Confidence::Estimated,
+                ..cost
+            },
+            _ => cost,
+        }
+    }
+
+    fn cost_as_given(&self, usage: &LlmUsage) -> Cost {
         if let Some(usd) = usage.cost_usd {
             return Cost {
                 usd,
@@ -455,6 +471,7 @@ mod tests {
             cache_write_tokens: cache_write,
             reasoning_tokens: 0,
             cost_usd: None,
+            estimated: false,
             task_id: None,
             run_id: None,
             call_ids: Vec::new(),

@@ -77,6 +77,19 @@ pub struct Report {
     pub top_tasks: Vec<TaskLine>,
     pub budgets: Vec<BudgetStatus>,
     pub failures: Vec<FailureLine>,
+    /// How the USD of the window's usage events was obtained (events kept whole; days already
+    /// folded into rollups are not split).
+    #[serde(default)]
+    pub cost_confidence: Vec<ConfidenceLine>,
+}
+
+/// Usage events and their USD of one confidence: exact, priced, cache_price_fallback,
+/// estimated, unknown_model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ConfidenceLine {
+    pub confidence: String,
+    pub events: u64,
+    pub usd: f64,
 }
 
 /// The query of `GET /v1/report`, as sent.
@@ -168,6 +181,7 @@ impl Report {
             top_tasks,
             budgets,
             failures,
+            cost_confidence: Vec::new(),
         }
     }
 }
@@ -197,6 +211,34 @@ impl Store {
         let mut statement = self.conn().prepare_cached(RAW_LINES).map_err(read)?;
         statement
             .query_map(params![from_ms, to_ms], spend_line)
+            .map_err(read)?
+            .collect::<Result<_, _>>()
+            .map_err(read)
+    }
+
+    /// Usage events of [from_ms, to_ms) and their USD by cost confidence.
+    pub fn cost_confidence(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+    ) -> Result<Vec<ConfidenceLine>, StoreError> {
+        let read = StoreError::Read;
+        let mut statement = self
+            .conn()
+            .prepare_cached(
+                "SELECT COALESCE(cost_confidence, 'unknown_model'), COUNT(*), COALESCE(SUM(cost_usd), 0) + 0.0
+                 FROM events WHERE type = 'llm_usage' AND ts_ms >= ?1 AND ts_ms < ?2
+                 GROUP BY 1 ORDER BY 1",
+            )
+            .map_err(read)?;
+        statement
+            .query_map(params![from_ms, to_ms], |r| {
+                Ok(ConfidenceLine {
+                    confidence: r.get(0)?,
+                    events: u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                    usd: r.get(2)?,
+                })
+            })
             .map_err(read)?
             .collect::<Result<_, _>>()
             .map_err(read)
@@ -312,6 +354,7 @@ impl Store {
             top_tasks,
             budgets,
             failures,
+            cost_confidence: self.cost_confidence(from_ms, to_ms)?,
         })
     }
 }
@@ -337,6 +380,13 @@ impl Report {
             md.push_str(&format!(
                 "| and {} more lines | | | {} | {:.4} |\n",
                 omitted.lines, omitted.tokens, omitted.usd
+            ));
+        }
+        md.push_str("\n## How the USD was obtained\n\n| confidence | events | USD |\n| --- | ---: | ---: |\n");
+        for c in &self.cost_confidence {
+            md.push_str(&format!(
+                "| {} | {} | {:.4} |\n",
+                c.confidence, c.events, c.usd
             ));
         }
         md.push_str("\n## Costliest tasks\n\n| task | type | run | tokens | USD |\n| --- | --- | --- | ---: | ---: |\n");

@@ -97,17 +97,18 @@ async fn report_over(
     }
     let whole = crate::spend::next_hour(from_ms);
     let mut lines = crate::spend::lines(&state.spend, whole, to_ms);
-    let (head, (top_tasks, failures)) = read(state, move |store| {
+    let (head, (top_tasks, failures), confidence) = read(state, move |store| {
         Ok((
             store.raw_spend_lines(from_ms, whole)?,
             store.report_details(from_ms, to_ms)?,
+            store.cost_confidence(from_ms, to_ms)?,
         ))
     })
     .await?;
     lines.extend(head);
-    Ok(Report::assemble(
-        from_ms, to_ms, lines, top_tasks, failures, budgets,
-    ))
+    let mut report = Report::assemble(from_ms, to_ms, lines, top_tasks, failures, budgets);
+    report.cost_confidence = confidence;
+    Ok(report)
 }
 
 /// `GET /v1/report?window=7d&format=md|json`: the cost report (ADR 19-O5).

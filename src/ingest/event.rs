@@ -92,6 +92,9 @@ pub struct LlmUsage {
     pub cache_write_tokens: u64,
     pub reasoning_tokens: u64,
     pub cost_usd: Option<f64>,
+    /// The tokens or the cost are an estimate (a stream cut before the provider's count, a
+    /// client library's own reckoning): field `accuracy = "estimated"`.
+    pub estimated: bool,
     pub task_id: Option<String>,
     pub run_id: Option<String>,
     /// The provider's ids of the call (`response_id`, `request_id`): usage whose call was
@@ -114,6 +117,9 @@ pub struct Outcome {
     pub error_summary: Option<String>,
 }
 
+/// How exact an `llm_usage` event's figures are: as the provider counted them (the default), or
+/// estimated.
+pub const ACCURACIES: &[&str] = &["exact", "estimated"];
 pub const RESULTS: &[&str] = &["success", "failure", "cancelled", "timeout"];
 pub const FAILURE_CLASSES: &[&str] = &[
     "setup",
@@ -167,6 +173,7 @@ fn fields_of(event_type: &str) -> &'static [&'static str] {
             "run_id",
             "response_id",
             "request_id",
+            "accuracy",
         ],
         "run_start" => &["run_id", "agent", "name"],
         "run_end" => &[
@@ -567,6 +574,9 @@ fn llm_usage(reader: &mut Reader<'_>) -> Option<LlmUsage> {
         .count("reasoning_tokens", MAX_TOKENS_PER_EVENT, false)
         .unwrap_or(0);
     let cost_usd = reader.amount("cost_usd", MAX_COST_USD_PER_EVENT, false);
+    let estimated = reader
+        .one_of("accuracy", ACCURACIES, false)
+        .is_some_and(|a| a == "estimated");
     let task_id = reader.string("task_id", Text::Id, false);
     let run_id = reader.string("run_id", Text::Id, false);
     let call_ids = ["response_id", "request_id"]
@@ -602,6 +612,7 @@ fn llm_usage(reader: &mut Reader<'_>) -> Option<LlmUsage> {
         cache_write_tokens: cache_write,
         reasoning_tokens: reasoning,
         cost_usd,
+        estimated,
         task_id,
         run_id,
         call_ids,

@@ -128,6 +128,13 @@ impl Ledger {
                     usd: cost,
                 });
                 series.usd.0.inc_by(cost, exemplar, None);
+                if let Some(c) = priced.cost {
+                    let labels = crate::metrics::ConfidenceLabels {
+                        confidence: c.confidence.label(),
+                    };
+                    m.cost_events_total.get_or_create(&labels).inc();
+                    m.cost_usd_total.get_or_create(&labels).inc_by(c.usd);
+                }
                 let tokens = (usage.input_tokens + usage.output_tokens) as f64;
                 for (resource, amount) in [(Resource::Usd, cost), (Resource::Tokens, tokens)] {
                     self.budgets.charge(

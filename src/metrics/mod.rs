@@ -242,6 +242,12 @@ pub struct ModelLabels {
     pub model: String,
 }
 
+/// How a usage event's USD was obtained: `pricing::Confidence`'s labels, a closed set.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfidenceLabels {
+    pub confidence: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     pub source: String,
@@ -307,6 +313,8 @@ pub struct Metrics {
     pub requests_refused_total: Family<RefusedLabels, Counter>,
     pub proxy_calls_total: Family<ProxyLabels, Counter>,
     pub unknown_model_events_total: Family<ModelLabels, Counter>,
+    pub cost_events_total: Family<ConfidenceLabels, Counter>,
+    pub cost_usd_total: Family<ConfidenceLabels, FloatCounter>,
     pub unknown_model_tokens_total: Family<ModelLabels, Counter>,
     pub pricing_models: Family<SourceLabels, Gauge>,
     pub pricing_rejected_rows: Family<SourceLabels, Gauge>,
@@ -446,6 +454,8 @@ impl Metrics {
             requests_refused_total: Family::default(),
             proxy_calls_total: Family::default(),
             unknown_model_events_total: Family::default(),
+            cost_events_total: Family::default(),
+            cost_usd_total: Family::default(),
             unknown_model_tokens_total: Family::default(),
             pricing_models: Family::default(),
             pricing_rejected_rows: Family::default(),
@@ -590,6 +600,16 @@ impl Metrics {
             "proxy_calls",
             "Calls forwarded by the LLM API proxy, by upstream and outcome (ok, unmetered, error, unreachable, cut, limited, refused)",
             m.proxy_calls_total.clone(),
+        );
+        r.register(
+            "cost_events",
+            "Usage events by how their USD was obtained: exact (reported by the provider or agent), priced (from the table), cache_price_fallback, estimated (a cut stream's or a library's estimate), unknown_model (priced at 0)",
+            m.cost_events_total.clone(),
+        );
+        r.register(
+            "cost_usd",
+            "USD by how it was obtained (the same confidence as cost_events); sums to usd_spend",
+            m.cost_usd_total.clone(),
         );
         r.register(
             "unknown_model_events",

@@ -75,6 +75,8 @@ pub struct Held {
     pub cache_write_tokens: u64,
     pub reasoning_tokens: u64,
     pub cost_usd: Option<f64>,
+    #[serde(default)]
+    pub estimated: bool,
     pub call_ids: Vec<String>,
     /// The parent span whose model this usage waits for; `None` for usage waiting for a
     /// richer twin.
@@ -103,6 +105,7 @@ impl Held {
             cache_write_tokens: u.cache_write_tokens,
             reasoning_tokens: u.reasoning_tokens,
             cost_usd: u.cost_usd,
+            estimated: u.estimated,
             call_ids: u.call_ids.clone(),
             awaiting: None,
         })
@@ -131,6 +134,7 @@ impl Held {
                 cache_write_tokens: self.cache_write_tokens,
                 reasoning_tokens: self.reasoning_tokens,
                 cost_usd: self.cost_usd,
+                estimated: self.estimated,
                 task_id: None,
                 run_id: None,
                 call_ids: self.call_ids.clone(),

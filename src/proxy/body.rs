@@ -342,7 +342,8 @@ impl Metered {
         // so it is recorded from the running estimate (and the input the provider gave at the
         // start, else the request's estimate).
         let streamed = matches!(self.mode, Mode::Events { .. });
-        if streamed && ending != Ending::Complete && self.meter.streamed_bytes > 0 {
+        let estimated = streamed && ending != Ending::Complete && self.meter.streamed_bytes > 0;
+        if estimated {
             if !self.meter.input_seen() {
                 usage.input_tokens = usage.input_tokens.max(call.input_estimate);
             }
@@ -366,6 +367,8 @@ impl Metered {
                 .count("cache_write_tokens", usage.cache_write_tokens)
                 .count("reasoning_tokens", usage.reasoning_tokens)
                 .maybe("response_id", usage.response_id.clone().map(Raw::Text))
+                // Cut before the provider's final count: the figures are the running estimate.
+                .maybe("accuracy", estimated.then(|| Raw::Text("estimated".into())))
                 .maybe("request_id", call.request_id.clone().map(Raw::Text));
             match draft.llm_usage(jiff::Timestamp::now().as_millisecond()) {
                 Ok(event) => Some(event),

@@ -134,6 +134,94 @@ fn opencode_s_cache_split_and_litellm_s_own_cost_are_read_from_python_sdk_spans(
     // LiteLLM's cost is the event's, not the table's ($0.0035 for these tokens).
     assert!((gpt_4o_spend(&daemon, agent) - 0.0123).abs() < 1e-12);
     assert_eq!(tokens(&daemon, agent, "gpt-4o", "input"), 1_000.0);
+    // Provenance: LiteLLM's figure is its own reckoning (estimated); opencode's was priced.
+    let by = |confidence: &str| {
+        (
+            series(
+                &daemon,
+                "haios_cost_events_total",
+                &[("confidence", confidence)],
+            ),
+            series(
+                &daemon,
+                "haios_cost_usd_total",
+                &[("confidence", confidence)],
+            ),
+        )
+    };
+    assert_eq!(by("estimated").0, 1.0);
+    assert!((by("estimated").1 - 0.0123).abs() < 1e-12);
+    assert_eq!(by("priced").0, 1.0);
+    assert!((by("priced").1 - expected).abs() < 1e-9);
+}
+
+#[test]
+fn every_usage_event_says_how_its_usd_was_obtained_in_metrics_and_the_report() {
+    let daemon = Daemon::start("");
+    let usage = |id: &str, model: &str, extra: Value| {
+        let mut event = json!({"type": "llm_usage", "event_id": id, "agent": "a", "model": model,
+                               "input_tokens": 1_000, "output_tokens": 100});
+        if let (Some(e), Some(x)) = (event.as_object_mut(), extra.as_object()) {
+            e.extend(x.clone());
+        }
+        event
+    };
+    daemon.post_events(&json!([
+        usage("reported", "gpt-4o", json!({"cost_usd": 0.5})),
+        usage("priced", "gpt-4o", json!({})),
+        usage("estimated", "gpt-4o", json!({"accuracy": "estimated"})),
+        usage(
+            "unknown",
+            "no-such-model-x",
+            json!({"accuracy": "estimated"})
+        ),
+    ]));
+    let priced = (1_000.0 * 2.5 + 100.0 * 10.0) / 1e6;
+    for (confidence, usd) in [
+        ("exact", 0.5),
+        ("priced", priced),
+        ("estimated", priced),
+        ("unknown_model", 0.0),
+    ] {
+        assert_eq!(
+            series(
+                &daemon,
+                "haios_cost_events_total",
+                &[("confidence", confidence)]
+            ),
+            1.0,
+            "{confidence}"
+        );
+        let got = series(
+            &daemon,
+            "haios_cost_usd_total",
+            &[("confidence", confidence)],
+        );
+        assert!((got - usd).abs() < 1e-12, "{confidence}: {got}");
+    }
+    let (status, _, body) = daemon.get("/v1/report?window=1h", None);
+    assert_eq!(status, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).expect("JSON report");
+    let lines: Vec<(String, u64)> = report["cost_confidence"]
+        .as_array()
+        .expect("cost_confidence")
+        .iter()
+        .map(|l| {
+            (
+                l["confidence"].as_str().unwrap_or("").to_string(),
+                l["events"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        lines,
+        ["estimated", "exact", "priced", "unknown_model"]
+            .map(|c| (c.to_string(), 1))
+            .to_vec()
+    );
+    let bad = daemon.post("/v1/events", "application/json", br#"{"type":"llm_usage","agent":"a","model":"m","input_tokens":1,"output_tokens":1,"accuracy":"roughly"}"#);
+    assert_eq!(bad.0, 400);
+    assert!(bad.1.to_string().contains("accuracy"), "{}", bad.1);
 }
 
 #[test]

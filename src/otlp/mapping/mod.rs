@@ -213,6 +213,15 @@ impl<'a> Attributes<'a> {
         }
         self.first_number(&COST_KEYS)
     }
+
+    /// Whether the reported cost is the client's own reckoning rather than the provider's:
+    /// `gen_ai.usage.cost.source = local`, or LiteLLM's figure (from its own price table).
+    fn cost_estimated(&self) -> bool {
+        match self.string(COST_SOURCE_KEY) {
+            Some(source) => source.eq_ignore_ascii_case("local"),
+            None => self.number(COST_KEYS[0]).is_none() && self.number(COST_KEYS[1]).is_some(),
+        }
+    }
 }
 
 const INPUT_KEYS: [&str; 3] = [
@@ -245,6 +254,8 @@ const CACHE_WRITE_KEYS: [&str; 4] = [
 /// event's `cost_usd`, so it is not priced again from the table.
 const COST_KEYS: [&str; 2] = ["gen_ai.usage.cost.amount", "gen_ai.cost.total_cost"];
 const COST_CURRENCY_KEY: &str = "gen_ai.usage.cost.currency";
+/// `provider` or `local` (the proposed convention).
+const COST_SOURCE_KEY: &str = "gen_ai.usage.cost.source";
 const REASONING_KEYS: [&str; 2] = [
     "gen_ai.usage.reasoning.output_tokens",
     "gen_ai.usage.reasoning_tokens",

@@ -217,6 +217,11 @@ fn usage_span(
         .maybe("cache_write_tokens", cache_write)
         .maybe("reasoning_tokens", attributes.first_number(&REASONING_KEYS))
         .maybe("cost_usd", attributes.cost_usd())
+        .maybe(
+            "accuracy",
+            (attributes.cost_usd().is_some() && attributes.cost_estimated())
+                .then(|| Raw::Text("estimated".into())),
+        )
         // The provider's id of the call: two spans of one response (an SDK's own and an
         // instrumentation's), or a span and the proxy, count once.
         .maybe(
