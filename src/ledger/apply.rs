@@ -92,7 +92,8 @@ impl Ledger {
         });
         self.count_event(priced.source, event.body.type_name(), "accepted");
         if self.spans.is_some() && spans::makes_span(event) {
-            self.span_batch.push(spans::SpanInput::Ended(event.clone()));
+            self.span_batch
+                .push(spans::SpanInput::Ended(Box::new(event.clone())));
         }
         if let EventBody::TaskEnd { run_id, .. } = &event.body
             && self.status_files.is_some()

@@ -12,7 +12,7 @@ pub(super) enum SpanInput {
     /// open at the time.
     Transition(i64, String, String, String),
     /// An event that may close a span (run_end, task_end) or be one (file_write).
-    Ended(Event),
+    Ended(Box<Event>),
 }
 
 /// Inputs the span thread may have queued before more are dropped (and counted in the log).
