@@ -481,3 +481,320 @@ fn codex_s_completed_response_event_is_one_call_and_its_other_sse_events_are_not
         ("gpt-5-codex", 12_000, 10_000, 900, 600, 2_000)
     );
 }
+
+fn trace_request(
+    resource_attributes: Vec<KeyValue>,
+    spans_list: Vec<Span>,
+) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: resource(resource_attributes),
+            scope_spans: vec![ScopeSpans {
+                spans: spans_list,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn a_codex_usage_span_takes_the_model_of_its_turn_span_or_waits_for_it() {
+    let turn = Span {
+        span_id: vec![1; 8],
+        trace_id: vec![9; 16],
+        name: "session_task.turn".into(),
+        attributes: vec![s("model", "gpt-5.4")],
+        ..Default::default()
+    };
+    let responses = Span {
+        span_id: vec![2; 8],
+        parent_span_id: vec![1; 8],
+        trace_id: vec![9; 16],
+        name: "handle_responses".into(),
+        attributes: vec![
+            i("gen_ai.usage.input_tokens", 1_000),
+            i("gen_ai.usage.cache_read.input_tokens", 800),
+            i("gen_ai.usage.output_tokens", 50),
+        ],
+        ..Default::default()
+    };
+    let together = spans(
+        &trace_request(
+            vec![s("service.name", "codex")],
+            vec![responses.clone(), turn],
+        ),
+        &defaults(),
+        0,
+    );
+    assert_eq!(together.records.len(), 1);
+    assert_eq!(usage(&together.records[0].event).model, "gpt-5.4");
+    assert_eq!(together.records[0].awaiting, None);
+    assert!(together.records[0].owner.ends_with("|gpt-5.4"));
+    // The turn ends later, in a later export: the usage span waits for it.
+    let alone = spans(
+        &trace_request(vec![s("service.name", "codex")], vec![responses]),
+        &defaults(),
+        0,
+    );
+    assert_eq!(usage(&alone.records[0].event).model, UNKNOWN_MODEL);
+    assert_eq!(
+        alone.records[0].awaiting.as_deref(),
+        Some("0101010101010101")
+    );
+}
+
+#[test]
+fn agent_spans_sums_are_not_counted_and_their_agent_name_reaches_the_calls() {
+    let agent = Span {
+        span_id: vec![1; 8],
+        trace_id: vec![9; 16],
+        name: "invoke_agent copilot".into(),
+        attributes: vec![
+            s("gen_ai.operation.name", "invoke_agent"),
+            s("gen_ai.agent.name", "copilot-cli"),
+            i("gen_ai.usage.input_tokens", 3_000),
+            i("gen_ai.usage.output_tokens", 300),
+        ],
+        ..Default::default()
+    };
+    let chat = |id: u8, input: i64| Span {
+        span_id: vec![id; 8],
+        parent_span_id: vec![1; 8],
+        trace_id: vec![9; 16],
+        name: "chat claude-sonnet-4.5".into(),
+        attributes: vec![
+            s("gen_ai.operation.name", "chat"),
+            s("gen_ai.request.model", "claude-sonnet-4.5"),
+            i("gen_ai.usage.input_tokens", input),
+            i("gen_ai.usage.cache_read.input_tokens", input / 2),
+            i("gen_ai.usage.output_tokens", 150),
+        ],
+        ..Default::default()
+    };
+    let mapped = spans(
+        &trace_request(
+            vec![s("service.name", "github-copilot")],
+            vec![chat(2, 1_000), chat(3, 2_000), agent],
+        ),
+        &defaults(),
+        0,
+    );
+    let inputs: Vec<(u64, u64, String)> = mapped
+        .records
+        .iter()
+        .map(|r| {
+            let u = usage(&r.event);
+            (u.input_tokens, u.cache_read_tokens, u.agent.clone())
+        })
+        .collect();
+    assert_eq!(
+        inputs,
+        vec![
+            (1_000, 500, "copilot-cli".to_string()),
+            (2_000, 1_000, "copilot-cli".to_string())
+        ]
+    );
+}
+
+#[test]
+fn openlit_s_exclusive_anthropic_input_is_made_inclusive() {
+    let span = |attributes: Vec<KeyValue>| Span {
+        span_id: vec![4; 8],
+        trace_id: vec![5; 16],
+        attributes,
+        ..Default::default()
+    };
+    let counts = || {
+        vec![
+            s("gen_ai.system", "anthropic"),
+            s("gen_ai.request.model", "claude-sonnet-4-5"),
+            i("gen_ai.usage.input_tokens", 200),
+            i("gen_ai.usage.cache_read_input_tokens", 150),
+            i("gen_ai.usage.cache_creation_input_tokens", 30),
+            i("gen_ai.usage.output_tokens", 10),
+        ]
+    };
+    // openlit passes Anthropic's figure on: 200 uncached, though the cache fits inside it.
+    let openlit = spans(
+        &trace_request(
+            vec![s("telemetry.sdk.name", "openlit")],
+            vec![span(counts())],
+        ),
+        &defaults(),
+        0,
+    );
+    assert_eq!(usage(&openlit.records[0].event).input_tokens, 380);
+    // Another SDK's Anthropic input is taken as inclusive when the cache fits in it…
+    let other = spans(&trace_request(vec![], vec![span(counts())]), &defaults(), 0);
+    assert_eq!(usage(&other.records[0].event).input_tokens, 200);
+    // …and as exclusive when the cache exceeds it.
+    let mut big_cache = counts();
+    big_cache[3] = i("gen_ai.usage.cache_read_input_tokens", 500);
+    let exclusive = spans(
+        &trace_request(vec![], vec![span(big_cache)]),
+        &defaults(),
+        0,
+    );
+    assert_eq!(usage(&exclusive.records[0].event).input_tokens, 730);
+}
+
+fn sums(name: &str, points: Vec<(Vec<KeyValue>, i64)>) -> Metric {
+    Metric {
+        name: name.into(),
+        data: Some(metric::Data::Sum(Sum {
+            aggregation_temporality: AggregationTemporality::Delta as i32,
+            is_monotonic: true,
+            data_points: points
+                .into_iter()
+                .map(|(attributes, v)| NumberDataPoint {
+                    attributes,
+                    time_unix_nano: 1_790_000_000_000_000_000,
+                    value: Some(number_data_point::Value::AsInt(v)),
+                    ..Default::default()
+                })
+                .collect(),
+        })),
+        ..Default::default()
+    }
+}
+
+fn metrics_request(service: &str, metrics_list: Vec<Metric>) -> ExportMetricsServiceRequest {
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: resource(vec![s("service.name", service)]),
+            scope_metrics: vec![ScopeMetrics {
+                metrics: metrics_list,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn semconv_counters_codex_and_cursor_metrics_map_to_their_parts() {
+    let model = || s("gen_ai.request.model", "gpt-5");
+    let semconv = metrics(
+        &metrics_request(
+            "svc",
+            vec![
+                sums(
+                    "gen_ai.client.inference.usage.input_tokens",
+                    vec![(vec![model()], 1_000)],
+                ),
+                sums(
+                    "gen_ai.client.inference.usage.cache_read.input_tokens",
+                    vec![(vec![model()], 600)],
+                ),
+                sums(
+                    "gen_ai.client.inference.usage.reasoning.output_tokens",
+                    vec![(vec![model()], 20)],
+                ),
+                sums(
+                    "gen_ai.client.inference.usage.something_else",
+                    vec![(vec![model()], 5)],
+                ),
+            ],
+        ),
+        &defaults(),
+    );
+    let parts: Vec<(&[Part], Family)> =
+        semconv.points.iter().map(|p| (p.parts, p.family)).collect();
+    assert_eq!(
+        parts,
+        vec![
+            (&[Part::Input][..], Family::GenAiCounters),
+            (&[Part::CacheRead][..], Family::GenAiCounters),
+            (&[Part::Reasoning][..], Family::GenAiCounters),
+        ]
+    );
+    assert_eq!(
+        semconv.rejected.len(),
+        1,
+        "an unknown kind is named: {:?}",
+        semconv.rejected
+    );
+    let kind = |k: &str, t: &str| vec![s(k, t), s("model", "gpt-5.4")];
+    let codex = metrics(
+        &metrics_request(
+            "codex",
+            vec![sums(
+                "codex.turn.token_usage",
+                vec![
+                    (kind("token_type", "input"), 1_000),
+                    (kind("token_type", "cached_input"), 900),
+                    (kind("token_type", "reasoning_output"), 40),
+                    (kind("token_type", "total"), 1_100),
+                ],
+            )],
+        ),
+        &defaults(),
+    );
+    assert!(codex.rejected.is_empty(), "{:?}", codex.rejected);
+    assert_eq!(codex.points.len(), 3, "the total is no usage of its own");
+    assert_eq!(codex.points[0].labels.model, "gpt-5.4");
+    let cursor = metrics(
+        &metrics_request(
+            "cursor",
+            vec![sums(
+                "cursor.token.usage",
+                vec![
+                    (kind("cursor.token.type", "cache_read"), 500),
+                    (kind("cursor.token.type", "cache_creation"), 50),
+                ],
+            )],
+        ),
+        &defaults(),
+    );
+    let parts: Vec<&[Part]> = cursor.points.iter().map(|p| p.parts).collect();
+    assert_eq!(
+        parts,
+        vec![
+            &[Part::Input, Part::CacheRead][..],
+            &[Part::Input, Part::CacheWrite][..]
+        ]
+    );
+}
+
+#[test]
+fn cursor_api_request_logs_count_once_by_their_event_id() {
+    let record = |time: u64| LogRecord {
+        time_unix_nano: time,
+        event_name: "cursor.api.request".into(),
+        attributes: vec![
+            s("cursor.event.id", "evt-42"),
+            s("model", "claude-sonnet-4-5"),
+            s("input_tokens", "100"),
+            s("cache_read_tokens", "900"),
+            s("cache_creation_tokens", "50"),
+            s("output_tokens", "70"),
+        ],
+        ..Default::default()
+    };
+    let first = logs(
+        &logs_request("cursor", vec![record(1_790_000_000_000_000_000)]),
+        &defaults(),
+        0,
+    );
+    let resent = logs(
+        &logs_request("cursor", vec![record(1_790_000_000_500_000_000)]),
+        &defaults(),
+        0,
+    );
+    let u = usage(&first.records[0].event);
+    assert_eq!(
+        (
+            u.input_tokens,
+            u.cache_read_tokens,
+            u.cache_write_tokens,
+            u.output_tokens
+        ),
+        (1_050, 900, 50, 70)
+    );
+    assert_eq!(first.records[0].family, Family::CursorLogs);
+    assert_eq!(
+        first.records[0].event.event_id,
+        resent.records[0].event.event_id
+    );
+}
