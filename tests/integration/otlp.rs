@@ -1065,3 +1065,99 @@ fn instrumented_official_sdks_are_counted_once_per_call_from_their_spans_though_
     assert_eq!(otlp_events(&daemon, "llm_usage", "accepted"), 4.0);
     assert!(otlp_events(&daemon, "llm_usage", "duplicate") >= 2.0);
 }
+
+#[test]
+fn the_real_codex_cli_s_telemetry_meters_its_calls_exactly_and_once() {
+    let Some(codex) = crate::util::codex_cli() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standin = crate::util::StandIn::start(dir.path(), None);
+    let daemon = Daemon::start("");
+    // Codex's telemetry settings as `costmeter setup codex` writes them, plus the stand-in as
+    // its model provider (the Responses API, streamed).
+    let home = dir.path().join("codex-home");
+    std::fs::create_dir_all(&home).expect("home");
+    let config = home.join("config.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "model = \"gpt-5.5\"\nmodel_provider = \"standin\"\napproval_policy = \"never\"\n\
+             sandbox_mode = \"read-only\"\n\n[model_providers.standin]\nname = \"standin\"\n\
+             base_url = \"{}/v1\"\nenv_key = \"STANDIN_KEY\"\nwire_api = \"responses\"\n",
+            standin.url
+        ),
+    )
+    .expect("config");
+    let setup = Command::new(env!("CARGO_BIN_EXE_costmeter"))
+        .args(["setup", "codex", "--route", "otlp", "--write", "--url"])
+        .arg(daemon.url(""))
+        .arg("--file")
+        .arg(&config)
+        .output()
+        .expect("setup runs");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let run = Command::new(codex)
+        .args(["exec", "--skip-git-repo-check", "Say hello"])
+        .current_dir(&work)
+        .env("CODEX_HOME", &home)
+        .env("STANDIN_KEY", "sk-test")
+        .output()
+        .expect("codex runs");
+    assert!(
+        run.status.success(),
+        "codex failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // The turn's model calls: the streamed Responses calls the stand-in answered.
+    let calls: Vec<Value> = standin
+        .calls()
+        .into_iter()
+        .filter(|c| c["path"] == "/v1/responses" && c["stream"] == true)
+        .collect();
+    assert!(!calls.is_empty(), "codex called the stand-in");
+    let sum = |key: &dyn Fn(&Value) -> u64| calls.iter().map(|c| key(&c["usage"])).sum::<u64>();
+    let input = sum(&|u| u["input_tokens"].as_u64().unwrap_or(0));
+    let cached = sum(&|u| {
+        u["input_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0)
+    });
+    let output = sum(&|u| u["output_tokens"].as_u64().unwrap_or(0));
+    let agent = "codex_exec";
+    wait_for("codex's telemetry", SETTLE, || {
+        (tokens(&daemon, agent, "gpt-5.5", "output") >= output as f64).then_some(())
+    });
+    assert_eq!(
+        ["input", "cache_read", "output"].map(|k| tokens(&daemon, agent, "gpt-5.5", k) as u64),
+        [input - cached, cached, output],
+        "tokens by kind against the stand-in's usage"
+    );
+    // Codex exports each call as a span and as its completed-response log event: one count.
+    assert_eq!(
+        otlp_events(&daemon, "llm_usage", "accepted"),
+        calls.len() as f64
+    );
+    assert!(otlp_events(&daemon, "llm_usage", "duplicate") >= calls.len() as f64);
+    let table = costmeter::pricing::PriceTable::load(None, &Default::default()).expect("prices");
+    let price = table
+        .lookup("gpt-5.5")
+        .expect("Codex's default model is priced");
+    let expected = ((input - cached) as f64 * price.input
+        + cached as f64 * price.cache_read.unwrap_or(price.input)
+        + output as f64 * price.output)
+        / 1e6;
+    let usd = series(
+        &daemon,
+        "haios_usd_spend_total",
+        &[("agent", agent), ("model", "gpt-5.5")],
+    );
+    assert!((usd - expected).abs() < 1e-9, "{usd} against {expected}");
+}

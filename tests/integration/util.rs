@@ -733,6 +733,46 @@ fn python_venv(name: &str, packages: &[&str]) -> Option<PathBuf> {
     Some(python)
 }
 
+/// The Codex CLI as its users install it (`npm install @openai/codex`), pinned, into a folder
+/// under the target dir the first time a test asks. `None` (the test then skips) when npm or
+/// the registry is not there, unless `COSTMETER_REQUIRE_TOOLS` is set.
+pub fn codex_cli() -> Option<PathBuf> {
+    static CODEX: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    CODEX
+        .get_or_init(|| npm_cli("@openai/codex@0.171.0", "codex"))
+        .clone()
+}
+
+fn npm_cli(package: &str, bin: &str) -> Option<PathBuf> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("npm-{}", package.replace(['@', '/'], "_")));
+    let program = dir.join("node_modules/.bin").join(bin);
+    let marker = dir.join("installed");
+    if marker.exists() {
+        return Some(program);
+    }
+    let made = require_tool("npm", "apt-get install npm").is_some_and(|npm| {
+        std::fs::create_dir_all(&dir).is_ok()
+            && Command::new(npm)
+                .args(["install", "--silent", "--no-audit", "--no-fund", "--prefix"])
+                .arg(&dir)
+                .arg(package)
+                .status()
+                .is_ok_and(|s| s.success())
+    });
+    if !made {
+        assert!(
+            std::env::var_os("COSTMETER_REQUIRE_TOOLS").is_none(),
+            "could not install {package} from npm into {}",
+            dir.display()
+        );
+        eprintln!("skipped: {package} could not be installed");
+        return None;
+    }
+    std::fs::write(&marker, "").ok();
+    Some(program)
+}
+
 /// Runs a Python script with `args`; it must succeed and print one JSON value, which is
 /// returned. A failure shows the script's stderr under `what`.
 #[track_caller]
