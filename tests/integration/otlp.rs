@@ -1161,3 +1161,85 @@ fn the_real_codex_cli_s_telemetry_meters_its_calls_exactly_and_once() {
     );
     assert!((usd - expected).abs() < 1e-9, "{usd} against {expected}");
 }
+
+#[test]
+fn the_real_claude_code_s_metrics_and_logs_meter_its_call_exactly_and_once() {
+    let Some(claude) = crate::util::claude_code_cli() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standin = crate::util::StandIn::start(dir.path(), None);
+    let daemon = Daemon::start("");
+    let home = dir.path().join("home");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    // Telemetry as Claude Code's monitoring docs set it, both exporters on, short intervals.
+    let run = Command::new(claude)
+        .args(["-p", "Say hello"])
+        .current_dir(&work)
+        .env("HOME", &home)
+        .env("ANTHROPIC_BASE_URL", &standin.url)
+        .env("ANTHROPIC_API_KEY", "sk-ant-test")
+        .env("DISABLE_AUTOUPDATER", "1")
+        .env("CLAUDE_CODE_ENABLE_TELEMETRY", "1")
+        .env("OTEL_METRICS_EXPORTER", "otlp")
+        .env("OTEL_LOGS_EXPORTER", "otlp")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", daemon.url("/v1/otlp"))
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "1000")
+        .env("OTEL_LOGS_EXPORT_INTERVAL", "500")
+        .output()
+        .expect("claude runs");
+    assert!(
+        run.status.success(),
+        "claude failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let calls: Vec<Value> = standin
+        .calls()
+        .into_iter()
+        .filter(|c| c["provider"] == "anthropic")
+        .collect();
+    assert!(!calls.is_empty(), "claude called the stand-in");
+    let model = calls[0]["model"].as_str().expect("model").to_string();
+    let [input, cache_read, cache_write, output] = standin_kinds(&calls, "anthropic");
+    let agent = "claude-code";
+    wait_for("Claude Code's telemetry", SETTLE, || {
+        (tokens(&daemon, agent, &model, "output") >= output as f64).then_some(())
+    });
+    assert_eq!(
+        ["input", "cache_read", "cache_write", "output"]
+            .map(|k| tokens(&daemon, agent, &model, k) as u64),
+        [input, cache_read, cache_write, output],
+        "tokens by kind against the stand-in's usage"
+    );
+    // Its metrics and its api_request logs are the same calls: counted once.
+    assert_eq!(
+        otlp_events(&daemon, "llm_usage", "accepted"),
+        calls.len() as f64
+    );
+    // Claude Code reports its own cost; it agrees with the table's price of its default model.
+    let table = costmeter::pricing::PriceTable::load(None, &Default::default()).expect("prices");
+    let price = table
+        .lookup(&model)
+        .expect("Claude Code's default model is priced");
+    let expected = (input as f64 * price.input
+        + cache_read as f64 * price.cache_read.unwrap_or(price.input)
+        + cache_write as f64 * price.cache_write.unwrap_or(price.input)
+        + output as f64 * price.output)
+        / 1e6;
+    let usd = series(
+        &daemon,
+        "haios_usd_spend_total",
+        &[("agent", agent), ("model", &model)],
+    );
+    assert!((usd - expected).abs() < 1e-9, "{usd} against {expected}");
+    assert_eq!(
+        series(
+            &daemon,
+            "haios_cost_events_total",
+            &[("confidence", "exact")]
+        ),
+        calls.len() as f64
+    );
+}

@@ -743,6 +743,15 @@ pub fn codex_cli() -> Option<PathBuf> {
         .clone()
 }
 
+/// Claude Code as its users install it (`npm install @anthropic-ai/claude-code`), as
+/// [`codex_cli`].
+pub fn claude_code_cli() -> Option<PathBuf> {
+    static CLAUDE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    CLAUDE
+        .get_or_init(|| npm_cli("@anthropic-ai/claude-code@2.1.197", "claude"))
+        .clone()
+}
+
 fn npm_cli(package: &str, bin: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("npm-{}", package.replace(['@', '/'], "_")));
