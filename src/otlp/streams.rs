@@ -53,6 +53,9 @@ pub struct Claim {
     pub last_ms: i64,
     /// Time (ms) of the newest usage it counted: a richer family taking over counts after it.
     pub covered_ms: i64,
+    /// Time (ms) of the newest usage the family it took over from had counted: its own usage up
+    /// to then is the same calls again.
+    pub inherited_ms: i64,
     /// Until when its usage is held rather than counted (the claim is provisional).
     pub held_until_ms: Option<i64>,
 }
@@ -280,25 +283,36 @@ impl OtlpState {
         out: &mut Resolved,
     ) -> Verdict {
         let current = self.claims.get(owner).copied();
-        let fresh = |covered_ms: i64, held_until_ms: Option<i64>| Claim {
+        let fresh = |inherited_ms: i64, held_until_ms: Option<i64>| Claim {
             family,
             last_ms: now_ms,
-            covered_ms,
+            covered_ms: ts_ms,
+            inherited_ms,
             held_until_ms,
+        };
+        let after = |inherited_ms: i64| {
+            if ts_ms <= inherited_ms {
+                Verdict::Duplicate
+            } else {
+                Verdict::Count
+            }
         };
         let (claim, verdict) = match current {
             None if holds(family) => {
                 let until = now_ms + HOLD_MS;
-                (fresh(ts_ms, Some(until)), Verdict::Hold(until))
+                (fresh(i64::MIN, Some(until)), Verdict::Hold(until))
             }
-            None => (fresh(ts_ms, None), Verdict::Count),
+            None => (fresh(i64::MIN, None), Verdict::Count),
             Some(c) if c.family == family => {
                 let claim = Claim {
                     last_ms: now_ms.max(c.last_ms),
                     covered_ms: c.covered_ms.max(ts_ms),
                     ..c
                 };
-                let verdict = c.held_until_ms.map_or(Verdict::Count, Verdict::Hold);
+                let verdict = match c.held_until_ms {
+                    Some(until) => Verdict::Hold(until),
+                    None => after(c.inherited_ms),
+                };
                 (claim, verdict)
             }
             Some(c)
@@ -307,12 +321,11 @@ impl OtlpState {
                 if c.held_until_ms.is_some() {
                     // Nothing of the old family was counted: the new one counts it all.
                     self.supersede(owner, out);
-                    (fresh(ts_ms, None), Verdict::Count)
-                } else if ts_ms <= c.covered_ms {
-                    // Counted already by the family it takes over from.
-                    (fresh(c.covered_ms, None), Verdict::Duplicate)
+                    (fresh(i64::MIN, None), Verdict::Count)
                 } else {
-                    (fresh(ts_ms, None), Verdict::Count)
+                    // What the old family counted is the same calls again.
+                    let inherited = c.covered_ms.max(c.inherited_ms);
+                    (fresh(inherited, None), after(inherited))
                 }
             }
             Some(_) => return Verdict::Duplicate,
@@ -584,6 +597,7 @@ impl OtlpState {
                 claim.last_ms = LAPSED;
                 // What the lost batch held was never counted: the twin counts all of it.
                 claim.covered_ms = i64::MIN;
+                claim.inherited_ms = i64::MIN;
                 rows.push(StateRow::Claim(owner.clone(), *claim));
             }
         }
@@ -779,6 +793,10 @@ mod tests {
             later + 600,
         );
         assert_eq!((input_of(&back), back.duplicates), (vec![7], 1));
+        // A later export of the spans family still dated within what the counter covered (one
+        // call, two records arriving apart) is the same calls again.
+        let straggler = state.resolve(records(vec![span_at("4", later - 5, 3)]), later + 650);
+        assert_eq!((input_of(&straggler), straggler.duplicates), (vec![], 1));
         let counter_again = state.resolve(
             mapped(vec![point_at(counter, "s", later + 700, 16.0)]),
             later + 700,

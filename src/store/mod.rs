@@ -100,6 +100,7 @@ const MIGRATIONS: &[&str] = &[
     // (a richer family taking over counts after it), and usage held for a moment for a richer
     // twin (`held` is the usage as JSON, tokens and ids only).
     "ALTER TABLE otlp_claims ADD COLUMN covered_ms INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE otlp_claims ADD COLUMN inherited_ms INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE otlp_claims ADD COLUMN held_until_ms INTEGER;
     CREATE TABLE otlp_held (key TEXT PRIMARY KEY, held TEXT NOT NULL) WITHOUT ROWID;",
 ];

@@ -31,7 +31,7 @@ impl Store {
         let mut claims = HashMap::new();
         let mut statement = self
             .conn
-            .prepare("SELECT owner, family, last_ms, covered_ms, held_until_ms FROM otlp_claims")
+            .prepare("SELECT owner, family, last_ms, covered_ms, inherited_ms, held_until_ms FROM otlp_claims")
             .map_err(StoreError::Read)?;
         let rows = statement
             .query_map([], |r| {
@@ -40,12 +40,13 @@ impl Store {
                     r.get::<_, String>(1)?,
                     r.get::<_, i64>(2)?,
                     r.get::<_, i64>(3)?,
-                    r.get::<_, Option<i64>>(4)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
                 ))
             })
             .map_err(StoreError::Read)?;
         for row in rows {
-            let (owner, family, last_ms, covered_ms, held_until_ms) =
+            let (owner, family, last_ms, covered_ms, inherited_ms, held_until_ms) =
                 row.map_err(StoreError::Read)?;
             if let Some(family) = Family::from_label(&family) {
                 claims.insert(
@@ -54,6 +55,7 @@ impl Store {
                         family,
                         last_ms,
                         covered_ms,
+                        inherited_ms,
                         held_until_ms,
                     },
                 );

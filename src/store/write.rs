@@ -436,10 +436,11 @@ fn write_otlp_state(tx: &rusqlite::Transaction<'_>, rows: &[StateRow]) -> Result
         .map_err(StoreError::Write)?;
     let mut claim = tx
         .prepare_cached(
-            "INSERT INTO otlp_claims (owner, family, last_ms, covered_ms, held_until_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
+            "INSERT INTO otlp_claims (owner, family, last_ms, covered_ms, inherited_ms, held_until_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
              ON CONFLICT(owner) DO UPDATE SET family = excluded.family, last_ms = excluded.last_ms,
-                covered_ms = excluded.covered_ms, held_until_ms = excluded.held_until_ms",
+                covered_ms = excluded.covered_ms, inherited_ms = excluded.inherited_ms,
+                held_until_ms = excluded.held_until_ms",
         )
         .map_err(StoreError::Write)?;
     for row in rows {
@@ -456,6 +457,7 @@ fn write_otlp_state(tx: &rusqlite::Transaction<'_>, rows: &[StateRow]) -> Result
                 c.family.label(),
                 c.last_ms,
                 c.covered_ms,
+                c.inherited_ms,
                 c.held_until_ms
             ]),
             StateRow::Hold(held) => tx

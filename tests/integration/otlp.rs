@@ -1243,3 +1243,107 @@ fn the_real_claude_code_s_metrics_and_logs_meter_its_call_exactly_and_once() {
         calls.len() as f64
     );
 }
+
+/// A child killed (and reaped) when dropped.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_real_gemini_cli_s_logs_and_metrics_meter_each_call_exactly_and_once() {
+    let Some(gemini) = crate::util::gemini_cli() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standin = crate::util::StandIn::start(dir.path(), None);
+    let daemon = Daemon::start("");
+    let home = dir.path().join("home");
+    let settings = home.join(".gemini/settings.json");
+    std::fs::create_dir_all(settings.parent().expect("dir")).expect("settings dir");
+    std::fs::write(
+        &settings,
+        r#"{"security": {"auth": {"selectedType": "gemini-api-key"}}}"#,
+    )
+    .expect("settings");
+    let setup = Command::new(env!("CARGO_BIN_EXE_costmeter"))
+        .args(["setup", "gemini-cli", "--route", "otlp", "--write", "--url"])
+        .arg(daemon.url(""))
+        .arg("--file")
+        .arg(&settings)
+        .output()
+        .expect("setup runs");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    // Gemini CLI retries the stand-in's answer to its routing call with a backoff rather than
+    // ending: its calls are compared as they come, and it is stopped after.
+    let _gemini = Killed(
+        Command::new(gemini)
+            .args(["-p", "Say hello"])
+            .current_dir(&work)
+            .env("HOME", &home)
+            .env("GEMINI_API_KEY", "test-key")
+            .env("GOOGLE_GEMINI_BASE_URL", &standin.url)
+            .env("GEMINI_CLI_TRUST_WORKSPACE", "true")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("gemini runs"),
+    );
+    let n = |v: &Value| v.as_u64().unwrap_or(0);
+    let (calls, models) = wait_for(
+        "Gemini CLI's telemetry of two calls",
+        Duration::from_secs(90),
+        || {
+            let calls: Vec<Value> = standin.calls();
+            let mut models: Vec<String> = calls
+                .iter()
+                .filter_map(|c| c["model"].as_str().map(String::from))
+                .collect();
+            models.sort();
+            models.dedup();
+            let matches = models.iter().all(|model| {
+                let of: Vec<&Value> = calls
+                    .iter()
+                    .filter(|c| c["model"] == model.as_str())
+                    .map(|c| &c["usage"])
+                    .collect();
+                let prompt: u64 = of.iter().map(|u| n(&u["promptTokenCount"])).sum();
+                let cached: u64 = of.iter().map(|u| n(&u["cachedContentTokenCount"])).sum();
+                let out: u64 = of
+                    .iter()
+                    .map(|u| n(&u["candidatesTokenCount"]) + n(&u["thoughtsTokenCount"]))
+                    .sum();
+                let kinds = ["input", "cache_read", "output"]
+                    .map(|k| tokens(&daemon, "gemini-cli", model, k) as u64);
+                kinds == [prompt - cached, cached, out]
+            });
+            // Each call once: its api_response log counts, its metrics (gemini_cli and GenAI)
+            // are the same calls again.
+            // (and the metrics did arrive: duplicates).
+            let once = otlp_events(&daemon, "llm_usage", "accepted") == calls.len() as f64
+                && otlp_events(&daemon, "llm_usage", "duplicate") >= 1.0;
+            (calls.len() >= 2 && matches && once).then_some((calls.len(), models))
+        },
+    );
+    assert!(calls >= 2, "{models:?}");
+    for model in &models {
+        assert!(
+            series(
+                &daemon,
+                "haios_usd_spend_total",
+                &[("agent", "gemini-cli"), ("model", model)]
+            ) > 0.0,
+            "Gemini CLI's model {model} is priced"
+        );
+    }
+}

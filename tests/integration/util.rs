@@ -752,6 +752,14 @@ pub fn claude_code_cli() -> Option<PathBuf> {
         .clone()
 }
 
+/// Gemini CLI as its users install it (`npm install @google/gemini-cli`), as [`codex_cli`].
+pub fn gemini_cli() -> Option<PathBuf> {
+    static GEMINI: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    GEMINI
+        .get_or_init(|| npm_cli("@google/gemini-cli@0.61.0", "gemini"))
+        .clone()
+}
+
 fn npm_cli(package: &str, bin: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("npm-{}", package.replace(['@', '/'], "_")));
