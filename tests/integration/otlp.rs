@@ -1347,3 +1347,59 @@ fn the_real_gemini_cli_s_logs_and_metrics_meter_each_call_exactly_and_once() {
         );
     }
 }
+
+#[test]
+fn the_real_opencode_s_spans_meter_its_calls_with_their_cache_split() {
+    let Some(opencode) = crate::util::opencode_cli() else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let standin = crate::util::StandIn::start(dir.path(), None);
+    let daemon = Daemon::start("");
+    let home = dir.path().join("home");
+    let config = home.join(".config/opencode/opencode.json");
+    std::fs::create_dir_all(config.parent().expect("dir")).expect("config dir");
+    std::fs::write(
+        &config,
+        json!({"model": "anthropic/claude-sonnet-4-5", "experimental": {"openTelemetry": true},
+               "provider": {"anthropic": {"options": {"baseURL": format!("{}/v1", standin.url)}}}})
+        .to_string(),
+    )
+    .expect("config");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    let run = Command::new(opencode)
+        .args(["run", "Say hello"])
+        .current_dir(&work)
+        .env("HOME", &home)
+        .env("ANTHROPIC_API_KEY", "sk-ant-test")
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", daemon.url("/v1/otlp"))
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+        .output()
+        .expect("opencode runs");
+    assert!(
+        run.status.success(),
+        "opencode failed: {}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let calls = standin.calls();
+    // What opencode exported is exact by kind, its input (which includes the cache) split by
+    // `ai.usage.inputTokenDetails`; opencode 1.18.33 loses the span of its last call when
+    // `run` exits, so only calls it exported are compared, and at least one must be.
+    let exact = |c: &Value| {
+        let model = c["model"].as_str().unwrap_or("");
+        let want = standin_kinds(std::slice::from_ref(c), "anthropic");
+        let got = ["input", "cache_read", "cache_write", "output"]
+            .map(|k| tokens(&daemon, "opencode", model, k) as u64);
+        got == want
+    };
+    wait_for("opencode's telemetry", SETTLE, || {
+        calls.iter().any(exact).then_some(())
+    });
+    let accepted = otlp_events(&daemon, "llm_usage", "accepted");
+    let exported = calls.iter().filter(|c| exact(c)).count() as f64;
+    assert_eq!(
+        accepted, exported,
+        "every counted call matches one the stand-in answered"
+    );
+}

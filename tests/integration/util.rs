@@ -760,6 +760,14 @@ pub fn gemini_cli() -> Option<PathBuf> {
         .clone()
 }
 
+/// opencode as its users install it (`npm install opencode-ai`), as [`codex_cli`].
+pub fn opencode_cli() -> Option<PathBuf> {
+    static OPENCODE: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    OPENCODE
+        .get_or_init(|| npm_cli("opencode-ai@1.18.33", "opencode"))
+        .clone()
+}
+
 fn npm_cli(package: &str, bin: &str) -> Option<PathBuf> {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("npm-{}", package.replace(['@', '/'], "_")));
