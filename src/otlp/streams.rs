@@ -154,6 +154,9 @@ pub enum StateRow {
     Hold(Box<Held>),
     /// Held usage counted or dropped: its key.
     Unhold(String),
+    /// The provider's ids of a call counted already under another family (ms of the call):
+    /// remembered like a counted call's, so the same call from any source later is one too.
+    Seen(Vec<String>, i64),
 }
 
 /// How to put the state back if the store refused the batch.
@@ -353,7 +356,15 @@ impl OtlpState {
         };
         match verdict {
             Verdict::Count => out.events.push(event),
-            Verdict::Duplicate => out.duplicates += 1,
+            Verdict::Duplicate => {
+                out.duplicates += 1;
+                if let EventBody::LlmUsage(u) = &event.body
+                    && !u.call_ids.is_empty()
+                {
+                    out.rows
+                        .push(StateRow::Seen(u.call_ids.clone(), event.ts_ms));
+                }
+            }
             Verdict::Hold(until) => match Held::new(owner, until, &event) {
                 Some(mut held) => {
                     held.awaiting = awaiting;

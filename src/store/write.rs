@@ -469,6 +469,12 @@ fn write_otlp_state(tx: &rusqlite::Transaction<'_>, rows: &[StateRow]) -> Result
             StateRow::Unhold(key) => tx
                 .prepare_cached("DELETE FROM otlp_held WHERE key = ?1")
                 .and_then(|mut s| s.execute([key])),
+            StateRow::Seen(ids, ts_ms) => tx
+                .prepare_cached("INSERT OR IGNORE INTO calls (call_id, ts_ms) VALUES (?1, ?2)")
+                .and_then(|mut s| {
+                    ids.iter()
+                        .try_fold(0, |n, id| Ok(n + s.execute(params![id, ts_ms])?))
+                }),
         }
         .map_err(StoreError::Write)?;
     }

@@ -1403,3 +1403,98 @@ fn the_real_opencode_s_spans_meter_its_calls_with_their_cache_split() {
         "every counted call matches one the stand-in answered"
     );
 }
+
+/// An OTLP/JSON attribute.
+fn attr(key: &str, value: Value) -> Value {
+    match value {
+        Value::String(s) => json!({"key": key, "value": {"stringValue": s}}),
+        other => json!({"key": key, "value": {"intValue": other.to_string()}}),
+    }
+}
+
+#[test]
+fn cursor_and_copilot_cli_shapes_are_metered_once_per_call_through_the_daemon() {
+    let daemon = Daemon::start("");
+    let now = now_ns();
+    // Cursor: a call as its api_request log event and as its token counters, in either order.
+    let resource = json!({"attributes": [attr("service.name", json!("cursor")), attr("session.id", json!("c-1"))]});
+    let points: Vec<Value> = [
+        ("input", 100),
+        ("cache_read", 900),
+        ("cache_creation", 50),
+        ("output", 70),
+    ]
+    .iter()
+    .map(|(kind, n)| {
+        json!({"timeUnixNano": now.to_string(), "asInt": n.to_string(),
+               "attributes": [attr("cursor.token.type", json!(kind)), attr("model", json!("claude-sonnet-4-5"))]})
+    })
+    .collect();
+    let counters = json!({"resourceMetrics": [{"resource": resource, "scopeMetrics": [{"metrics": [{
+        "name": "cursor.token.usage",
+        "sum": {"aggregationTemporality": 1, "isMonotonic": true, "dataPoints": points}
+    }]}]}]});
+    let log = |id: &str, time: u64| {
+        json!({"resourceLogs": [{"resource": resource, "scopeLogs": [{"logRecords": [{
+            "timeUnixNano": time.to_string(), "eventName": "cursor.api.request",
+            "attributes": [attr("cursor.event.id", json!(id)), attr("model", json!("claude-sonnet-4-5")),
+                           attr("input_tokens", json!(100)), attr("cache_read_tokens", json!(900)),
+                           attr("cache_creation_tokens", json!(50)), attr("output_tokens", json!(70))]
+        }]}]}]})
+    };
+    for (path, body) in [
+        ("/v1/otlp/v1/metrics", counters),
+        ("/v1/otlp/v1/logs", log("evt-1", now - 1_000_000_000)),
+        // A resend of the same event under a new time.
+        ("/v1/otlp/v1/logs", log("evt-1", now + 1_000_000)),
+    ] {
+        let (status, answer) = post_json(&daemon, path, body.to_string().as_bytes());
+        assert_eq!(status, 200, "{answer}");
+    }
+    let kinds = |agent: &str, model: &str| {
+        ["input", "cache_read", "cache_write", "output"]
+            .map(|k| tokens(&daemon, agent, model, k) as u64)
+    };
+    assert_eq!(kinds("cursor", "claude-sonnet-4-5"), [100, 900, 50, 70]);
+    // GitHub Copilot CLI: an invoke_agent span summing its two chat spans.
+    let span = |id: &str, parent: &str, name: &str, extra: Vec<Value>| {
+        let mut attributes = vec![attr("gen_ai.provider.name", json!("github"))];
+        attributes.extend(extra);
+        json!({"traceId": "5b8efff798038103d269b633813fc60c", "spanId": id, "parentSpanId": parent,
+               "name": name, "startTimeUnixNano": (now - 5_000_000_000).to_string(),
+               "endTimeUnixNano": now.to_string(), "attributes": attributes})
+    };
+    let chat = |id: &str, input: i64, cached: i64| {
+        span(
+            id,
+            "eee19b7ec3c1b174",
+            "chat gpt-5.5",
+            vec![
+                attr("gen_ai.operation.name", json!("chat")),
+                attr("gen_ai.request.model", json!("gpt-5.5")),
+                attr("gen_ai.usage.input_tokens", json!(input)),
+                attr("gen_ai.usage.cache_read.input_tokens", json!(cached)),
+                attr("gen_ai.usage.output_tokens", json!(40)),
+            ],
+        )
+    };
+    let traces = json!({"resourceSpans": [{"resource": {"attributes": [attr("service.name", json!("github-copilot"))]},
+    "scopeSpans": [{"spans": [
+        chat("eee19b7ec3c1b175", 3_000, 2_000),
+        chat("eee19b7ec3c1b176", 4_000, 3_500),
+        span("eee19b7ec3c1b174", "", "invoke_agent copilot", vec![
+            attr("gen_ai.operation.name", json!("invoke_agent")),
+            attr("gen_ai.agent.name", json!("copilot-cli")),
+            attr("gen_ai.usage.input_tokens", json!(7_000)),
+            attr("gen_ai.usage.output_tokens", json!(80)),
+        ]),
+    ]}]}]});
+    let (status, answer) = post_json(&daemon, "/v1/otlp/v1/traces", traces.to_string().as_bytes());
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(kinds("copilot-cli", "gpt-5.5"), [1_500, 5_500, 0, 80]);
+    assert_eq!(
+        otlp_events(&daemon, "llm_usage", "accepted"),
+        3.0,
+        "one Cursor call, two chats"
+    );
+}

@@ -146,10 +146,15 @@ pub fn logs(request: &ExportLogsServiceRequest, defaults: &Defaults, now_ms: i64
                     // proxy records too: the call counts once.
                     .maybe(
                         "request_id",
-                        matches!(family, Family::ClaudeCodeLogs)
-                            .then(|| attributes.string("request_id"))
-                            .flatten()
-                            .map(Raw::Text),
+                        match family {
+                            Family::ClaudeCodeLogs => attributes.string("request_id"),
+                            // Cursor's own id of the event: a re-emitted event is one call.
+                            Family::CursorLogs => attributes
+                                .string("cursor.event.id")
+                                .map(|id| format!("cursor-{id}")),
+                            _ => None,
+                        }
+                        .map(Raw::Text),
                     )
                     .maybe("trace_id", hex(&record.trace_id).map(Raw::Text))
                     .maybe("span_id", hex(&record.span_id).map(Raw::Text))
