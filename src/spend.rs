@@ -35,6 +35,8 @@ pub type Pairs = HashMap<(String, String), Usage>;
 pub struct SpendByHour {
     /// Hour start (ms) → its pairs.
     hours: BTreeMap<i64, Pairs>,
+    /// Hour start (ms) → confidence → (usage events, USD): how the USD was obtained.
+    confidence: BTreeMap<i64, BTreeMap<String, (u64, f64)>>,
 }
 
 /// The rollup shared by the ledger (writer) and the API (readers).
@@ -62,6 +64,26 @@ impl SpendByHour {
             *kept += added;
         }
         slot.usd += usage.usd;
+        let by = self
+            .confidence
+            .entry(hour_of(usage.hour_ms))
+            .or_default()
+            .entry(usage.confidence.clone())
+            .or_default();
+        by.0 += usage.events;
+        by.1 += usage.usd;
+    }
+
+    /// Usage events and USD by confidence over the whole hours from `from_ms` (rounded down
+    /// to its hour) to `to_ms`, added to `into`.
+    pub fn confidence(&self, from_ms: i64, to_ms: i64, into: &mut BTreeMap<String, (u64, f64)>) {
+        for (_, by) in self.confidence.range(hour_of(from_ms)..=to_ms) {
+            for (confidence, (events, usd)) in by {
+                let slot = into.entry(confidence.clone()).or_default();
+                slot.0 += events;
+                slot.1 += usd;
+            }
+        }
     }
 
     /// The kept hours from `from_ms` (rounded down to its hour) to `to_ms`, oldest first.
@@ -75,6 +97,7 @@ impl SpendByHour {
     pub fn prune(&mut self, now_ms: i64) {
         let horizon = hour_of(now_ms - KEPT_MS);
         self.hours = self.hours.split_off(&horizon);
+        self.confidence = self.confidence.split_off(&horizon);
     }
 
     /// The (day, agent, model) lines of the whole hours from `from_ms` (rounded down to its
@@ -145,6 +168,19 @@ pub fn lines(spend: &SharedSpend, from_ms: i64, to_ms: i64) -> Vec<SpendLine> {
         .lines(from_ms, to_ms)
 }
 
+/// [`SpendByHour::confidence`] of the shared rollup.
+pub fn confidence(
+    spend: &SharedSpend,
+    from_ms: i64,
+    to_ms: i64,
+    into: &mut BTreeMap<String, (u64, f64)>,
+) {
+    spend
+        .read()
+        .unwrap_or_else(PoisonError::into_inner)
+        .confidence(from_ms, to_ms, into);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,6 +197,8 @@ mod tests {
             tokens,
             kinds: [tokens, 0, 0, 0],
             usd,
+            events: 1,
+            confidence: "priced".into(),
         };
         spend.add(&usage(NOW - HOUR_MS, 100, 1.0), NOW);
         spend.add(&usage(NOW - 2 * 86_400_000, 10, 0.5), NOW);

@@ -97,17 +97,33 @@ async fn report_over(
     }
     let whole = crate::spend::next_hour(from_ms);
     let mut lines = crate::spend::lines(&state.spend, whole, to_ms);
-    let (head, (top_tasks, failures), confidence) = read(state, move |store| {
+    let mut confidence = std::collections::BTreeMap::new();
+    crate::spend::confidence(&state.spend, whole, to_ms, &mut confidence);
+    let (head, (top_tasks, failures), head_confidence) = read(state, move |store| {
         Ok((
             store.raw_spend_lines(from_ms, whole)?,
             store.report_details(from_ms, to_ms)?,
-            store.cost_confidence(from_ms, to_ms)?,
+            store.cost_confidence(from_ms, whole)?,
         ))
     })
     .await?;
     lines.extend(head);
+    for line in head_confidence {
+        let slot = confidence.entry(line.confidence).or_default();
+        slot.0 += line.events;
+        slot.1 += line.usd;
+    }
     let mut report = Report::assemble(from_ms, to_ms, lines, top_tasks, failures, budgets);
-    report.cost_confidence = confidence;
+    report.cost_confidence = confidence
+        .into_iter()
+        .map(
+            |(confidence, (events, usd))| crate::report::ConfidenceLine {
+                confidence,
+                events,
+                usd,
+            },
+        )
+        .collect();
     Ok(report)
 }
 

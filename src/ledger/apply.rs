@@ -127,6 +127,11 @@ impl Ledger {
                     tokens: usage.input_tokens + usage.output_tokens,
                     kinds: counts,
                     usd: cost,
+                    events: 1,
+                    confidence: priced
+                        .cost
+                        .map_or("unknown_model", |c| c.confidence.label())
+                        .to_string(),
                 });
                 series.usd.0.inc_by(cost, exemplar, None);
                 if let Some(c) = priced.cost {

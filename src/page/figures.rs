@@ -371,6 +371,8 @@ mod tests {
             tokens: 100,
             kinds: [60, 20, 0, 20],
             usd,
+            events: 1,
+            confidence: "priced".into(),
         }
     }
 

@@ -116,6 +116,9 @@ pub struct HourlySpend {
     /// Tokens by kind: uncached input, cache reads, cache writes, output.
     pub kinds: [u64; 4],
     pub usd: f64,
+    /// Usage events, and how their USD was obtained (`pricing::Confidence`'s label).
+    pub events: u64,
+    pub confidence: String,
 }
 
 /// One resource sample as the page draws it: what the target used since the previous sample

@@ -289,8 +289,10 @@ impl Store {
                 "SELECT (ts_ms / 3600000) * 3600000 AS hour, agent, model,
                         SUM(input_tokens + output_tokens), COALESCE(SUM(cost_usd), 0),
                         SUM(input_tokens - cache_read_tokens - cache_write_tokens),
-                        SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(output_tokens)
-                 FROM events WHERE type = 'llm_usage' AND ts_ms >= ?1 GROUP BY hour, agent, model",
+                        SUM(cache_read_tokens), SUM(cache_write_tokens), SUM(output_tokens),
+                        COUNT(*), COALESCE(cost_confidence, 'unknown_model') AS confidence
+                 FROM events WHERE type = 'llm_usage' AND ts_ms >= ?1
+                 GROUP BY hour, agent, model, confidence",
             )
             .map_err(StoreError::Read)?;
         let rows = statement
@@ -308,6 +310,8 @@ impl Store {
                             .unwrap_or(0)
                     }),
                     usd: r.get(4)?,
+                    events: u64::try_from(r.get::<_, i64>(9)?).unwrap_or(0),
+                    confidence: r.get(10)?,
                 })
             })
             .map_err(StoreError::Read)?;
