@@ -260,19 +260,21 @@ impl OtlpState {
         }
     }
 
-    /// Drops every held usage of `owner`: a richer family reports the same calls.
-    fn supersede(&mut self, owner: &str, out: &mut Resolved) {
-        let keys: Vec<String> = self
-            .held
+    /// Keys of `owner`'s usage held for a richer twin (not spans waiting for a parent).
+    fn held_for_twin(&self, owner: &str) -> Vec<String> {
+        self.held
             .iter()
             .filter(|(_, h)| h.owner == owner && h.awaiting.is_none())
             .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
-            let held = self.held.remove(&key);
-            out.undo.held.push((key.clone(), held));
-            out.rows.push(StateRow::Unhold(key));
-            out.duplicates += 1;
+            .collect()
+    }
+
+    /// Drops every held usage of `owner`: a richer family reports the same calls.
+    fn supersede(&mut self, owner: &str, out: &mut Resolved) {
+        for key in self.held_for_twin(owner) {
+            if self.unhold(&key, out).is_some() {
+                out.duplicates += 1;
+            }
         }
     }
 
@@ -556,13 +558,7 @@ impl OtlpState {
             .map(|(o, c)| (o.clone(), *c))
             .collect();
         for (owner, claim) in owners {
-            let keys: Vec<String> = self
-                .held
-                .iter()
-                .filter(|(_, h)| h.owner == owner && h.awaiting.is_none())
-                .map(|(k, _)| k.clone())
-                .collect();
-            for key in keys {
+            for key in self.held_for_twin(&owner) {
                 if let Some(held) = self.unhold(&key, &mut out) {
                     out.events.push(held.event());
                 }

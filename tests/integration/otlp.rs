@@ -1066,6 +1066,30 @@ fn instrumented_official_sdks_are_counted_once_per_call_from_their_spans_though_
     assert!(otlp_events(&daemon, "llm_usage", "duplicate") >= 2.0);
 }
 
+/// `costmeter setup AGENT --route otlp --write --file FILE` against `daemon`: the agent's
+/// telemetry settings as a user gets them.
+fn setup_otlp(daemon: &Daemon, agent: &str, file: &std::path::Path) {
+    let setup = Command::new(env!("CARGO_BIN_EXE_costmeter"))
+        .args(["setup", agent, "--route", "otlp", "--write", "--url"])
+        .arg(daemon.url(""))
+        .arg("--file")
+        .arg(file)
+        .output()
+        .expect("setup runs");
+    assert!(
+        setup.status.success(),
+        "{}",
+        String::from_utf8_lossy(&setup.stderr)
+    );
+}
+
+/// An empty working directory for an agent CLI.
+fn work_dir(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&work).expect("work dir");
+    work
+}
+
 #[test]
 fn the_real_codex_cli_s_telemetry_meters_its_calls_exactly_and_once() {
     let Some(codex) = crate::util::codex_cli() else {
@@ -1089,20 +1113,8 @@ fn the_real_codex_cli_s_telemetry_meters_its_calls_exactly_and_once() {
         ),
     )
     .expect("config");
-    let setup = Command::new(env!("CARGO_BIN_EXE_costmeter"))
-        .args(["setup", "codex", "--route", "otlp", "--write", "--url"])
-        .arg(daemon.url(""))
-        .arg("--file")
-        .arg(&config)
-        .output()
-        .expect("setup runs");
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work dir");
+    setup_otlp(&daemon, "codex", &config);
+    let work = work_dir(&dir);
     let run = Command::new(codex)
         .args(["exec", "--skip-git-repo-check", "Say hello"])
         .current_dir(&work)
@@ -1171,8 +1183,7 @@ fn the_real_claude_code_s_metrics_and_logs_meter_its_call_exactly_and_once() {
     let standin = crate::util::StandIn::start(dir.path(), None);
     let daemon = Daemon::start("");
     let home = dir.path().join("home");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work dir");
+    let work = work_dir(&dir);
     // Telemetry as Claude Code's monitoring docs set it, both exporters on, short intervals.
     let run = Command::new(claude)
         .args(["-p", "Say hello"])
@@ -1270,20 +1281,8 @@ fn the_real_gemini_cli_s_logs_and_metrics_meter_each_call_exactly_and_once() {
         r#"{"security": {"auth": {"selectedType": "gemini-api-key"}}}"#,
     )
     .expect("settings");
-    let setup = Command::new(env!("CARGO_BIN_EXE_costmeter"))
-        .args(["setup", "gemini-cli", "--route", "otlp", "--write", "--url"])
-        .arg(daemon.url(""))
-        .arg("--file")
-        .arg(&settings)
-        .output()
-        .expect("setup runs");
-    assert!(
-        setup.status.success(),
-        "{}",
-        String::from_utf8_lossy(&setup.stderr)
-    );
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work dir");
+    setup_otlp(&daemon, "gemini-cli", &settings);
+    let work = work_dir(&dir);
     // Gemini CLI retries the stand-in's answer to its routing call with a backoff rather than
     // ending: its calls are compared as they come, and it is stopped after.
     let _gemini = Killed(
@@ -1366,8 +1365,7 @@ fn the_real_opencode_s_spans_meter_its_calls_with_their_cache_split() {
         .to_string(),
     )
     .expect("config");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&work).expect("work dir");
+    let work = work_dir(&dir);
     let run = Command::new(opencode)
         .args(["run", "Say hello"])
         .current_dir(&work)
