@@ -80,8 +80,9 @@ pub enum EventBody {
 }
 
 /// Token usage as reported. `input_tokens` counts all input, cached included (the
-/// OpenTelemetry GenAI convention); the cache counts are parts of it.
-#[derive(Debug, Clone, PartialEq)]
+/// OpenTelemetry GenAI convention); the cache counts are parts of it. Serialized only for
+/// usage the OTLP receiver holds back for a moment (`otlp::streams::Held`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LlmUsage {
     pub agent: String,
     pub model: String,

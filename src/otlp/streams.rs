@@ -32,6 +32,10 @@ pub const CLAIM_LAPSE_MS: i64 = 10 * 60 * 1000;
 /// How long usage of the poorest family waits for a richer twin before it is counted.
 pub const HOLD_MS: i64 = 10_000;
 
+/// Most usage held at once: past it (a flood of new instances or parentless spans) usage is
+/// counted at once as it is, never dropped and never waiting.
+pub const MAX_HELD: usize = 10_000;
+
 /// `last_ms` of a claim given up: any family may take the owner at once.
 const LAPSED: i64 = i64::MIN / 2;
 
@@ -69,18 +73,7 @@ pub struct Held {
     pub ts_ms: i64,
     pub trace_id: Option<String>,
     pub span_id: Option<String>,
-    pub agent: String,
-    pub model: String,
-    pub provider: Option<String>,
-    pub input_tokens: u64,
-    pub output_tokens: u64,
-    pub cache_read_tokens: u64,
-    pub cache_write_tokens: u64,
-    pub reasoning_tokens: u64,
-    pub cost_usd: Option<f64>,
-    #[serde(default)]
-    pub estimated: bool,
-    pub call_ids: Vec<String>,
+    pub usage: LlmUsage,
     /// The parent span whose model this usage waits for; `None` for usage waiting for a
     /// richer twin.
     #[serde(default)]
@@ -89,7 +82,7 @@ pub struct Held {
 
 impl Held {
     fn new(owner: &str, until_ms: i64, event: &Event) -> Option<Held> {
-        let EventBody::LlmUsage(u) = &event.body else {
+        let EventBody::LlmUsage(usage) = &event.body else {
             return None;
         };
         Some(Held {
@@ -99,17 +92,7 @@ impl Held {
             ts_ms: event.ts_ms,
             trace_id: event.trace_id.clone(),
             span_id: event.span_id.clone(),
-            agent: u.agent.clone(),
-            model: u.model.clone(),
-            provider: u.provider.clone(),
-            input_tokens: u.input_tokens,
-            output_tokens: u.output_tokens,
-            cache_read_tokens: u.cache_read_tokens,
-            cache_write_tokens: u.cache_write_tokens,
-            reasoning_tokens: u.reasoning_tokens,
-            cost_usd: u.cost_usd,
-            estimated: u.estimated,
-            call_ids: u.call_ids.clone(),
+            usage: usage.clone(),
             awaiting: None,
         })
     }
@@ -127,21 +110,7 @@ impl Held {
             ts_ms: self.ts_ms,
             trace_id: self.trace_id.clone(),
             span_id: self.span_id.clone(),
-            body: EventBody::LlmUsage(LlmUsage {
-                agent: self.agent.clone(),
-                model: self.model.clone(),
-                provider: self.provider.clone(),
-                input_tokens: self.input_tokens,
-                output_tokens: self.output_tokens,
-                cache_read_tokens: self.cache_read_tokens,
-                cache_write_tokens: self.cache_write_tokens,
-                reasoning_tokens: self.reasoning_tokens,
-                cost_usd: self.cost_usd,
-                estimated: self.estimated,
-                task_id: None,
-                run_id: None,
-                call_ids: self.call_ids.clone(),
-            }),
+            body: EventBody::LlmUsage(self.usage.clone()),
         }
     }
 }
@@ -303,7 +272,7 @@ impl OtlpState {
             }
         };
         let (claim, verdict) = match current {
-            None if holds(family) => {
+            None if holds(family) && self.held.len() < MAX_HELD => {
                 let until = now_ms + HOLD_MS;
                 (fresh(i64::MIN, Some(until)), Verdict::Hold(until))
             }
@@ -353,8 +322,8 @@ impl OtlpState {
         // A span waiting for its model is admitted once it knows it: whose usage it is depends
         // on the model.
         let verdict = match awaiting {
-            Some(_) => Verdict::Hold(now_ms + HOLD_MS),
-            None => self.admit(owner, family, event.ts_ms, now_ms, out),
+            Some(_) if self.held.len() < MAX_HELD => Verdict::Hold(now_ms + HOLD_MS),
+            _ => self.admit(owner, family, event.ts_ms, now_ms, out),
         };
         match verdict {
             Verdict::Count => out.events.push(event),
@@ -414,9 +383,9 @@ impl OtlpState {
             };
             match (&hint.model, &hint.parent) {
                 (Some(model), _) => {
-                    held.model = crate::ingest::event::model_label(model).into_owned();
+                    held.usage.model = crate::ingest::event::model_label(model).into_owned();
                     let instance = held.owner.rsplit_once('|').map_or("", |(i, _)| i);
-                    held.owner = format!("{instance}|{}", held.model);
+                    held.owner = format!("{instance}|{}", held.usage.model);
                     self.count_span(held, now_ms, out);
                 }
                 (None, Some(grandparent)) => {
@@ -539,6 +508,10 @@ impl OtlpState {
     /// Held usage whose hold has ended becomes events, and its claims firm.
     pub fn due(&mut self, now_ms: i64) -> Resolved {
         let mut out = Resolved::default();
+        // Runs before every ledger batch: nothing to scan unless something is held.
+        if self.held.is_empty() {
+            return out;
+        }
         // Spans whose parent never came are counted as they are (model unknown).
         let orphans: Vec<String> = self
             .held
@@ -883,6 +856,20 @@ mod tests {
             T0 + HOLD_MS + 5,
         );
         assert_eq!(input_of(&next), vec![7], "a firm claim counts at once");
+    }
+
+    #[test]
+    fn a_flood_of_new_instances_is_counted_at_once_past_the_held_cap() {
+        let mut state = OtlpState::default();
+        let points = (0..=MAX_HELD)
+            .map(|n| Point {
+                owner: format!("svc-{n}||"),
+                ..point_at(Family::GenAiMetric, &format!("h{n}"), T0, 5.0)
+            })
+            .collect();
+        let flood = state.resolve(mapped(points), T0);
+        assert_eq!((flood.held, flood.events.len()), (MAX_HELD, 1));
+        assert_eq!(input_of(&state.due(T0 + HOLD_MS)).len(), MAX_HELD);
     }
 
     #[test]
