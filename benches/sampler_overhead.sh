@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # costmeter's own CPU and RSS while it meters a 100-process tree at a 1 s interval, beside
 # prometheus-process-exporter (Debian) watching the same tree, both scraped every second, in one
-# run. Prints one line per round and the medians; see BENCHMARKS.md.
+# run. Prints one line per round and the medians; see BENCHMARKS.md. The rounds share one store:
+# the first starts on a new one, the others restart over it, as a sidecar does.
 #
 #   benches/sampler_overhead.sh [SECONDS_PER_ROUND=60] [ROUNDS=3]
 #
@@ -42,6 +43,8 @@ for round in $(seq "$rounds"); do
   cat > "$work/costmeter.toml" <<EOF
 [server]
 listen = "127.0.0.1:18000"
+[store]
+path = "$work/costmeter.db"
 [[target]]
 name = "tree"
 pid = $tree
