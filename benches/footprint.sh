@@ -21,7 +21,10 @@ TOML
 start() {
   COSTMETER_LOG=warn "$bin" run --config "$work/c.toml" 2>"$work/log" &
   pid=$!
-  until curl -sf http://127.0.0.1:18300/readyz >/dev/null; do sleep 0.1; done
+  until curl -sf http://127.0.0.1:18300/readyz >/dev/null; do
+    kill -0 "$pid" 2>/dev/null || { echo "costmeter exited before it was ready:" >&2; cat "$work/log" >&2; exit 1; }
+    sleep 0.1
+  done
 }
 mem() { awk '/^(VmRSS|RssAnon|RssFile)/ { printf "%s=%d ", $1, $2 }' "/proc/$pid/status" | tr -d ':'; }
 echo "binary_bytes=$(stat -c %s "$bin")"

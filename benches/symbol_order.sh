@@ -2,7 +2,7 @@
 # Writes link/symbol-order.txt: the functions a running sidecar executes, in the order it first
 # runs them, for the linker to place side by side (see build.rs and BENCHMARKS.md, "Footprint").
 #
-#   benches/symbol_order.sh
+#   benches/symbol_order.sh [OUT=link/symbol-order.txt]
 #
 # It builds the release binary with its symbols kept (RUSTFLAGS changes no symbol name; a
 # profile setting would), runs it under callgrind four times and lists every function of the binary
@@ -94,16 +94,20 @@ serve() {
       '{"type":"task_end","task_id":"t'"$i"'","task_type":"edit","result":"success"}' \
       '{"type":"run_end","run_id":"r'"$i"'","result":"success"}' \
       | curl -sf -o /dev/null "$base/v1/events" -H 'Content-Type: application/x-ndjson' --data-binary @-
-    curl -sf -o /dev/null "$base/v1/otlp/v1/traces" -H 'Content-Type: application/json' -d '{
+    # Span times must lie within the store's retention, or the span is refused (200 with
+    # partialSuccess) and the path that stores it never runs.
+    local end_ns; end_ns=$(date +%s%N)
+    otlp=$(curl -sf "$base/v1/otlp/v1/traces" -H 'Content-Type: application/json' -d '{
       "resourceSpans": [{"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": "coder"}}]},
         "scopeSpans": [{"spans": [{"traceId": "5b8efff798038103d269b633813fc60'"$i"'", "spanId": "eee19b7ec3c1b17'"$i"'",
-          "name": "chat", "kind": 3, "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000001000000000",
+          "name": "chat", "kind": 3, "startTimeUnixNano": "'"$((end_ns - 1000000000))"'", "endTimeUnixNano": "'"$end_ns"'",
           "attributes": [{"key": "gen_ai.request.model", "value": {"stringValue": "gpt-4o-mini"}},
             {"key": "gen_ai.usage.input_tokens", "value": {"intValue": "100"}},
-            {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "10"}}]}]}]}]}' || true
+            {"key": "gen_ai.usage.output_tokens", "value": {"intValue": "10"}}]}]}]}]}')
+    case $otlp in *rejected*) echo "the span was refused: $otlp" >&2; exit 1 ;; esac
     for path in /v1/status /v1/report '/v1/report?format=md' /v1/budgets /v1/budgets/check \
       /v1/runs /v1/pricing/status /; do
-      curl -s -o /dev/null "$base$path"
+      curl -sf -o /dev/null "$base$path"
     done
   done
 }
@@ -116,7 +120,7 @@ profile serving-restart meter serving-store
 nm --defined-only "$bin" | awk '$2 ~ /^[tTwW]$/ { print $3 }' | sort -u > "$work/defined"
 # The binary's own functions that ran, metering first, each name once.
 keep() { cat "$@" | awk 'NR == FNR { ok[$0] = 1; next } ok[$0] && !seen[$0]++' "$work/defined" -; }
-out="$here/link/symbol-order.txt"
+out=$(realpath -m "${1:-$here/link/symbol-order.txt}")
 if [ -s "$out" ]; then
   echo "the old list: $(awk 'NR == FNR { ok[$0] = 1; next } !ok[$0]' "$work/defined" "$out" | wc -l) of $(wc -l < "$out") names no longer in the binary"
 fi
